@@ -1,0 +1,43 @@
+"""msmri: Snakemake entry point over a BIDS dataset.
+
+Run (see README):
+
+    snakemake --cores 2 --config bids_dir=demo/bids output_dir=demo/derivatives
+
+Snakemake decides which subject-session jobs run; every job calls the `msmri`
+command line, which runs the science for that one subject-session.
+"""
+
+from pathlib import Path
+
+from workflows.snakemake import discover, msmri_cmd
+
+
+configfile: "configs/snakemake.yaml"
+
+
+BIDS_DIR = Path(config["bids_dir"]).resolve()
+OUT_DIR = Path(config["output_dir"]).resolve()
+PAIRS = discover(config)
+SUBJECTS = [s for s, _ in PAIRS]
+SESSIONS = [t for _, t in PAIRS]
+
+
+wildcard_constraints:
+    subject="[a-zA-Z0-9]+",
+    session="[a-zA-Z0-9]+",
+
+
+include: "workflows/rules/inventory.smk"
+
+
+rule all:
+    input:
+        expand(
+            OUT_DIR / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+            zip,
+            subject=SUBJECTS,
+            session=SESSIONS,
+        ),
+        OUT_DIR / "group/inventory.tsv",
+    default_target: True

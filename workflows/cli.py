@@ -1,0 +1,219 @@
+"""The ``msmri`` command line (BIDS-Apps convention).
+
+::
+
+    msmri BIDS_DIR OUTPUT_DIR {participant,group} [options]   run the pipeline
+    msmri synth OUTPUT_DIR [--preset tiny|trial] [options]    write the demo dataset
+
+Every Snakemake rule calls this entry point, so a job run by hand and a job run
+by Snakemake (locally or on SLURM) do exactly the same thing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["PARTICIPANT_STAGES", "GROUP_STAGES", "main"]
+
+log = logging.getLogger("msmri")
+
+#: Stages run at the participant level, in order.
+PARTICIPANT_STAGES = ("inventory",)
+#: Stages run at the group level, in order.
+GROUP_STAGES = ("inventory",)
+
+
+def _bids_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="msmri",
+        description=(
+            "Longitudinal MS trial imaging pipeline: diffusion tensor metrics in NAWM and "
+            "tracts, resting-state connectomes and group statistics, over a BIDS dataset."
+        ),
+        epilog=(
+            "Synthetic demo dataset: `msmri synth OUTPUT_DIR [--preset tiny|trial]` "
+            "(see `msmri synth --help`)."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("bids_dir", type=Path, help="root of the BIDS dataset (BIDS_DIR)")
+    p.add_argument("output_dir", type=Path, help="derivatives output folder (OUTPUT_DIR)")
+    p.add_argument(
+        "analysis_level", choices=["participant", "group"], help="processing level to run"
+    )
+    p.add_argument(
+        "--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+        help="subjects to process (with or without `sub-`); default all",
+    )  # fmt: skip
+    p.add_argument(
+        "--session-label", "--session_label", nargs="+", metavar="LABEL",
+        help="sessions to process (with or without `ses-`); default all",
+    )  # fmt: skip
+    p.add_argument(
+        "--config", type=Path, action="append", default=[], metavar="FILE",
+        help="YAML file merged over configs/default.yaml (repeatable, later wins)",
+    )  # fmt: skip
+    p.add_argument(
+        "--work-dir", "-w", type=Path, default=None, metavar="DIR",
+        help="scratch folder for intermediate (Nipype) files; default OUTPUT_DIR/../work",
+    )  # fmt: skip
+    p.add_argument("--nprocs", type=int, default=1, metavar="N", help="CPU cores to use")
+    p.add_argument(
+        "--stages", nargs="+", default=None, metavar="STAGE",
+        help=f"stages to run (participant: {', '.join(PARTICIPANT_STAGES)}; "
+        f"group: {', '.join(GROUP_STAGES)}); default all",
+    )  # fmt: skip
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def _synth_parser() -> argparse.ArgumentParser:
+    from pipeline.phantom.trial import PRESETS
+
+    p = argparse.ArgumentParser(
+        prog="msmri synth",
+        description=(
+            "Write the synthetic longitudinal MS trial (BIDS raw data, lesion-mask "
+            "derivatives and ground truth) built from the MNI152 template shipped with nilearn."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("output_dir", type=Path, help="folder that receives bids/ and truth/")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="trial", help="dataset size")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the preset's)")
+    p.add_argument("--subjects", type=int, default=None, help="number of subjects")
+    p.add_argument("--snr", type=float, default=None, help="b = 0 white-matter SNR of the DWI")
+    p.add_argument(
+        "--rd-change", type=float, nargs="+", default=None, metavar="FRACTION",
+        help="relative change of left-NAWM radial diffusivity per session, e.g. 0 -0.03 -0.06",
+    )  # fmt: skip
+    p.add_argument(
+        "--bold-effect", type=float, nargs="+", default=None, metavar="STRENGTH",
+        help="strength of the planted connectivity increase per session, e.g. 0 0.35 0.7",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-new-lesion", action="store_true", help="no new lesion at the last session"
+    )
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    return p
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.INFO if verbose == 0 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(name)s %(levelname)s: %(message)s", stream=sys.stderr
+    )
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from pipeline.phantom.trial import PRESETS
+    from workflows.synth import write_trial
+
+    spec = PRESETS[args.preset]
+    changes: dict = {}
+    if args.seed is not None:
+        changes["seed"] = args.seed
+    if args.subjects is not None:
+        changes["n_subjects"] = args.subjects
+    if args.snr is not None:
+        changes["snr_b0"] = args.snr
+    if args.rd_change is not None:
+        changes["rd_change"] = tuple(args.rd_change)
+    if args.bold_effect is not None:
+        changes["bold_effect"] = tuple(args.bold_effect)
+    if args.no_new_lesion:
+        changes["new_lesion_last_session"] = False
+    spec = spec.replace(**changes)
+    summary = write_trial(args.output_dir, spec)
+    log.info(
+        "synthetic trial (%s preset, seed %d): %d subjects x %d sessions in %.1f s -> %s",
+        args.preset, spec.seed, spec.n_subjects, len(spec.sessions),
+        summary["seconds_total"], args.output_dir,
+    )  # fmt: skip
+    return 0
+
+
+def run_bids_app(args: argparse.Namespace) -> int:
+    from pipeline.config import load_config
+    from workflows.bids import collect_inputs, index_dataset, list_subject_sessions
+    from workflows.derivatives import DerivativesWriter
+    from workflows.inventory import summarise_inventories, write_inventory
+
+    config = load_config(args.config)
+    bids_dir = args.bids_dir.resolve()
+    out = args.output_dir.resolve()
+    if out == bids_dir:
+        raise SystemExit("msmri: OUTPUT_DIR must differ from BIDS_DIR")
+    known = PARTICIPANT_STAGES if args.analysis_level == "participant" else GROUP_STAGES
+    stages = tuple(args.stages) if args.stages else known
+    bad = [s for s in stages if s not in known]
+    if bad:
+        raise SystemExit(f"msmri: unknown {args.analysis_level} stage(s) {bad}; known: {list(known)}")
+    writer = DerivativesWriter(out, config=config.to_dict(), source_datasets=[str(bids_dir)])
+
+    if args.analysis_level == "group":
+        if "inventory" in stages:
+            tsvs = sorted(out.glob("sub-*/ses-*/sub-*_inventory.tsv"))
+            path = summarise_inventories(writer, tsvs)
+            log.info("group inventory of %d subject-sessions -> %s", len(tsvs), path)
+        return 0
+
+    derivs = []
+    if config.bids.lesion_derivatives:
+        lesion_dir = Path(config.bids.lesion_derivatives)
+        lesion_dir = lesion_dir if lesion_dir.is_absolute() else bids_dir / lesion_dir
+        if lesion_dir.exists():
+            derivs.append(lesion_dir)
+        else:
+            log.warning("lesion derivatives %s not found: no lesion masks will be used", lesion_dir)
+    layout = index_dataset(bids_dir, derivatives=derivs, validate=config.bids.pybids_validate)
+    pairs = list_subject_sessions(
+        layout, participant_label=args.participant_label, session_label=args.session_label
+    )
+    failures = []
+    for sub, ses in pairs:
+        t0 = time.perf_counter()
+        inputs = collect_inputs(
+            layout, sub, ses, bold_task=config.bids.bold_task, lesion_label=config.bids.lesion_label
+        )
+        try:
+            if "inventory" in stages:
+                write_inventory(writer, inputs, config, bids_dir)
+        except Exception as exc:  # one subject's failure must not stop the others
+            log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
+            failures.append((sub, ses, exc))
+            continue
+        log.info("sub-%s ses-%s done in %.1f s", sub, ses, time.perf_counter() - t0)
+    if failures:
+        for sub, ses, exc in failures:
+            print(f"msmri: sub-{sub} ses-{ses}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``msmri`` console script."""
+    from pipeline.errors import MsmriError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "synth":
+        args = _synth_parser().parse_args(argv[1:])
+        runner = run_synth
+    else:
+        args = _bids_parser().parse_args(argv)
+        runner = run_bids_app
+    _setup_logging(args.verbose)
+    try:
+        return runner(args)
+    except MsmriError as exc:
+        print(f"msmri: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

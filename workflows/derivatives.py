@@ -1,0 +1,312 @@
+"""One naming specification and one writer for every file msmri produces.
+
+File names follow BIDS and BIDS-Derivatives (with the common draft entities for
+diffusion models, bundles and connectivity)::
+
+    sub-01/ses-baseline/dwi/sub-01_ses-baseline_space-dwi_model-tensor_param-fa_dwimap.nii.gz
+    sub-01/ses-baseline/func/sub-01_ses-baseline_task-rest_seg-dosenbach_stat-pearsoncorrelation_relmat.tsv
+
+Every write is atomic: data go to a hidden temporary file in the destination
+folder which is then renamed over the final name, so a crashed job never leaves
+a file that looks finished. Every data file gets a JSON sidecar with its
+provenance (sources, parameters, software versions, random seed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+
+__all__ = [
+    "ENTITY_ORDER",
+    "DerivativesWriter",
+    "atomic_path",
+    "atomic_write_text",
+    "bids_name",
+    "build_path",
+    "software_versions",
+]
+
+#: Order of entities in file names (BIDS order, then the derivative entities).
+ENTITY_ORDER: tuple[str, ...] = (
+    "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo",
+    "from", "to", "mode", "space", "res", "den", "hemi", "seg", "label",
+    "model", "param", "bundle", "stat", "desc",
+)  # fmt: skip
+
+
+def bids_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
+    """Compose ``key-value_..._suffix.ext`` with entities in :data:`ENTITY_ORDER`.
+
+    ``None`` values are skipped; values may not contain ``_``, ``-`` or ``/``.
+    """
+    unknown = set(entities) - set(ENTITY_ORDER)
+    if unknown:
+        raise ValueError(f"unknown BIDS entities {sorted(unknown)}; known: {ENTITY_ORDER}")
+    parts = []
+    for key in ENTITY_ORDER:
+        val = entities.get(key)
+        if val is None:
+            continue
+        val = str(val)
+        if not val or any(c in val for c in "_-/ ") :
+            raise ValueError(f"invalid value {val!r} for entity '{key}'")
+        parts.append(f"{key}-{val}")
+    if not extension.startswith("."):
+        extension = "." + extension
+    return "_".join([*parts, suffix]) + extension
+
+
+def build_path(
+    root: str | os.PathLike[str],
+    *,
+    datatype: str | None,
+    suffix: str,
+    extension: str,
+    **entities: Any,
+) -> Path:
+    """Full path of a file in a BIDS(-Derivatives) tree rooted at ``root``."""
+    folder = Path(root)
+    if entities.get("sub") is not None:
+        folder = folder / f"sub-{entities['sub']}"
+        if entities.get("ses") is not None:
+            folder = folder / f"ses-{entities['ses']}"
+    if datatype:
+        folder = folder / datatype
+    return folder / bids_name(entities, suffix, extension)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary name keeps the full extension (e.g. ``.nii.gz``) so writers
+    that infer the format from the name work; it starts with a dot so BIDS
+    indexers ignore it. On error the temporary file is removed.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    name = final.name
+    stem, dot, ext = name.partition(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{stem}.", suffix=f".tmp{dot}{ext}", dir=final.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_path.unlink()
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, (set, frozenset, tuple)):
+        return list(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def dumps_json(data: Any) -> str:
+    return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the scientific packages that can influence results."""
+    from importlib import metadata
+
+    out = {"msmri": __version__}
+    for pkg in ("numpy", "scipy", "nibabel", "dipy", "nilearn", "nipype", "pandas", "networkx"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            out[pkg] = metadata.version(pkg)
+    return out
+
+
+class DerivativesWriter:
+    """Writes files of one BIDS-Derivatives dataset, atomically, with provenance.
+
+    Parameters
+    ----------
+    root : path
+        Root of the derivatives dataset; created with a ``dataset_description.json``
+        (``DatasetType: derivative``, ``GeneratedBy``) if it does not exist.
+    name : str
+        Name of the dataset / generating pipeline.
+    config : mapping, optional
+        The resolved configuration; stored in ``dataset_description.json`` and
+        as ``config.yaml`` at the root.
+    source_datasets : sequence of str
+        Paths or URLs of the datasets this one derives from.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        name: str = "msmri",
+        description: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        source_datasets: Sequence[str] = (),
+    ):
+        self.root = Path(root)
+        self.name = name
+        self.config = dict(config) if config is not None else None
+        self._describe(description, source_datasets)
+
+    def _describe(self, description: str | None, source_datasets: Sequence[str]) -> None:
+        desc_path = self.root / "dataset_description.json"
+        content = {
+            "Name": description or f"{self.name} derivatives",
+            "BIDSVersion": "1.9.0",
+            "DatasetType": "derivative",
+            "GeneratedBy": [
+                {
+                    "Name": self.name,
+                    "Version": __version__,
+                    "Description": "msmri: longitudinal MS trial imaging pipeline",
+                }
+            ],
+        }
+        if source_datasets:
+            content["SourceDatasets"] = [{"URL": str(s)} for s in source_datasets]
+        if self.config is not None:
+            content["GeneratedBy"][0]["Configuration"] = self.config
+        if desc_path.exists():
+            try:
+                old = json.loads(desc_path.read_text())
+            except json.JSONDecodeError:
+                old = None
+            if old == json.loads(dumps_json(content)):
+                return
+        atomic_write_text(desc_path, dumps_json(content))
+        if self.config is not None:
+            import yaml
+
+            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+
+    # ------------------------------------------------------------------ paths
+    def path(self, *, datatype: str | None, suffix: str, extension: str, **entities: Any) -> Path:
+        return build_path(self.root, datatype=datatype, suffix=suffix, extension=extension, **entities)
+
+    def provenance(
+        self,
+        *,
+        sources: Sequence[str | os.PathLike[str]] = (),
+        parameters: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The sidecar content every derived file carries."""
+        meta: dict[str, Any] = {}
+        if extra:
+            meta.update(extra)
+        meta["Sources"] = [self._rel(s) for s in sources]
+        if parameters is not None:
+            meta["Parameters"] = dict(parameters)
+        meta["RandomSeed"] = seed
+        meta["GeneratedBy"] = {"Name": self.name, "Version": __version__}
+        meta["SoftwareVersions"] = software_versions()
+        meta["DateGenerated"] = _dt.date.today().isoformat()
+        return meta
+
+    def _rel(self, path: str | os.PathLike[str]) -> str:
+        p = Path(path)
+        try:
+            return os.path.relpath(p.resolve(), self.root.resolve())
+        except ValueError:  # different drive
+            return str(p)
+
+    # ------------------------------------------------------------------ writers
+    def _sidecar(self, data_path: Path, meta: Mapping[str, Any] | None) -> Path | None:
+        if meta is None:
+            return None
+        name = data_path.name
+        stem = name.split(".", 1)[0]
+        side = data_path.with_name(stem + ".json")
+        atomic_write_text(side, dumps_json(meta))
+        return side
+
+    def write_nifti(self, img: Any, *, meta: Mapping[str, Any] | None = None, **spec: Any) -> Path:
+        """Save a nibabel image under the name given by ``spec`` (see :meth:`path`)."""
+        import nibabel as nib
+
+        spec.setdefault("extension", ".nii.gz")
+        path = self.path(**spec)
+        with atomic_path(path) as tmp:
+            nib.save(img, tmp)
+        self._sidecar(path, meta)
+        return path
+
+    def write_tsv(
+        self,
+        table: Any,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        columns: Mapping[str, Any] | None = None,
+        index: bool = False,
+        **spec: Any,
+    ) -> Path:
+        """Save a pandas DataFrame as TSV (``n/a`` for missing values).
+
+        ``columns`` maps column names to BIDS column descriptions
+        (``{"Description": ..., "Units": ...}``) stored in the sidecar.
+        """
+        spec.setdefault("extension", ".tsv")
+        path = self.path(**spec)
+        buf = io.StringIO()
+        table.to_csv(buf, sep="\t", index=index, na_rep="n/a", lineterminator="\n")
+        atomic_write_text(path, buf.getvalue())
+        if meta is not None or columns is not None:
+            full = dict(columns or {})
+            full.update(meta or {})
+            self._sidecar(path, full)
+        return path
+
+    def write_json(self, data: Mapping[str, Any], **spec: Any) -> Path:
+        spec.setdefault("extension", ".json")
+        path = self.path(**spec)
+        atomic_write_text(path, dumps_json(data))
+        return path
+
+    def write_text(self, text: str, **spec: Any) -> Path:
+        path = self.path(**spec)
+        atomic_write_text(path, text)
+        return path
+
+    def write_bytes(self, data: bytes, **spec: Any) -> Path:
+        path = self.path(**spec)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(data)
+        return path
+
+    def write_figure(self, fig: Any, *, meta: Mapping[str, Any] | None = None, **spec: Any) -> Path:
+        """Save a matplotlib figure (``extension`` .svg or .png)."""
+        spec.setdefault("extension", ".svg")
+        path = self.path(**spec)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, bbox_inches="tight")
+        self._sidecar(path, meta)
+        return path

@@ -1,0 +1,41 @@
+"""Input validation and inventory: one job per subject-session, then a group summary."""
+
+
+rule inventory:
+    input:
+        BIDS_DIR / "dataset_description.json",
+    output:
+        OUT_DIR / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+    log:
+        OUT_DIR / "logs/inventory/sub-{subject}_ses-{session}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        cmd=msmri_cmd(config, "participant", "inventory"),
+    shell:
+        "{params.cmd} --participant-label {wildcards.subject} "
+        "--session-label {wildcards.session} --nprocs {threads} > {log} 2>&1"
+
+
+rule group_inventory:
+    input:
+        expand(
+            OUT_DIR / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+            zip,
+            subject=SUBJECTS,
+            session=SESSIONS,
+        ),
+    output:
+        OUT_DIR / "group/inventory.tsv",
+    log:
+        OUT_DIR / "logs/group/inventory.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        cmd=msmri_cmd(config, "group", "inventory"),
+    shell:
+        "{params.cmd} > {log} 2>&1"

@@ -1,0 +1,48 @@
+"""Helpers used by the Snakefile: subject-session discovery and the job command line."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["discover", "msmri_cmd"]
+
+
+def _as_list(value: Any) -> list[str] | None:
+    if value in (None, "", []):
+        return None
+    if isinstance(value, str):
+        return [v for v in value.replace(",", " ").split() if v]
+    return [str(v) for v in value]
+
+
+def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(subject, session) pairs of the BIDS dataset, honouring the label filters."""
+    from workflows.bids import index_dataset, list_subject_sessions
+
+    layout = index_dataset(Path(config["bids_dir"]))
+    pairs = list_subject_sessions(
+        layout,
+        participant_label=_as_list(config.get("participant_label")),
+        session_label=_as_list(config.get("session_label")),
+    )
+    missing_ses = [s for s, t in pairs if t is None]
+    if missing_ses:
+        raise ValueError(
+            f"{config['bids_dir']}: subjects {missing_ses} have no ses- folders; msmri expects "
+            "longitudinal data with one folder per session"
+        )
+    return [(s, t) for s, t in pairs if t is not None]
+
+
+def msmri_cmd(config: Mapping[str, Any], level: str, stage: str) -> str:
+    """The `msmri` command (without subject/session filters) for one stage."""
+    parts = ["msmri", str(Path(config["bids_dir"]).resolve()), str(Path(config["output_dir"]).resolve()), level]
+    if config.get("msmri_config"):
+        parts += ["--config", str(Path(config["msmri_config"]).resolve())]
+    if config.get("work_dir"):
+        parts += ["--work-dir", str(Path(config["work_dir"]).resolve())]
+    parts += ["--stages", stage]
+    return " ".join(shlex.quote(p) for p in parts)
