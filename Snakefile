@@ -13,7 +13,7 @@ from pathlib import Path
 from workflows.snakemake import discover, msmri_cmd
 
 
-configfile: "configs/snakemake.yaml"
+configfile: Path(workflow.basedir) / "configs" / "snakemake.yaml"
 
 
 BIDS_DIR = Path(config["bids_dir"]).resolve()
@@ -32,12 +32,13 @@ include: "workflows/rules/inventory.smk"
 
 
 rule all:
+    default_target: True
     input:
         expand(
-            OUT_DIR / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+            OUT_DIR
+            / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
             zip,
             subject=SUBJECTS,
             session=SESSIONS,
         ),
         OUT_DIR / "group/inventory.tsv",
-    default_target: True

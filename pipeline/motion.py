@@ -83,9 +83,7 @@ def rigid_params(matrix: ArrayLike) -> np.ndarray:
         raise ValueError(f"expected matrices of shape (..., 4, 4), got {m.shape}")
     r = m[..., :3, :3]
     eye = np.broadcast_to(np.eye(3), r.shape)
-    if not np.allclose(r @ np.swapaxes(r, -1, -2), eye, atol=1e-6) or np.any(
-        np.linalg.det(r) < 0
-    ):
+    if not np.allclose(r @ np.swapaxes(r, -1, -2), eye, atol=1e-6) or np.any(np.linalg.det(r) < 0):
         raise ValueError("matrix is not rigid: its 3x3 block is not a proper rotation")
     out = np.empty((*m.shape[:-2], 6))
     out[..., :3] = m[..., :3, 3]

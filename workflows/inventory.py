@@ -102,13 +102,14 @@ def check_session(inputs: SessionInputs, config: Config, bids_dir: Path) -> tupl
         if inputs.lesion_mask is not None:
             reference = inputs.t1w if inputs.lesion_space == "T1w" else inputs.flair
             if reference is None:
-                raise InputError(
-                    inputs.lesion_mask,
-                    f"lesion mask is in space-{inputs.lesion_space} but no {inputs.lesion_space} "
-                    "image exists for this session",
+                skip(
+                    "lesion_mask",
+                    f"{inputs.lesion_mask.name} is in space-{inputs.lesion_space} but this session "
+                    f"has no {inputs.lesion_space} image to place it",
                 )
-            validate_mask_grid(inputs.lesion_mask, reference, tolerance_mm=v.grid_tolerance_mm)
-            add(inputs.lesion_mask, "lesion_mask", f"space-{inputs.lesion_space}")
+            else:
+                validate_mask_grid(inputs.lesion_mask, reference, tolerance_mm=v.grid_tolerance_mm)
+                add(inputs.lesion_mask, "lesion_mask", f"space-{inputs.lesion_space}")
         else:
             skip("lesion_mask", missing.get("lesion mask", "no lesion mask in the lesion derivatives"))
     caught = [str(w.message) for w in record]

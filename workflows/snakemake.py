@@ -10,12 +10,29 @@ from typing import Any
 __all__ = ["discover", "msmri_cmd"]
 
 
-def _as_list(value: Any) -> list[str] | None:
+def _as_list(value: Any, available: list[str]) -> list[str] | None:
+    """Labels from a Snakemake config value (string, number or list).
+
+    ``--config participant_label=02`` reaches us as the integer 2 (Snakemake
+    parses values as YAML), so numbers are matched numerically against the
+    labels that exist.
+    """
     if value in (None, "", []):
         return None
     if isinstance(value, str):
-        return [v for v in value.replace(",", " ").split() if v]
-    return [str(v) for v in value]
+        items: list[Any] = [v for v in value.replace(",", " ").split() if v]
+    elif isinstance(value, (int, float)):
+        items = [value]
+    else:
+        items = list(value)
+    labels = []
+    for item in items:
+        text = str(item)
+        if not isinstance(item, str):
+            numeric = [a for a in available if a.isdigit() and int(a) == int(item)]
+            text = numeric[0] if len(numeric) == 1 else text
+        labels.append(text)
+    return labels
 
 
 def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -25,8 +42,8 @@ def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     layout = index_dataset(Path(config["bids_dir"]))
     pairs = list_subject_sessions(
         layout,
-        participant_label=_as_list(config.get("participant_label")),
-        session_label=_as_list(config.get("session_label")),
+        participant_label=_as_list(config.get("participant_label"), layout.get_subjects()),
+        session_label=_as_list(config.get("session_label"), layout.get_sessions()),
     )
     missing_ses = [s for s, t in pairs if t is None]
     if missing_ses:

@@ -53,14 +53,16 @@ fractions ``p_gm, p_wm, p_csf`` at that point the voxel intensity is
   i.e. aliased cardiac/respiratory), independent of the region signals, so that
   WM/CSF regression removes their contamination of grey matter;
 * ``d(t)``: slow drift, linear plus quadratic, up to ``drift_pct`` %;
-* ``m(t) E``: spin-history-like motion artefact, ``m(t) = -3 % * FD[t]`` on volumes
-  with ``FD > 0.3 mm`` (and half of it on the following volume), ``E`` a map of the
-  brain's outer rim (about 4 mm) that moves with the head;
+* ``m(t) E``: spin-history-like motion artefact, ``m(t) = -motion_artefact_pct %
+  * FD[t]`` (default 3 % per mm) on volumes with ``FD > 0.3 mm``, plus half of the
+  previous volume's; ``E = exp(-depth / 6 mm)`` weights the brain's periphery
+  (``depth``: distance inside the template brain mask) and moves with the head;
 * ``n(x, t)``: spatially smooth (Gaussian, ``smooth_noise_fwhm_mm``) white-in-time
   Gaussian noise of standard deviation ``noise_pct`` %, times the local tissue
   intensity ``S_0 = B (800 p_gm + 650 p_wm + 1000 p_csf)``.
 
-Background (no tissue) is exactly 0.  ``noiseless=True`` drops all nuisance:
+Tissue probabilities below 0.001 count as 0, and background (no tissue) is
+exactly 0.  ``noiseless=True`` drops all nuisance:
 the physiological signals (``w``, ``c`` and the GM physiological component),
 ``n``, ``d`` and the motion (geometric and artefact), so that the image carries
 only the region and weak-global signals on the static tissue intensities.
@@ -69,6 +71,7 @@ only the region and weak-global signals on the static tissue intensities.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,9 +112,9 @@ _S0_GM, _S0_WM, _S0_CSF = 800.0, 650.0, 1000.0
 _WM_PCT, _CSF_PCT, _GM_PHYSIO_PCT = 0.6, 1.5, 0.5
 _WEAK_GLOBAL = 0.5
 _GM_REGION_THRESHOLD = 0.2
-_ARTEFACT_PCT_PER_MM = 3.0
 _ARTEFACT_FD_MM = 0.3
-_RIM_MM = 4.0
+_RIM_MM = 6.0
+_MIN_TISSUE = 1e-3
 _POWER_NETWORK_RADIUS_MM = 10.0
 
 AtlasName = Literal["power", "dosenbach", "seitzman"]
@@ -192,7 +195,7 @@ def load_coordinate_atlas(name: AtlasName) -> CoordinateAtlas:
     return _load_coordinate_atlas(name)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _load_coordinate_atlas(name: str) -> CoordinateAtlas:
     from nilearn import datasets
 
@@ -365,9 +368,7 @@ def max_planted_effect(loadings: ArrayLike, edges: Sequence[Edge]) -> float:
     return float(np.sqrt(np.min((b2[planted] - PRIVATE_VARIANCE_FLOOR) / deg[planted])))
 
 
-def population_correlation(
-    loadings: ArrayLike, edges: Sequence[Edge], effect: float
-) -> np.ndarray:
+def population_correlation(loadings: ArrayLike, edges: Sequence[Edge], effect: float) -> np.ndarray:
     """Exact population correlation matrix of the region time series.
 
     Parameters
@@ -496,15 +497,17 @@ def choose_planted_subnetwork(
     n_regions: int = 10,
     n_edges: int = 15,
     rng: np.random.Generator,
+    candidates: Sequence[int] | None = None,
 ) -> tuple[Edge, ...]:
     """Choose the planted subnetwork: a connected graph on atlas regions.
 
     Half of the regions (rounded up) are drawn from one network and the rest from
-    a second one (networks other than ``"unassigned"`` with enough regions, drawn
-    at random).  The regions are joined by a random Hamiltonian path (so the
-    graph is connected), then further edges are added between the pairs of
-    lowest summed degree until there are ``n_edges`` (this keeps degrees even,
-    which maximises :func:`max_planted_effect`).  Draws are repeated until the
+    a second one (a random ordered pair of networks other than ``"unassigned"``
+    with enough regions; if there is none, regions are drawn from all).  The
+    regions are joined by a random Hamiltonian path (so the graph is connected),
+    then further edges are added between the pairs of lowest summed degree until
+    there are ``n_edges`` (this keeps degrees even, which maximises
+    :func:`max_planted_effect`).  Draws are repeated until the
     graph has both within-network and between-network edges (when two networks
     are used).
 
@@ -518,6 +521,9 @@ def choose_planted_subnetwork(
         Number of edges, ``n_regions - 1 <= n_edges <= n_regions (n_regions - 1) / 2``.
     rng : numpy.random.Generator
         Source of randomness (the result is deterministic given its state).
+    candidates : sequence of int, optional
+        Restrict the regions to these atlas indices (e.g. regions whose sphere
+        contains enough grey matter, so the planted effect is visible).
 
     Returns
     -------
@@ -525,49 +531,53 @@ def choose_planted_subnetwork(
         Sorted edges ``(i, j)`` with ``i < j`` (atlas region indices).
     """
     n, m = int(n_regions), int(n_edges)
-    if not 2 <= n <= atlas.n_regions:
-        raise ValueError(f"n_regions must be in [2, {atlas.n_regions}], got {n}")
+    pool = np.arange(atlas.n_regions) if candidates is None else np.unique(candidates)
+    if pool.size and (pool.min() < 0 or pool.max() >= atlas.n_regions):
+        raise ValueError("candidates must be atlas region indices")
+    if not 2 <= n <= pool.size:
+        raise ValueError(f"n_regions must be in [2, {pool.size}], got {n}")
     if not n - 1 <= m <= n * (n - 1) // 2:
         raise ValueError(f"n_edges must be in [{n - 1}, {n * (n - 1) // 2}], got {m}")
     networks = np.array(atlas.networks)
     n_a, n_b = (n + 1) // 2, n // 2
-    sizes = {net: int((networks == net).sum()) for net in atlas.network_names}
-    big_a = [net for net in atlas.network_names if sizes[net] >= n_a]
+    members = {net: pool[networks[pool] == net] for net in atlas.network_names}
+    pairs = [
+        (a, b)
+        for a in atlas.network_names
+        for b in atlas.network_names
+        if a != b and members[a].size >= n_a and members[b].size >= n_b
+    ]
     for _ in range(100):
-        if big_a:
-            net_a = str(rng.choice(big_a))
-            big_b = [net for net in atlas.network_names if net != net_a and sizes[net] >= n_b]
-        if big_a and big_b:
-            net_b = str(rng.choice(big_b))
+        if pairs:
+            net_a, net_b = pairs[int(rng.integers(len(pairs)))]
             nodes = np.concatenate(
                 [
-                    rng.choice(np.flatnonzero(networks == net_a), n_a, replace=False),
-                    rng.choice(np.flatnonzero(networks == net_b), n_b, replace=False),
+                    rng.choice(members[net_a], n_a, replace=False),
+                    rng.choice(members[net_b], n_b, replace=False),
                 ]
             )
         else:
-            nodes = rng.choice(atlas.n_regions, n, replace=False)
-        order = rng.permutation(nodes)
-        edges = {tuple(sorted((int(a), int(b)))) for a, b in zip(order[:-1], order[1:])}
-        deg = {int(v): 0 for v in nodes}
+            nodes = rng.choice(pool, n, replace=False)
+        nodes = [int(v) for v in nodes]
+        order = [nodes[k] for k in rng.permutation(n)]
+        edges = {(min(a, b), max(a, b)) for a, b in itertools.pairwise(order)}
+        deg = dict.fromkeys(nodes, 0)
         for a, b in edges:
             deg[a] += 1
             deg[b] += 1
-        candidates = [
-            (int(a), int(b))
-            for k, a in enumerate(sorted(nodes))
-            for b in sorted(nodes)[k + 1 :]
-            if (int(a), int(b)) not in edges
+        ranked = sorted(nodes)
+        candidates_e = [
+            (a, b) for k, a in enumerate(ranked) for b in ranked[k + 1 :] if (a, b) not in edges
         ]
         while len(edges) < m:
-            score = np.array([deg[a] + deg[b] for a, b in candidates])
+            score = np.array([deg[a] + deg[b] for a, b in candidates_e])
             best = np.flatnonzero(score == score.min())
-            a, b = candidates.pop(int(rng.choice(best)))
+            a, b = candidates_e.pop(int(rng.choice(best)))
             edges.add((a, b))
             deg[a] += 1
             deg[b] += 1
         same = [networks[a] == networks[b] for a, b in edges]
-        if len(set(networks[nodes])) < 2 or (any(same) and not all(same)):
+        if not pairs or (any(same) and not all(same)):
             return tuple(sorted(edges))
     raise RuntimeError("could not draw a planted subnetwork with within and between edges")
 
@@ -615,15 +625,17 @@ def _apply_affine(affine: np.ndarray, pts: np.ndarray) -> np.ndarray:
 
 
 def _rim_map(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, voxel_mm: float) -> np.ndarray:
-    """Map (0..1) of the outer rim of the brain on the template grid."""
+    """Weight (0..1) of the brain's periphery on the template grid.
+
+    ``exp(-depth / RIM_MM)``, depth being the distance (mm) from a brain voxel to
+    the nearest non-brain voxel; 0 outside the brain.
+    """
     from scipy import ndimage
 
     brain = (gm + wm + csf) > 0.5
-    iters = max(1, round(_RIM_MM / voxel_mm))
-    rim = brain & ~ndimage.binary_erosion(brain, iterations=iters)
-    rim_f = ndimage.gaussian_filter(rim.astype(np.float32), sigma=1.0)
-    peak = float(rim_f.max())
-    return (rim_f / peak if peak > 0 else rim_f).astype(np.float32)
+    depth = ndimage.distance_transform_edt(brain) * voxel_mm
+    rim = np.where(brain, np.exp(-np.maximum(depth - voxel_mm, 0.0) / _RIM_MM), 0.0)
+    return ndimage.gaussian_filter(rim.astype(np.float32), sigma=0.5)
 
 
 def _bias_field(world: np.ndarray, grid_affine: np.ndarray, grid_shape, rng) -> np.ndarray:
@@ -660,6 +672,7 @@ def simulate_bold(
     smooth_noise_fwhm_mm: float = 6.0,
     drift_pct: float = 1.0,
     motion: ArrayLike | None = None,
+    motion_artefact_pct: float = 3.0,
     noiseless: bool = False,
     loadings: ArrayLike | None = None,
 ) -> BoldPhantom:
@@ -705,6 +718,9 @@ def simulate_bold(
     motion : array-like, shape (T, 6), optional
         Rigid head motion per volume (:mod:`pipeline.motion` convention), relative
         to the rest pose seen by ``to_template``.  ``None``: no motion.
+    motion_artefact_pct : float
+        Spin-history-like artefact: intensity change ``-motion_artefact_pct * FD``
+        (% per mm) at the brain's periphery on volumes with ``FD > 0.3`` mm.
     noiseless : bool
         Drop noise, drift, WM/CSF/GM physiological signals and motion (``motion``
         is ignored and reported as zeros).
@@ -730,6 +746,8 @@ def simulate_bold(
     maps = [np.asarray(a, dtype=np.float32) for a in (gm, wm, csf)]
     if any(a.ndim != 3 or a.shape != maps[0].shape for a in maps):
         raise ValueError("gm, wm and csf must be 3-D arrays of the same shape")
+    # Templates carry denormal-small values far outside the brain: treat as 0.
+    maps = [np.where(a < _MIN_TISSUE, np.float32(0), a) for a in maps]
     n_vol = int(n_volumes)
     if n_vol < 2:
         raise ValueError(f"n_volumes must be >= 2, got {n_volumes}")
@@ -759,7 +777,7 @@ def simulate_bold(
     tau = np.linspace(-1.0, 1.0, n_vol)
     c_lin, c_quad = rng.uniform(-1.0, 1.0, size=2)
     drift = drift_pct / 100.0 * (c_lin * tau + c_quad * (1.5 * tau**2 - 0.5))
-    art = np.where(fd > _ARTEFACT_FD_MM, -_ARTEFACT_PCT_PER_MM / 100.0 * fd, 0.0)
+    art = np.where(fd > _ARTEFACT_FD_MM, -motion_artefact_pct / 100.0 * fd, 0.0)
     art[1:] += 0.5 * art[:-1]
 
     sig = signal_pct / 100.0

@@ -5,9 +5,12 @@ rule inventory:
     input:
         BIDS_DIR / "dataset_description.json",
     output:
-        OUT_DIR / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
     log:
         OUT_DIR / "logs/inventory/sub-{subject}_ses-{session}.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
     threads: 1
     resources:
         mem_mb=1000,
@@ -22,7 +25,8 @@ rule inventory:
 rule group_inventory:
     input:
         expand(
-            OUT_DIR / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+            OUT_DIR
+            / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
             zip,
             subject=SUBJECTS,
             session=SESSIONS,
@@ -31,6 +35,8 @@ rule group_inventory:
         OUT_DIR / "group/inventory.tsv",
     log:
         OUT_DIR / "logs/group/inventory.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
     threads: 1
     resources:
         mem_mb=1000,

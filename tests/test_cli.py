@@ -1,0 +1,97 @@
+"""The msmri command line: BIDS-Apps interface and the inventory stage."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import write_nifti
+from workflows.cli import main
+
+
+def test_help_shows_bids_app_interface(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for token in ("bids_dir", "output_dir", "{participant,group}", "--participant-label",
+                  "--session-label", "--config", "--work-dir", "--nprocs", "msmri synth"):
+        assert token in out, token
+
+
+def test_synth_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["synth", "--help"])
+    out = capsys.readouterr().out
+    assert "--preset" in out and "tiny" in out and "trial" in out and "--seed" in out
+
+
+def test_inventory_describes_inputs_and_skips_missing(tiny_bids, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(tiny_bids), str(out), "participant"]) == 0
+    inv = pd.read_csv(out / "sub-01/ses-m03/sub-01_ses-m03_inventory.tsv", sep="\t")
+    rows = inv.set_index("modality")
+    assert rows.loc["FLAIR", "status"] == "skipped"
+    assert "FLAIR" in rows.loc["FLAIR", "note"]
+    assert rows.loc["dwi", "status"] == "used"
+    assert rows.loc["dwi", "b_values"] == "0x2,1000x12"
+    assert rows.loc["dwi", "n_directions"] == 12
+    assert rows.loc["bold", "repetition_time_s"] == pytest.approx(2.0)
+    assert rows.loc["T1w", "shape"] == "8x8x6"
+    assert rows.loc["lesion_mask", "status"] == "skipped"  # its FLAIR reference is missing
+    assert "no FLAIR image" in rows.loc["lesion_mask", "note"]
+    inv2 = pd.read_csv(out / "sub-02/ses-m03/sub-02_ses-m03_inventory.tsv", sep="\t")
+    rows2 = inv2.set_index("modality")
+    assert rows2.loc["bold", "status"] == "skipped"
+    assert rows2.loc["lesion_mask", "note"] == "space-FLAIR"
+    side = json.loads((out / "sub-01/ses-m03/sub-01_ses-m03_inventory.json").read_text())
+    assert side["RandomSeed"] == 20251125 and "dipy" in side["SoftwareVersions"]
+    assert "Description" in side["b_values"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Configuration"]["validation"]["b0_threshold"] == 50
+    assert (out / "config.yaml").exists()
+    assert main([str(tiny_bids), str(out), "group"]) == 0
+    group = pd.read_csv(out / "group/inventory.tsv", sep="\t")
+    assert set(group["subject"].astype(str).str.zfill(2)) == {"01", "02"}
+    assert len(group) == 4 * 5
+
+
+def test_label_filters(tiny_bids, tmp_path):
+    out = tmp_path / "out"
+    assert main([str(tiny_bids), str(out), "participant", "--participant-label", "sub-02",
+                 "--session-label", "m00"]) == 0
+    assert sorted(p.name for p in out.glob("sub-*/ses-*/*_inventory.tsv")) == [
+        "sub-02_ses-m00_inventory.tsv"
+    ]
+
+
+def test_broken_input_fails_only_its_subject(tiny_bids, tmp_path, capsys):
+    bad = tiny_bids / "sub-01/ses-m00/dwi/sub-01_ses-m00_dwi.nii.gz"
+    data = np.ones((8, 8, 6, 14), dtype=np.float32)
+    data[2, 2, 2, 3] = np.nan
+    write_nifti(bad, data)
+    out = tmp_path / "out"
+    assert main([str(tiny_bids), str(out), "participant"]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "NaN" in err
+    assert not (out / "sub-01/ses-m00").exists()
+    assert (out / "sub-02/ses-m00/sub-02_ses-m00_inventory.tsv").exists()
+    assert not list(out.rglob(".*tmp*"))
+
+
+def test_bad_config_is_a_clear_error(tiny_bids, tmp_path, capsys):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("validation:\n  b0_treshold: 10\n")
+    assert main([str(tiny_bids), str(tmp_path / "out"), "participant", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "validation.b0_treshold" in err
+
+
+def test_missing_t1w_is_an_error_naming_the_folder(make_bids, tmp_path, capsys):
+    bids = make_bids(omit={("01", "m00"): {"T1w"}})
+    assert main([str(bids), str(tmp_path / "out"), "participant"]) == 1
+    assert "sub-01/ses-m00/anat" in capsys.readouterr().err
