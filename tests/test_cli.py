@@ -17,8 +17,17 @@ def test_help_shows_bids_app_interface(capsys):
         main(["--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    for token in ("bids_dir", "output_dir", "{participant,group}", "--participant-label",
-                  "--session-label", "--config", "--work-dir", "--nprocs", "msmri synth"):
+    for token in (
+        "bids_dir",
+        "output_dir",
+        "{participant,group}",
+        "--participant-label",
+        "--session-label",
+        "--config",
+        "--work-dir",
+        "--nprocs",
+        "msmri synth",
+    ):
         assert token in out, token
 
 
@@ -62,8 +71,20 @@ def test_inventory_describes_inputs_and_skips_missing(tiny_bids, tmp_path):
 
 def test_label_filters(tiny_bids, tmp_path):
     out = tmp_path / "out"
-    assert main([str(tiny_bids), str(out), "participant", "--participant-label", "sub-02",
-                 "--session-label", "m00"]) == 0
+    assert (
+        main(
+            [
+                str(tiny_bids),
+                str(out),
+                "participant",
+                "--participant-label",
+                "sub-02",
+                "--session-label",
+                "m00",
+            ]
+        )
+        == 0
+    )
     assert sorted(p.name for p in out.glob("sub-*/ses-*/*_inventory.tsv")) == [
         "sub-02_ses-m00_inventory.tsv"
     ]

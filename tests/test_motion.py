@@ -40,9 +40,7 @@ def test_rotation_sense_is_right_handed_ras():
 
 def test_round_trip_params_matrix():
     rng = np.random.default_rng(0)
-    params = np.column_stack(
-        [rng.uniform(-20, 20, (200, 3)), rng.uniform(-1.5, 1.5, (200, 3))]
-    )
+    params = np.column_stack([rng.uniform(-20, 20, (200, 3)), rng.uniform(-1.5, 1.5, (200, 3))])
     mats = rigid_matrix(params)
     assert mats.shape == (200, 4, 4)
     np.testing.assert_allclose(rigid_params(mats), params, atol=1e-10)

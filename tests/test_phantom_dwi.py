@@ -18,8 +18,17 @@ def subject():
     return make_subject(SPEC, 0)
 
 
-def _simulate(subject, *, orientation="LAS", session_index=0, rd_change=0.0, motion=None,
-              noiseless=True, seed=0, snr=25.0):
+def _simulate(
+    subject,
+    *,
+    orientation="LAS",
+    session_index=0,
+    rd_change=0.0,
+    motion=None,
+    noiseless=True,
+    seed=0,
+    snr=25.0,
+):
     shape, aff = acquisition_grid(FOV["dwi"], SPEC.dwi_voxel_mm, orientation)
     rng = np.random.default_rng(seed)
     bvals, bvecs = gradient_scheme(3, 30, 1000.0, rng)

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PARTICIPANT_STAGES", "GROUP_STAGES", "main"]
+__all__ = ["GROUP_STAGES", "PARTICIPANT_STAGES", "main"]
 
 log = logging.getLogger("msmri")
 
@@ -94,11 +94,10 @@ def _synth_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--bold-effect", type=float, nargs="+", default=None, metavar="STRENGTH",
-        help="strength of the planted connectivity increase per session, e.g. 0 0.35 0.7",
+        help="planted connectivity increase per session, as a fraction of the largest the "
+        "model allows (correlation rise about 0.3 at 1.0), e.g. 0 0.5 1",
     )  # fmt: skip
-    p.add_argument(
-        "--no-new-lesion", action="store_true", help="no new lesion at the last session"
-    )
+    p.add_argument("--no-new-lesion", action="store_true", help="no new lesion at the last session")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 
@@ -153,7 +152,9 @@ def run_bids_app(args: argparse.Namespace) -> int:
     stages = tuple(args.stages) if args.stages else known
     bad = [s for s in stages if s not in known]
     if bad:
-        raise SystemExit(f"msmri: unknown {args.analysis_level} stage(s) {bad}; known: {list(known)}")
+        raise SystemExit(
+            f"msmri: unknown {args.analysis_level} stage(s) {bad}; known: {list(known)}"
+        )
     writer = DerivativesWriter(out, config=config.to_dict(), source_datasets=[str(bids_dir)])
 
     if args.analysis_level == "group":

@@ -58,7 +58,7 @@ def bids_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
         if val is None:
             continue
         val = str(val)
-        if not val or any(c in val for c in "_-/ ") :
+        if not val or any(c in val for c in "_-/ "):
             raise ValueError(f"invalid value {val!r} for entity '{key}'")
         parts.append(f"{key}-{val}")
     if not extension.startswith("."):
@@ -205,11 +205,15 @@ class DerivativesWriter:
         if self.config is not None:
             import yaml
 
-            atomic_write_text(self.root / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            atomic_write_text(
+                self.root / "config.yaml", yaml.safe_dump(self.config, sort_keys=False)
+            )
 
     # ------------------------------------------------------------------ paths
     def path(self, *, datatype: str | None, suffix: str, extension: str, **entities: Any) -> Path:
-        return build_path(self.root, datatype=datatype, suffix=suffix, extension=extension, **entities)
+        return build_path(
+            self.root, datatype=datatype, suffix=suffix, extension=extension, **entities
+        )
 
     def provenance(
         self,

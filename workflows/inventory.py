@@ -42,7 +42,9 @@ INVENTORY_COLUMNS = {
 }
 
 
-def check_session(inputs: SessionInputs, config: Config, bids_dir: Path) -> tuple[pd.DataFrame, dict]:
+def check_session(
+    inputs: SessionInputs, config: Config, bids_dir: Path
+) -> tuple[pd.DataFrame, dict]:
     """Validate every input of one subject-session and describe it.
 
     Returns the inventory table and a JSON-ready dict of what was found.
@@ -67,7 +69,9 @@ def check_session(inputs: SessionInputs, config: Config, bids_dir: Path) -> tupl
         rows.append(row)
 
     def skip(modality: str, reason: str) -> None:
-        log.warning("sub-%s ses-%s: %s skipped: %s", inputs.subject, inputs.session, modality, reason)
+        log.warning(
+            "sub-%s ses-%s: %s skipped: %s", inputs.subject, inputs.session, modality, reason
+        )
         rows.append({"modality": modality, "status": "skipped", "note": reason})
 
     missing = {m.split(":", 1)[0].strip(): m for m in inputs.missing}
@@ -93,7 +97,10 @@ def check_session(inputs: SessionInputs, config: Config, bids_dir: Path) -> tupl
             )  # fmt: skip
             add(inputs.dwi, "dwi", "; ".join(chk.warnings), bvals=chk.bvals, bvecs=chk.bvecs)
         else:
-            skip("dwi", missing.get("dwi", missing.get("DWI", "no DWI series with .bval/.bvec found")))
+            skip(
+                "dwi",
+                missing.get("dwi", missing.get("DWI", "no DWI series with .bval/.bvec found")),
+            )
         if inputs.bold is not None:
             bchk = validate_bold(inputs.bold, inputs.bold_json, min_volumes=v.min_bold_volumes)
             add(inputs.bold, "bold", "; ".join(bchk.warnings), repetition_time=bchk.repetition_time)
@@ -111,7 +118,10 @@ def check_session(inputs: SessionInputs, config: Config, bids_dir: Path) -> tupl
                 validate_mask_grid(inputs.lesion_mask, reference, tolerance_mm=v.grid_tolerance_mm)
                 add(inputs.lesion_mask, "lesion_mask", f"space-{inputs.lesion_space}")
         else:
-            skip("lesion_mask", missing.get("lesion mask", "no lesion mask in the lesion derivatives"))
+            skip(
+                "lesion_mask",
+                missing.get("lesion mask", "no lesion mask in the lesion derivatives"),
+            )
     caught = [str(w.message) for w in record]
     for msg in caught:
         log.warning("sub-%s ses-%s: %s", inputs.subject, inputs.session, msg)
@@ -160,5 +170,7 @@ def summarise_inventories(writer: DerivativesWriter, tsv_paths: list[Path]) -> P
         "session": {"Description": "session label"},
         **INVENTORY_COLUMNS,
     }
-    meta = writer.provenance(sources=tsv_paths, extra={"Description": "All inventories of the dataset"})
+    meta = writer.provenance(
+        sources=tsv_paths, extra={"Description": "All inventories of the dataset"}
+    )
     return writer.write_tsv(table, columns=columns, meta=meta, datatype="group", suffix="inventory")

@@ -56,7 +56,12 @@ def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def msmri_cmd(config: Mapping[str, Any], level: str, stage: str) -> str:
     """The `msmri` command (without subject/session filters) for one stage."""
-    parts = ["msmri", str(Path(config["bids_dir"]).resolve()), str(Path(config["output_dir"]).resolve()), level]
+    parts = [
+        "msmri",
+        str(Path(config["bids_dir"]).resolve()),
+        str(Path(config["output_dir"]).resolve()),
+        level,
+    ]
     if config.get("msmri_config"):
         parts += ["--config", str(Path(config["msmri_config"]).resolve())]
     if config.get("work_dir"):

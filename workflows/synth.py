@@ -40,6 +40,12 @@ SIDECARS = {
              "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.03},
 }  # fmt: skip
 
+SESSION_COLUMNS = {
+    "acq_time": {"Description": "acquisition date and time of the session"},
+    "time_months": {"Description": "time since baseline", "Units": "month"},
+    "edss": {"Description": "Expanded Disability Status Scale score", "Units": "arbitrary"},
+}
+
 MANUFACTURER = {"Manufacturer": "msmri synthetic phantom", "ManufacturersModelName": "msmri-synth"}
 
 
@@ -52,7 +58,9 @@ def _write_raw_session(bids: Path, ph: SessionPhantom, spec: PhantomSpec) -> Non
     ent = {"sub": sub, "ses": ses}
     writer = _RawWriter(bids)
     for suffix in ("T1w", "FLAIR"):
-        writer.image(ph.images[suffix], datatype="anat", suffix=suffix, meta=SIDECARS[suffix], **ent)
+        writer.image(
+            ph.images[suffix], datatype="anat", suffix=suffix, meta=SIDECARS[suffix], **ent
+        )
     dwi = ph.images["dwi"]
     writer.image(dwi, datatype="dwi", suffix="dwi", meta=SIDECARS["dwi"], **ent)
     fsl = world_to_fsl(ph.bvecs_world, dwi.affine)
@@ -76,7 +84,9 @@ class _RawWriter:
 
         from workflows.derivatives import atomic_path
 
-        path = build_path(self.root, datatype=datatype, suffix=suffix, extension=".nii.gz", **entities)
+        path = build_path(
+            self.root, datatype=datatype, suffix=suffix, extension=".nii.gz", **entities
+        )
         with atomic_path(path) as tmp:
             nib.save(img, tmp)
         _write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {**meta, **MANUFACTURER})
@@ -88,7 +98,9 @@ def _write_lesions(lesion_writer: DerivativesWriter, ph: SessionPhantom, raw_bid
     # odd subjects have masks drawn on FLAIR, even subjects on T1w: both spaces occur
     space = "FLAIR" if ph.subject.index % 2 == 0 else "T1w"
     img = ph.truth_images[f"space-{space}_label-lesion_mask"]
-    source = build_path(raw_bids, datatype="anat", suffix=space, extension=".nii.gz", sub=sub, ses=ses)
+    source = build_path(
+        raw_bids, datatype="anat", suffix=space, extension=".nii.gz", sub=sub, ses=ses
+    )
     meta = lesion_writer.provenance(
         sources=[source],
         extra={
@@ -98,7 +110,14 @@ def _write_lesions(lesion_writer: DerivativesWriter, ph: SessionPhantom, raw_bid
         },
     )
     lesion_writer.write_nifti(
-        img, meta=meta, datatype="anat", suffix="mask", sub=sub, ses=ses, space=space, label="lesion"
+        img,
+        meta=meta,
+        datatype="anat",
+        suffix="mask",
+        sub=sub,
+        ses=ses,
+        space=space,
+        label="lesion",
     )
 
 
@@ -114,7 +133,9 @@ def _write_truth(truth: DerivativesWriter, ph: SessionPhantom) -> None:
         if name == "lesions":
             truth.write_tsv(table, datatype="anat", suffix="lesions", sub=sub, ses=ses)
         elif name == "bold_region_timeseries":
-            truth.write_tsv(table, datatype="func", suffix="timeseries", sub=sub, ses=ses, task="rest")
+            truth.write_tsv(
+                table, datatype="func", suffix="timeseries", sub=sub, ses=ses, task="rest"
+            )
         elif name == "bold_population_correlation":
             truth.write_tsv(
                 table, index=True, datatype="func", suffix="relmat", sub=sub, ses=ses,
@@ -161,7 +182,7 @@ def write_trial(
             "BIDSVersion": "1.9.0",
             "DatasetType": "raw",
             "License": "CC0",
-            "Authors": ["msmri developers"],
+            "Authors": ["msmri developers", "msmri synth (generated data)"],
             "GeneratedBy": [{"Name": "msmri synth", "Description": "synthetic phantom"}],
             "HowToAcknowledge": "Template data: MNI152 2009 (ICBM, McConnell Brain Imaging Centre) via nilearn.",
         },
@@ -188,17 +209,23 @@ def write_trial(
         source_datasets=["../../"],
     )
     truth = DerivativesWriter(
-        out / "truth", name="msmri-synth", description="Ground truth of the synthetic trial",
+        out / "truth",
+        name="msmri-synth",
+        description="Ground truth of the synthetic trial",
         config={"phantom": spec_dict},
     )
     indices = list(range(spec.n_subjects)) if subjects is None else list(subjects)
     models = [make_subject(spec, i) for i in range(spec.n_subjects)]
     part = _participants(models)
-    atomic_write_text(bids / "participants.tsv", part.to_csv(sep="\t", index=False, lineterminator="\n"))
+    atomic_write_text(
+        bids / "participants.tsv", part.to_csv(sep="\t", index=False, lineterminator="\n")
+    )
     timings = []
     for i in indices:
         subj = models[i]
-        truth.write_json(subj.to_dict(), datatype=None, suffix="anatomy", extension=".json", sub=subj.label)
+        truth.write_json(
+            subj.to_dict(), datatype=None, suffix="anatomy", extension=".json", sub=subj.label
+        )
         rows = []
         for s, ses in enumerate(spec.sessions):
             t1 = time.perf_counter()
@@ -221,14 +248,7 @@ def write_trial(
             bids / f"sub-{subj.label}" / f"sub-{subj.label}_sessions.tsv",
             ses_tab.to_csv(sep="\t", index=False, lineterminator="\n"),
         )
-    _write_json(
-        bids / "sessions.json",
-        {
-            "acq_time": {"Description": "acquisition date and time of the session"},
-            "time_months": {"Description": "time since baseline", "Units": "month"},
-            "edss": {"Description": "Expanded Disability Status Scale score"},
-        },
-    )
+        _write_json(bids / f"sub-{subj.label}" / f"sub-{subj.label}_sessions.json", SESSION_COLUMNS)
     summary = {
         "spec": spec_dict,
         "subjects": [models[i].label for i in indices],
@@ -242,9 +262,9 @@ def write_trial(
                 "dti": "radial diffusivity of left-hemisphere white matter outside lesions changes by "
                 "rd_change[session] (relative); axial diffusivity unchanged; right hemisphere and "
                 "lesions unchanged",
-                "rd_change": dict(zip(spec.sessions, spec.rd_change)),
+                "rd_change": dict(zip(spec.sessions, spec.rd_change, strict=True)),
                 "bold": "correlations of the planted edges rise with bold_effect[session]",
-                "bold_effect": dict(zip(spec.sessions, spec.bold_effect)),
+                "bold_effect": dict(zip(spec.sessions, spec.bold_effect, strict=True)),
             },
             "seed": spec.seed,
         },

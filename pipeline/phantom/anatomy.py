@@ -444,15 +444,16 @@ def place_lesions(
             if loc == "juxtacortical":
                 radii = np.minimum(radii, 2.5)
             clear = all(
-                np.linalg.norm(centre - np.asarray(o.centre_mni))
-                > max(radii) + max(o.radii_mm) + 3
+                np.linalg.norm(centre - np.asarray(o.centre_mni)) > max(radii) + max(o.radii_mm) + 3
                 for o in lesions
             )
             if clear:
                 break
         else:  # pragma: no cover - only for absurd lesion counts
             raise RuntimeError(f"could not place {n_lesions} non-overlapping lesions")
-        first = new_lesion_session if (new_lesion_session is not None and i == len(classes) - 1) else 0
+        first = (
+            new_lesion_session if (new_lesion_session is not None and i == len(classes) - 1) else 0
+        )
         lesions.append(
             Lesion(
                 centre_mni=tuple(float(v) for v in centre),
@@ -477,12 +478,24 @@ def place_lesions(
 # its genu (forceps minor) curving forward and its splenium (forceps major)
 # curving backward.
 _CST_LEFT = [
-    (-36, -22, 62), (-30, -19, 44), (-25, -16, 28), (-21, -14, 12), (-18, -15, 0),
-    (-13, -19, -12), (-9, -25, -26), (-6, -32, -38), (-4, -38, -48),
+    (-36, -22, 62),
+    (-30, -19, 44),
+    (-25, -16, 28),
+    (-21, -14, 12),
+    (-18, -15, 0),
+    (-13, -19, -12),
+    (-9, -25, -26),
+    (-6, -32, -38),
+    (-4, -38, -48),
 ]
 _OR_LEFT = [
-    (-22, -26, -5), (-30, -20, -9), (-36, -28, -5), (-35, -45, 0), (-30, -64, 3),
-    (-22, -82, 4), (-14, -96, 6),
+    (-22, -26, -5),
+    (-30, -20, -9),
+    (-36, -28, -5),
+    (-35, -45, 0),
+    (-30, -64, 3),
+    (-22, -82, 4),
+    (-14, -96, 6),
 ]
 TRACT_RADIUS_MM = {"CST_L": 3.5, "CST_R": 3.5, "OR_L": 3.0, "OR_R": 3.0, "CC": 3.0}
 

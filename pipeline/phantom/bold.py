@@ -43,7 +43,7 @@ fractions ``p_gm, p_wm, p_csf`` at that point the voxel intensity is
           (1 + d(t)) (1 + m(t) E) + n(x, t) S_0
 
 * ``B``: a smooth receive-bias field fixed in scanner space (random quadratic,
-  within about +-20 %);
+  clipped to 0.7-1.3);
 * ``s_gm``: ``signal_pct/100 * x_i(t)`` if the point's MNI position lies within
   ``region_radius_mm`` of region ``i`` (the nearest such region) and
   ``p_gm > 0.2``; otherwise ``signal_pct/100 * 0.5 g(t)`` (weak global signal);
@@ -52,7 +52,7 @@ fractions ``p_gm, p_wm, p_csf`` at that point the voxel intensity is
   signals (``w`` band-limited like the regions, ``c`` broad-band 0.01 Hz-Nyquist,
   i.e. aliased cardiac/respiratory), independent of the region signals, so that
   WM/CSF regression removes their contamination of grey matter;
-* ``d(t)``: slow drift, linear plus quadratic, up to ``drift_pct`` %;
+* ``d(t)``: slow drift, random linear plus quadratic, at most ``drift_pct`` %;
 * ``m(t) E``: spin-history-like motion artefact, ``m(t) = -motion_artefact_pct %
   * FD[t]`` (default 3 % per mm) on volumes with ``FD > 0.3 mm``, plus half of the
   previous volume's; ``E = exp(-depth / 6 mm)`` weights the brain's periphery
@@ -62,10 +62,15 @@ fractions ``p_gm, p_wm, p_csf`` at that point the voxel intensity is
   intensity ``S_0 = B (800 p_gm + 650 p_wm + 1000 p_csf)``.
 
 Tissue probabilities below 0.001 count as 0, and background (no tissue) is
-exactly 0.  ``noiseless=True`` drops all nuisance:
-the physiological signals (``w``, ``c`` and the GM physiological component),
-``n``, ``d`` and the motion (geometric and artefact), so that the image carries
-only the region and weak-global signals on the static tissue intensities.
+exactly 0.  ``noiseless=True`` drops all nuisance: the physiological signals
+(``w``, ``c`` and the GM physiological component), ``n``, ``d`` and the motion
+(geometric and artefact), so that the image carries only the region and
+weak-global signals on the static tissue intensities.
+
+Cost.  Tissue is sampled once for the rest pose and again only for volumes with
+non-zero motion (restricted to voxels the moving brain can reach).  A 3 mm
+56x66x56 grid with 150 volumes takes about 1 s without motion and about 6 s with
+motion on one core.
 """
 
 from __future__ import annotations
@@ -776,7 +781,7 @@ def simulate_bold(
     csf_sig = band_limited_noise(n_vol, 1, tr=tr, rng=rng, band=(BAND_HZ[0], nyquist))[:, 0]
     tau = np.linspace(-1.0, 1.0, n_vol)
     c_lin, c_quad = rng.uniform(-1.0, 1.0, size=2)
-    drift = drift_pct / 100.0 * (c_lin * tau + c_quad * (1.5 * tau**2 - 0.5))
+    drift = drift_pct / 200.0 * (c_lin * tau + c_quad * (1.5 * tau**2 - 0.5))
     art = np.where(fd > _ARTEFACT_FD_MM, -motion_artefact_pct / 100.0 * fd, 0.0)
     art[1:] += 0.5 * art[:-1]
 

@@ -185,7 +185,10 @@ def simulate_dwi(
     # fibre direction: nearest template orientation, pushed into the scanner frame
     brain_idx = np.flatnonzero(prob["brain"] > 0.01)
     e_mni = np.stack(
-        [sample_template(inv, tracts.orientation[..., c], mni[brain_idx], order=0) for c in range(3)],
+        [
+            sample_template(inv, tracts.orientation[..., c], mni[brain_idx], order=0)
+            for c in range(3)
+        ],
         axis=1,
     )
     jac = _local_rotation(to_template, pts[brain_idx])
@@ -235,7 +238,9 @@ def simulate_dwi(
     dropout: list[int] = []
     if n_dropout:
         dw = np.flatnonzero(bvals > 50)
-        dropout = sorted(int(v) for v in rng.choice(dw, size=min(n_dropout, len(dw)), replace=False))
+        dropout = sorted(
+            int(v) for v in rng.choice(dw, size=min(n_dropout, len(dw)), replace=False)
+        )
         for k in dropout:
             z = int(rng.integers(shape[2] // 3, 2 * shape[2] // 3))
             data[:, :, z, k] *= 0.25

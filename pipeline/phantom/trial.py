@@ -15,6 +15,7 @@ generation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -92,7 +93,7 @@ class PhantomSpec:
     bold_atlas: str = "seitzman"
     bold_planted_regions: int = 10
     bold_planted_edges: int = 15
-    bold_effect: tuple[float, ...] = (0.0, 0.35, 0.7)
+    bold_effect: tuple[float, ...] = (0.0, 0.5, 1.0)  # fraction of the largest feasible effect
 
     def __post_init__(self) -> None:
         n = len(self.sessions)
@@ -136,7 +137,7 @@ PRESETS: dict[str, PhantomSpec] = {
         bold_atlas="dosenbach",
         bold_planted_regions=8,
         bold_planted_edges=10,
-        bold_effect=(0.0, 0.7),
+        bold_effect=(0.0, 1.0),
     ),
 }
 
@@ -181,7 +182,7 @@ def bias_field(points: np.ndarray, rng: np.random.Generator, strength: float) ->
     x = points / 100.0
     terms = [x[:, 0], x[:, 1], x[:, 2], x[:, 0] ** 2, x[:, 1] ** 2, x[:, 2] ** 2, x[:, 0] * x[:, 1]]
     coef = rng.normal(0, 1, len(terms))
-    field = sum(c * t for c, t in zip(coef, terms))
+    field = sum(c * t for c, t in zip(coef, terms, strict=True))
     field = field / max(np.abs(field).max(), 1e-9) * np.log1p(strength)
     return np.exp(field).astype(np.float32)
 
@@ -230,7 +231,10 @@ class SubjectModel:
             "edss": list(self.edss),
             "deformation_native_to_mni": self.deformation.to_dict(),
             "poses_scanner_to_native": {
-                ses: {seq: {"params": list(p.params), "matrix": p.matrix.tolist()} for seq, p in d.items()}
+                ses: {
+                    seq: {"params": list(p.params), "matrix": p.matrix.tolist()}
+                    for seq, p in d.items()
+                }
                 for ses, d in self.poses.items()
             },
             "pose_convention": "native = matrix @ scanner; params (tx,ty,tz mm, rx,ry,rz rad) "
@@ -244,7 +248,11 @@ def make_subject(spec: PhantomSpec, index: int) -> SubjectModel:
     rng = rng_for(spec.seed, index, 0, "anatomy")
     deformation = SmoothDeformation.random(rng, amplitude_mm=spec.deformation_mm)
     n_les = int(rng.integers(spec.n_lesions[0], spec.n_lesions[1] + 1))
-    new = len(spec.sessions) - 1 if (spec.new_lesion_last_session and len(spec.sessions) > 1) else None
+    new = (
+        len(spec.sessions) - 1
+        if (spec.new_lesion_last_session and len(spec.sessions) > 1)
+        else None
+    )
     lesions = place_lesions(
         load_template(spec.template_resolution), rng, n_lesions=n_les, new_lesion_session=new
     )
@@ -298,7 +306,10 @@ def sample_tissues(
     """Partial-volume tissue fractions at MNI points (lesion replaces normal tissue)."""
     tpl = load_template(resolution)
     inv = tpl.inv_affine
-    out = {k: sample_template(inv, tpl.maps[k], points_mni) for k in ("gm", "wm", "csf", "brain", "skull", "scalp")}
+    out = {
+        k: sample_template(inv, tpl.maps[k], points_mni)
+        for k in ("gm", "wm", "csf", "brain", "skull", "scalp")
+    }
     les = lesion_probability(points_mni, lesions, session_index) * out["brain"]
     for k in ("gm", "wm", "csf"):
         out[k] = out[k] * (1 - les)
@@ -327,7 +338,9 @@ def simulate_structural(
     img = sum(tissues[k] * c[k] for k in c) * 1000.0
     img = img * bias_field(pts, rng, bias_strength)
     sigma = noise * 1000.0
-    img = np.sqrt((img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2)
+    img = np.sqrt(
+        (img + rng.normal(0, sigma, img.shape)) ** 2 + rng.normal(0, sigma, img.shape) ** 2
+    )
     shape = tuple(grid_shape)
     return img.reshape(shape).astype(np.float32), {k: v.reshape(shape) for k, v in tissues.items()}
 
@@ -346,13 +359,15 @@ class SessionPhantom:
     tables: dict[str, object]  # pandas DataFrames of region time series etc.
 
 
-def _nifti(data: np.ndarray, affine: np.ndarray, dtype=np.float32, zooms_t: float | None = None) -> nib.Nifti1Image:
+def _nifti(
+    data: np.ndarray, affine: np.ndarray, dtype=np.float32, zooms_t: float | None = None
+) -> nib.Nifti1Image:
     img = nib.Nifti1Image(np.asarray(data).astype(dtype), affine)
     img.header.set_xyzt_units("mm", "sec")
     img.header.set_qform(affine, code=1)
     img.header.set_sform(affine, code=1)
     if zooms_t is not None:
-        zooms = list(img.header.get_zooms()[:3]) + [zooms_t]
+        zooms = [*list(img.header.get_zooms()[:3]), zooms_t]
         img.header.set_zooms(zooms)
     return img
 
@@ -361,9 +376,66 @@ def _to_int16(data: np.ndarray) -> np.ndarray:
     return np.clip(np.round(data), 0, np.iinfo(np.int16).max).astype(np.int16)
 
 
-def simulate_session(spec: PhantomSpec, subject: SubjectModel, session_index: int) -> SessionPhantom:
+@dataclass(frozen=True, eq=False)
+class BoldDesign:
+    """Population model of the resting-state phantom, shared by all subjects."""
+
+    atlas: object
+    loadings: np.ndarray
+    edges: tuple[tuple[int, int], ...]
+    max_effect: float
+
+
+#: Network loadings of the planted regions are scaled by this factor so that their
+#: private variance leaves room for a clearly detectable planted effect.
+PLANTED_LOADING_SCALE = 0.45
+
+
+@functools.lru_cache(maxsize=4)
+def bold_design(spec: PhantomSpec) -> BoldDesign:
+    """Atlas, factor loadings and planted subnetwork of the trial (deterministic).
+
+    The planted subnetwork is drawn among regions whose MNI coordinate lies in
+    grey matter (GM probability >= 0.3) so that its signal is visible. Its
+    regions' network loadings are reduced (:data:`PLANTED_LOADING_SCALE`) so the
+    planted correlation rise ``effect**2`` can reach about 0.3 while every region
+    keeps unit variance; ``spec.bold_effect`` is a fraction of the largest
+    feasible effect (:func:`pipeline.phantom.bold.max_planted_effect`, less 5 %).
+    """
+    from pipeline.phantom.bold import (
+        choose_planted_subnetwork,
+        load_coordinate_atlas,
+        max_planted_effect,
+        network_loadings,
+    )
+
+    atlas = load_coordinate_atlas(spec.bold_atlas)
+    tpl = load_template(spec.template_resolution)
+    gm_at = sample_template(tpl.inv_affine, tpl.maps["gm"], np.asarray(atlas.coords, dtype=float))
+    candidates = [
+        i for i in range(len(gm_at)) if gm_at[i] >= 0.3 and atlas.networks[i] != "unassigned"
+    ]
+    rng = np.random.default_rng([spec.seed, 99])
+    edges = choose_planted_subnetwork(
+        atlas, n_regions=spec.bold_planted_regions, n_edges=spec.bold_planted_edges,
+        rng=rng, candidates=candidates,
+    )  # fmt: skip
+    loadings = np.array(network_loadings(atlas, rng=np.random.default_rng([spec.seed, 98])))
+    planted = sorted({i for e in edges for i in e})
+    loadings[planted] *= PLANTED_LOADING_SCALE
+    return BoldDesign(
+        atlas=atlas,
+        loadings=loadings,
+        edges=tuple(edges),
+        max_effect=0.95 * float(max_planted_effect(loadings, edges)),
+    )
+
+
+def simulate_session(
+    spec: PhantomSpec, subject: SubjectModel, session_index: int
+) -> SessionPhantom:
     """Images and ground truth of one subject-session."""
-    from pipeline.phantom.bold import choose_planted_subnetwork, load_coordinate_atlas, simulate_bold
+    from pipeline.phantom.bold import simulate_bold
     from pipeline.phantom.dwi import gradient_scheme, simulate_dwi
 
     ses = spec.sessions[session_index]
@@ -392,11 +464,15 @@ def simulate_session(spec: PhantomSpec, subject: SubjectModel, session_index: in
         images[contrast] = _nifti(_to_int16(img), aff, np.int16)
         space = contrast
         for k in ("gm", "wm", "csf", "lesion"):
-            truth_images[f"space-{space}_label-{k.upper() if k != 'lesion' else 'lesion'}_probseg"] = _nifti(
-                tissues[k], aff
-            )
-        truth_images[f"space-{space}_desc-brain_mask"] = _nifti(tissues["brain"] >= 0.5, aff, np.uint8)
-        truth_images[f"space-{space}_label-lesion_mask"] = _nifti(tissues["lesion"] >= 0.5, aff, np.uint8)
+            truth_images[
+                f"space-{space}_label-{k.upper() if k != 'lesion' else 'lesion'}_probseg"
+            ] = _nifti(tissues[k], aff)
+        truth_images[f"space-{space}_desc-brain_mask"] = _nifti(
+            tissues["brain"] >= 0.5, aff, np.uint8
+        )
+        truth_images[f"space-{space}_label-lesion_mask"] = _nifti(
+            tissues["lesion"] >= 0.5, aff, np.uint8
+        )
         truth_images[f"space-{space}_desc-hemi_dseg"] = _nifti(
             np.where(tissues["brain"] >= 0.5, 2 - tissues["hemisphere_left"], 0), aff, np.uint8
         )
@@ -420,7 +496,12 @@ def simulate_session(spec: PhantomSpec, subject: SubjectModel, session_index: in
     shape, aff = acquisition_grid(FOV["dwi"], spec.dwi_voxel_mm, ORIENTATION["dwi"])
     n_vol = len(bvals)
     motion = simulate_motion_trace(
-        n_vol, rng=drng, drift_mm=spec.dwi_motion_mm, jitter_mm=0.05, n_spikes=1, spike_mm=(0.5, 1.0)
+        n_vol,
+        rng=drng,
+        drift_mm=spec.dwi_motion_mm,
+        jitter_mm=0.05,
+        n_spikes=1,
+        spike_mm=(0.5, 1.0),
     )
     motion -= motion[0]  # the first (b = 0) volume is the reference position
     dwi = simulate_dwi(
@@ -446,15 +527,15 @@ def simulate_session(spec: PhantomSpec, subject: SubjectModel, session_index: in
     truth_images["space-dwi_model-tensor_param-v1world_dwimap"] = _nifti(dwi.truth["v1"], aff)
     truth_images["space-dwi_desc-brain_mask"] = _nifti(dwi.truth["brain"], aff, np.uint8)
     for k in ("gm", "wm", "csf", "lesion"):
-        truth_images[f"space-dwi_label-{k.upper() if k != 'lesion' else 'lesion'}_probseg"] = _nifti(
-            dwi.truth[k], aff
+        truth_images[f"space-dwi_label-{k.upper() if k != 'lesion' else 'lesion'}_probseg"] = (
+            _nifti(dwi.truth[k], aff)
         )
     truth_images["space-dwi_desc-hemi_dseg"] = _nifti(
         np.where(dwi.truth["brain"], 2 - dwi.truth["left"].astype(np.uint8), 0), aff, np.uint8
     )
     for key, val in dwi.truth.items():
         if key.startswith("tract_"):
-            bundle = key[len("tract_"):].replace("_", "")
+            bundle = key[len("tract_") :].replace("_", "")
             truth_images[f"space-dwi_bundle-{bundle}_mask"] = _nifti(val, aff, np.uint8)
     truth["dwi"] = {
         "motion_params": dwi.motion.tolist(),
@@ -467,15 +548,10 @@ def simulate_session(spec: PhantomSpec, subject: SubjectModel, session_index: in
 
     # ---- resting-state BOLD
     brng = rng_for(spec.seed, sidx, session_index, "bold")
-    atlas = load_coordinate_atlas(spec.bold_atlas)
-    edges = choose_planted_subnetwork(
-        atlas,
-        n_regions=spec.bold_planted_regions,
-        n_edges=spec.bold_planted_edges,
-        rng=np.random.default_rng([spec.seed, 99]),
-    )
+    design = bold_design(spec)
     shape, aff = acquisition_grid(FOV["bold"], spec.bold_voxel_mm, ORIENTATION["bold"])
     motion = simulate_motion_trace(spec.bold_volumes, rng=brng)
+    effect = spec.bold_effect[session_index] * design.max_effect
     bold = simulate_bold(
         grid_shape=shape,
         grid_affine=aff,
@@ -484,20 +560,24 @@ def simulate_session(spec: PhantomSpec, subject: SubjectModel, session_index: in
         gm=tpl.maps["gm"],
         wm=tpl.maps["wm"],
         csf=tpl.maps["csf"],
-        atlas=atlas,
-        edges=edges,
-        effect=spec.bold_effect[session_index],
+        atlas=design.atlas,
+        edges=design.edges,
+        effect=effect,
         n_volumes=spec.bold_volumes,
         tr=spec.bold_tr,
         rng=brng,
         motion=motion,
+        loadings=design.loadings,
     )
+    atlas, edges = design.atlas, design.edges
     images["bold"] = bold.image
     truth["bold"] = {
         "atlas": atlas.name,
         "planted_edges": [[int(i), int(j)] for i, j in edges],
         "planted_edge_labels": [[atlas.labels[i], atlas.labels[j]] for i, j in edges],
-        "effect": spec.bold_effect[session_index],
+        "effect": effect,
+        "effect_fraction_of_max": spec.bold_effect[session_index],
+        "planted_correlation_rise": effect**2,
         "motion_params": np.asarray(bold.motion).tolist(),
         "framewise_displacement": np.asarray(bold.fd).tolist(),
     }
