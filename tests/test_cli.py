@@ -40,7 +40,7 @@ def test_synth_help(capsys):
 
 def test_inventory_describes_inputs_and_skips_missing(tiny_bids, tmp_path):
     out = tmp_path / "out"
-    assert main([str(tiny_bids), str(out), "participant"]) == 0
+    assert main([str(tiny_bids), str(out), "participant", "--stages", "inventory"]) == 0
     inv = pd.read_csv(out / "sub-01/ses-m03/sub-01_ses-m03_inventory.tsv", sep="\t")
     rows = inv.set_index("modality")
     assert rows.loc["FLAIR", "status"] == "skipped"
@@ -77,6 +77,8 @@ def test_label_filters(tiny_bids, tmp_path):
                 str(tiny_bids),
                 str(out),
                 "participant",
+                "--stages",
+                "inventory",
                 "--participant-label",
                 "sub-02",
                 "--session-label",
@@ -96,7 +98,7 @@ def test_broken_input_fails_only_its_subject(tiny_bids, tmp_path, capsys):
     data[2, 2, 2, 3] = np.nan
     write_nifti(bad, data)
     out = tmp_path / "out"
-    assert main([str(tiny_bids), str(out), "participant"]) == 1
+    assert main([str(tiny_bids), str(out), "participant", "--stages", "inventory"]) == 1
     err = capsys.readouterr().err
     assert str(bad) in err and "NaN" in err
     assert not (out / "sub-01/ses-m00").exists()
@@ -107,12 +109,12 @@ def test_broken_input_fails_only_its_subject(tiny_bids, tmp_path, capsys):
 def test_bad_config_is_a_clear_error(tiny_bids, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("validation:\n  b0_treshold: 10\n")
-    assert main([str(tiny_bids), str(tmp_path / "out"), "participant", "--config", str(cfg)]) == 2
+    assert main([str(tiny_bids), str(tmp_path / "out"), "participant", "--stages", "inventory", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert str(cfg) in err and "validation.b0_treshold" in err
 
 
 def test_missing_t1w_is_an_error_naming_the_folder(make_bids, tmp_path, capsys):
     bids = make_bids(omit={("01", "m00"): {"T1w"}})
-    assert main([str(bids), str(tmp_path / "out"), "participant"]) == 1
+    assert main([str(bids), str(tmp_path / "out"), "participant", "--stages", "inventory"]) == 1
     assert "sub-01/ses-m00/anat" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def test_snakefmt_check():
 @pytest.mark.integration
 def test_local_run_writes_every_inventory(tiny_bids, tmp_path):
     out = tmp_path / "out"
-    res = _snakemake("--cores", "2", "--config", f"bids_dir={tiny_bids}", f"output_dir={out}",
+    res = _snakemake("--cores", "2", "group_inventory", "--config", f"bids_dir={tiny_bids}", f"output_dir={out}",
                      cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list(out.glob("sub-*/ses-*/*_inventory.tsv"))) == 4

@@ -306,6 +306,29 @@ class DerivativesWriter:
             tmp.write_bytes(data)
         return path
 
+    def write_with(self, saver: Any, *, meta: Mapping[str, Any] | None = None, **spec: Any) -> Path:
+        """Atomically install the files an object's ``saver(path)`` writes.
+
+        ``saver`` receives the final file name inside a temporary folder next to
+        the destination and returns the paths it wrote (e.g. a transform JSON and
+        its warp). Companion files are moved first and the named file last, so
+        its presence means the set is complete.
+        """
+        path = self.path(**spec)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmpdir = Path(tempfile.mkdtemp(prefix=".tmp-", dir=path.parent))
+        try:
+            written = [Path(p) for p in saver(tmpdir / path.name)]
+            for f in sorted(written, key=lambda f: f.name == path.name):
+                os.replace(f, path.parent / f.name)
+        finally:
+            import shutil
+
+            shutil.rmtree(tmpdir, ignore_errors=True)
+        if not path.name.endswith(".json"):
+            self._sidecar(path, meta)
+        return path
+
     def write_figure(self, fig: Any, *, meta: Mapping[str, Any] | None = None, **spec: Any) -> Path:
         """Save a matplotlib figure (``extension`` .svg or .png)."""
         spec.setdefault("extension", ".svg")

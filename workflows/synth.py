@@ -143,6 +143,39 @@ def _write_truth(truth: DerivativesWriter, ph: SessionPhantom) -> None:
             )  # fmt: skip
 
 
+def _writers(out: Path, spec: PhantomSpec) -> tuple[DerivativesWriter, DerivativesWriter]:
+    """Writers of the lesion-mask derivatives and of the ground truth."""
+    lesions = DerivativesWriter(
+        out / "bids" / "derivatives" / "lesions",
+        name="msmri-synth",
+        description="Lesion masks of the synthetic trial",
+        source_datasets=["../../"],
+    )
+    truth = DerivativesWriter(
+        out / "truth",
+        name="msmri-synth",
+        description="Ground truth of the synthetic trial",
+        config={"phantom": spec.to_dict()},
+    )
+    return lesions, truth
+
+
+def _session_job(job: tuple[Path, PhantomSpec, int, int]) -> float:
+    """Generate and write one subject-session (runs in a worker process)."""
+    out, spec, index, session_index = job
+    t0 = time.perf_counter()
+    bids = out / "bids"
+    lesions, truth = _writers(out, spec)
+    subj = make_subject(spec, index)
+    ph = simulate_session(spec, subj, session_index)
+    _write_raw_session(bids, ph, spec)
+    _write_lesions(lesions, ph, bids)
+    _write_truth(truth, ph)
+    elapsed = time.perf_counter() - t0
+    log.info("sub-%s ses-%s written in %.1f s", subj.label, ph.session, elapsed)
+    return elapsed
+
+
 def _participants(subjects) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -159,6 +192,7 @@ def write_trial(
     spec: PhantomSpec,
     *,
     subjects: Sequence[int] | None = None,
+    n_procs: int = 1,
 ) -> dict:
     """Generate and write the synthetic trial; return a summary dict.
 
@@ -170,6 +204,9 @@ def write_trial(
         Generation parameters (see :data:`pipeline.phantom.trial.PRESETS`).
     subjects : sequence of int, optional
         0-based subject indices to generate (default: all).
+    n_procs : int
+        Subject-sessions generated in parallel (each is independent and seeded on
+        its own, so the files do not depend on this).
     """
     out = Path(out_dir)
     bids = out / "bids"
@@ -202,47 +239,38 @@ def write_trial(
             "group": {"Description": "trial arm"},
         },
     )
-    lesions = DerivativesWriter(
-        bids / "derivatives" / "lesions",
-        name="msmri-synth",
-        description="Lesion masks of the synthetic trial",
-        source_datasets=["../../"],
-    )
-    truth = DerivativesWriter(
-        out / "truth",
-        name="msmri-synth",
-        description="Ground truth of the synthetic trial",
-        config={"phantom": spec_dict},
-    )
+    _, truth = _writers(out, spec)
     indices = list(range(spec.n_subjects)) if subjects is None else list(subjects)
     models = [make_subject(spec, i) for i in range(spec.n_subjects)]
     part = _participants(models)
     atomic_write_text(
         bids / "participants.tsv", part.to_csv(sep="\t", index=False, lineterminator="\n")
     )
-    timings = []
+    jobs = [(i, s) for i in indices for s in range(len(spec.sessions))]
+    timings: list[float] = []
+    if n_procs > 1 and len(jobs) > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = mp.get_context("spawn")  # no fork of a process holding large arrays
+        with ProcessPoolExecutor(max_workers=n_procs, mp_context=ctx) as pool:
+            timings = list(pool.map(_session_job, [(out, spec, i, s) for i, s in jobs]))
+    else:
+        timings = [_session_job((out, spec, i, s)) for i, s in jobs]
     for i in indices:
         subj = models[i]
         truth.write_json(
             subj.to_dict(), datatype=None, suffix="anatomy", extension=".json", sub=subj.label
         )
-        rows = []
-        for s, ses in enumerate(spec.sessions):
-            t1 = time.perf_counter()
-            ph = simulate_session(spec, subj, s)
-            _write_raw_session(bids, ph, spec)
-            _write_lesions(lesions, ph, bids)
-            _write_truth(truth, ph)
-            timings.append(time.perf_counter() - t1)
-            log.info("sub-%s ses-%s written in %.1f s", subj.label, ses, timings[-1])
-            rows.append(
-                {
-                    "session_id": f"ses-{ses}",
-                    "acq_time": f"2025-{1 + int(spec.session_months[s]):02d}-15T09:00:00",
-                    "time_months": spec.session_months[s],
-                    "edss": subj.edss[s],
-                }
-            )
+        rows = [
+            {
+                "session_id": f"ses-{ses}",
+                "acq_time": f"2025-{1 + int(spec.session_months[s]):02d}-15T09:00:00",
+                "time_months": spec.session_months[s],
+                "edss": subj.edss[s],
+            }
+            for s, ses in enumerate(spec.sessions)
+        ]
         ses_tab = pd.DataFrame(rows)
         atomic_write_text(
             bids / f"sub-{subj.label}" / f"sub-{subj.label}_sessions.tsv",

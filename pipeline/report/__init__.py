@@ -1,0 +1,1 @@
+"""QC figures and reports (the only place in :mod:`pipeline` that imports matplotlib)."""

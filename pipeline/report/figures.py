@@ -1,0 +1,107 @@
+"""QC figures: slice mosaics with mask outlines and overlays.
+
+Every function returns a matplotlib ``Figure`` (Agg backend, no display needed);
+the caller saves it through the derivatives writer. Images are shown in RAS
+orientation (left of the subject on the left of each panel, "neurological").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Overlay", "mosaic"]
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """A mask drawn as an outline (or a filled map with ``alpha``) on the background."""
+
+    data: np.ndarray
+    color: str
+    label: str
+    filled: bool = False
+    alpha: float = 0.5
+
+
+def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    return nib.orientations.apply_orientation(data, ornt)
+
+
+def _slices(mask: np.ndarray, axis: int, n: int) -> list[int]:
+    extent = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+    if extent.size == 0:
+        extent = np.arange(mask.shape[axis])
+    lo, hi = extent[0], extent[-1]
+    return [int(round(v)) for v in np.linspace(lo + 0.15 * (hi - lo), hi - 0.15 * (hi - lo), n)]
+
+
+def mosaic(
+    background: np.ndarray,
+    affine: np.ndarray,
+    overlays: Sequence[Overlay] = (),
+    *,
+    title: str = "",
+    n_slices: int = 6,
+    views: Sequence[str] = ("axial", "coronal", "sagittal"),
+    focus: np.ndarray | None = None,
+):
+    """Rows of slices (one row per view) with overlays; returns a Figure.
+
+    Parameters
+    ----------
+    background, affine : 3-D array and its voxel-to-world affine
+    overlays : masks or maps on the same grid
+    focus : boolean mask deciding which slices to show (default: background > 0)
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    bg = _canonical(np.asarray(background, dtype=np.float32), affine)
+    ovs = [(_canonical(np.asarray(o.data, dtype=np.float32), affine), o) for o in overlays]
+    fmask = _canonical(np.asarray(focus if focus is not None else background > 0), affine)
+    vmax = float(np.percentile(bg[fmask], 99.5)) if fmask.any() else float(bg.max() or 1)
+    axis_of = {"sagittal": 0, "coronal": 1, "axial": 2}
+    fig, axes = plt.subplots(
+        len(views), n_slices, figsize=(1.9 * n_slices, 2.0 * len(views)), squeeze=False
+    )
+    for r, view in enumerate(views):
+        ax_i = axis_of[view]
+        for c, idx in enumerate(_slices(fmask, ax_i, n_slices)):
+            ax = axes[r, c]
+            sl = [slice(None)] * 3
+            sl[ax_i] = idx
+            ax.imshow(np.take(bg, idx, axis=ax_i).T, cmap="gray", origin="lower", vmin=0, vmax=vmax)
+            for data, ov in ovs:
+                plane = np.take(data, idx, axis=ax_i).T
+                if ov.filled:
+                    masked = np.ma.masked_where(plane <= 0, plane)
+                    ax.imshow(masked, cmap=_single(ov.color), origin="lower", alpha=ov.alpha)
+                elif plane.any():
+                    ax.contour(plane > 0.5, levels=[0.5], colors=[ov.color], linewidths=0.7)
+            ax.set_axis_off()
+            ax.set_title(f"{view[0].upper()} {idx}", fontsize=6)
+    if overlays:
+        from matplotlib.patches import Patch
+
+        fig.legend(
+            handles=[Patch(color=o.color, label=o.label) for o in overlays],
+            loc="lower center", ncol=len(overlays), fontsize=7, frameon=False,
+        )  # fmt: skip
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.subplots_adjust(wspace=0.02, hspace=0.15, bottom=0.08)
+    return fig
+
+
+def _single(color: str):
+    from matplotlib.colors import ListedColormap
+
+    return ListedColormap([color])
