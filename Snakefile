@@ -10,7 +10,7 @@ command line, which runs the science for that one subject-session.
 
 from pathlib import Path
 
-from workflows.snakemake import discover, msmri_cmd
+from workflows.snakemake import discover, followups, msmri_cmd
 
 
 configfile: Path(workflow.basedir) / "configs" / "snakemake.yaml"
@@ -21,6 +21,8 @@ OUT_DIR = Path(config["output_dir"]).resolve()
 PAIRS = discover(config)
 SUBJECTS = [s for s, _ in PAIRS]
 SESSIONS = [t for _, t in PAIRS]
+FOLLOWUPS = followups(config, PAIRS)
+REFERENCE = {sub: ref for sub, _, ref in FOLLOWUPS}
 
 
 wildcard_constraints:
@@ -29,6 +31,7 @@ wildcard_constraints:
 
 
 include: "workflows/rules/inventory.smk"
+include: "workflows/rules/anat.smk"
 
 
 rule all:
@@ -42,3 +45,14 @@ rule all:
             session=SESSIONS,
         ),
         OUT_DIR / "group/inventory.tsv",
+        expand(
+            OUT_DIR
+            / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+            zip,
+            subject=SUBJECTS,
+            session=SESSIONS,
+        ),
+        [
+            OUT_DIR / f"sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_desc-changes_lesions.tsv"
+            for s, t, _ in FOLLOWUPS
+        ],

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -51,6 +51,7 @@ from pydantic import (
 from pipeline.errors import ConfigError
 
 __all__ = [
+    "AnatConfig",
     "BidsConfig",
     "Config",
     "GroupConfig",
@@ -224,6 +225,30 @@ class ValidationConfig(Section):
     grid_tolerance_mm: float = Field(gt=0, le=1)
 
 
+class AnatConfig(Section):
+    """Structural stage.
+
+    Attributes
+    ----------
+    template_resolution : int
+        MNI152 grid (1 or 2 mm) used for registration and tissue priors.
+    syn : bool
+        Non-linear SyN registration after the affine one.
+    auto_lesions : bool
+        Segment FLAIR hyperintensities when no lesion mask is provided.
+    lesion_min_volume_mm3 : float
+        Connected lesion components smaller than this (mm^3) are ignored.
+    nawm_lesion_margin_mm : float
+        Lesions are dilated by this (mm) before removal from white matter (NAWM).
+    """
+
+    template_resolution: Literal[1, 2]
+    syn: bool
+    auto_lesions: bool
+    lesion_min_volume_mm3: float = Field(ge=0)
+    nawm_lesion_margin_mm: float = Field(ge=0, le=10)
+
+
 class Config(Section):
     """The fully resolved, immutable pipeline configuration.
 
@@ -239,6 +264,7 @@ class Config(Section):
     sessions : SessionsConfig
     group : GroupConfig
     validation : ValidationConfig
+    anat : AnatConfig
     """
 
     seed: int = Field(ge=0, le=2**32 - 1)
@@ -246,6 +272,7 @@ class Config(Section):
     sessions: SessionsConfig
     group: GroupConfig
     validation: ValidationConfig
+    anat: AnatConfig
 
     _sources: tuple[str, ...] = PrivateAttr(default=())
     _origin: Mapping[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

@@ -96,7 +96,7 @@ __all__ = [
 ]
 
 #: Space name of the nilearn MNI152 2009 template (BIDS template identifier).
-MNI_SPACE = "MNI152NLin2009cAsym"
+MNI_SPACE = "MNI152NLin2009aSym"  # nilearn ships the ICBM 2009a symmetric template (pipeline.templates.SPACE)
 
 _FORMAT = "msmri-transform"
 _VERSION = 1

@@ -109,7 +109,20 @@ def test_broken_input_fails_only_its_subject(tiny_bids, tmp_path, capsys):
 def test_bad_config_is_a_clear_error(tiny_bids, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("validation:\n  b0_treshold: 10\n")
-    assert main([str(tiny_bids), str(tmp_path / "out"), "participant", "--stages", "inventory", "--config", str(cfg)]) == 2
+    assert (
+        main(
+            [
+                str(tiny_bids),
+                str(tmp_path / "out"),
+                "participant",
+                "--stages",
+                "inventory",
+                "--config",
+                str(cfg),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert str(cfg) in err and "validation.b0_treshold" in err
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +24,7 @@ __all__ = ["GROUP_STAGES", "PARTICIPANT_STAGES", "main"]
 log = logging.getLogger("msmri")
 
 #: Stages run at the participant level, in order.
-PARTICIPANT_STAGES = ("inventory",)
+PARTICIPANT_STAGES = ("inventory", "anat", "lesion_changes")
 #: Stages run at the group level, in order.
 GROUP_STAGES = ("inventory",)
 
@@ -98,6 +99,10 @@ def _synth_parser() -> argparse.ArgumentParser:
         "model allows (correlation rise about 0.3 at 1.0), e.g. 0 0.5 1",
     )  # fmt: skip
     p.add_argument("--no-new-lesion", action="store_true", help="no new lesion at the last session")
+    p.add_argument(
+        "--nprocs", type=int, default=os.cpu_count() or 1, metavar="N",
+        help="subject-sessions generated in parallel (the files do not depend on it)",
+    )  # fmt: skip
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 
@@ -128,7 +133,7 @@ def run_synth(args: argparse.Namespace) -> int:
     if args.no_new_lesion:
         changes["new_lesion_last_session"] = False
     spec = spec.replace(**changes)
-    summary = write_trial(args.output_dir, spec)
+    summary = write_trial(args.output_dir, spec, n_procs=args.nprocs)
     log.info(
         "synthetic trial (%s preset, seed %d): %d subjects x %d sessions in %.1f s -> %s",
         args.preset, spec.seed, spec.n_subjects, len(spec.sessions),
@@ -141,7 +146,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from workflows.bids import collect_inputs, index_dataset, list_subject_sessions
     from workflows.derivatives import DerivativesWriter
-    from workflows.inventory import summarise_inventories, write_inventory
+    from workflows.inventory import check_session, summarise_inventories, write_inventory
 
     config = load_config(args.config)
     bids_dir = args.bids_dir.resolve()
@@ -176,6 +181,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
     pairs = list_subject_sessions(
         layout, participant_label=args.participant_label, session_label=args.session_label
     )
+    work_root = (args.work_dir or out.parent / "work").resolve()
     failures = []
     for sub, ses in pairs:
         t0 = time.perf_counter()
@@ -185,16 +191,68 @@ def run_bids_app(args: argparse.Namespace) -> int:
         try:
             if "inventory" in stages:
                 write_inventory(writer, inputs, config, bids_dir)
+            else:  # validate before any processing, even when the inventory is not rewritten
+                check_session(inputs, config, bids_dir)
+            if "anat" in stages:
+                run_anat(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
         except Exception as exc:  # one subject's failure must not stop the others
             log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
             failures.append((sub, ses, exc))
             continue
         log.info("sub-%s ses-%s done in %.1f s", sub, ses, time.perf_counter() - t0)
+    if "lesion_changes" in stages:
+        from workflows.bids import read_sessions_table
+        from workflows.longitudinal import reference_session, write_lesion_changes
+
+        failed = {sub for sub, _, _ in failures}
+        all_pairs = list_subject_sessions(layout, participant_label=args.participant_label)
+        for sub, ses in pairs:
+            if sub in failed:
+                continue
+            available = [t for s, t in all_pairs if s == sub]
+            ref = reference_session(config, read_sessions_table(layout, sub), available)
+            if ses == ref:
+                log.info("sub-%s ses-%s is the reference session: no lesion changes", sub, ses)
+                continue
+            ref_done = out / f"sub-{sub}/ses-{ref}/anat/sub-{sub}_ses-{ref}_desc-preproc_T1w.nii.gz"
+            if (sub, ref) not in pairs and not ref_done.exists():
+                log.warning("sub-%s ses-%s: lesion changes skipped: the reference session %s was "
+                            "not selected and has no structural outputs yet", sub, ses, ref)  # fmt: skip
+                continue
+            try:
+                write_lesion_changes(writer, subject=sub, session=ses, reference=ref, config=config)
+            except Exception as exc:
+                log.error("sub-%s ses-%s lesion changes failed: %s", sub, ses, exc)
+                failures.append((sub, ses, exc))
     if failures:
         for sub, ses, exc in failures:
             print(f"msmri: sub-{sub} ses-{ses}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
+    """Build and run the structural Nipype workflow of one subject-session."""
+    from workflows.anat import init_anat_wf
+    from workflows.engine import run_workflow
+
+    lesion_mask, lesion_space = inputs.lesion_mask, inputs.lesion_space
+    if lesion_mask is not None and lesion_space == "FLAIR" and inputs.flair is None:
+        log.warning("sub-%s ses-%s: lesion mask %s is in FLAIR space but there is no FLAIR; "
+                    "it is not used", inputs.subject, inputs.session, lesion_mask)  # fmt: skip
+        lesion_mask = lesion_space = None
+    wf = init_anat_wf(
+        anat_config=config.anat.model_dump(mode="json"),
+        t1w=str(inputs.t1w),
+        flair=str(inputs.flair) if inputs.flair else None,
+        lesion_mask=str(lesion_mask) if lesion_mask else None,
+        lesion_space=lesion_space,
+        subject=inputs.subject,
+        session=inputs.session,
+        output_dir=str(out),
+        full_config=config.to_dict(),
+    )
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -68,3 +68,20 @@ def msmri_cmd(config: Mapping[str, Any], level: str, stage: str) -> str:
         parts += ["--work-dir", str(Path(config["work_dir"]).resolve())]
     parts += ["--stages", stage]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+def followups(
+    config: Mapping[str, Any], pairs: list[tuple[str, str]]
+) -> list[tuple[str, str, str]]:
+    """(subject, follow-up session, reference session) for every non-reference session."""
+    from pipeline.config import load_config
+    from workflows.bids import read_sessions_table
+    from workflows.longitudinal import reference_session
+
+    cfg = load_config([config["msmri_config"]] if config.get("msmri_config") else [])
+    out = []
+    for sub in sorted({s for s, _ in pairs}):
+        available = [t for s, t in pairs if s == sub]
+        ref = reference_session(cfg, read_sessions_table(Path(config["bids_dir"]), sub), available)
+        out += [(sub, ses, ref) for ses in available if ses != ref]
+    return out

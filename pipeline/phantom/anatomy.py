@@ -136,30 +136,19 @@ def load_template(resolution: int = 2) -> Template:
 
     CSF is the brain mask minus GM and WM. Skull and scalp are synthetic shells
     at 3-8 mm and 8-13 mm outside the brain mask so that brain extraction is a
-    genuine problem. Ventricles are CSF > 0.5 inside a box around the lateral and
-    third ventricles; cortical GM is GM > 0.5 outside a deep-grey-matter box.
+    genuine problem. Tissue fractions are the template's, sharpened (squared and
+    renormalised) to a single subject's boundary width. Ventricles and cortical GM come from
+    :func:`pipeline.templates.load_mni_template` (definitions there): ventricles
+    are CSF > 0.5 inside a box around the lateral and third ventricles; cortical
+    GM is GM > 0.5 outside a deep-grey-matter box.
     """
-    from nilearn import datasets
     from scipy import ndimage
 
-    if resolution not in (1, 2):
-        raise ValueError(f"template resolution must be 1 or 2 mm, got {resolution}")
-    gm_img = datasets.load_mni152_gm_template(resolution=resolution)
-    affine = np.asarray(gm_img.affine, dtype=np.float64)
-    gm = np.asarray(gm_img.get_fdata(), dtype=np.float32)
-    wm = np.asarray(
-        datasets.load_mni152_wm_template(resolution=resolution).get_fdata(), dtype=np.float32
-    )
-    brain = np.asarray(
-        datasets.load_mni152_brain_mask(resolution=resolution).get_fdata() > 0, dtype=np.float32
-    )
-    gm *= brain
-    wm *= brain
-    total = gm + wm
-    over = total > 1
-    gm[over] /= total[over]
-    wm[over] /= total[over]
-    csf = np.clip(brain - gm - wm, 0, 1).astype(np.float32)
+    from pipeline.templates import load_mni_template
+
+    tpl = load_mni_template(resolution)  # raises ValueError unless resolution is 1 or 2
+    affine = np.array(tpl.affine, dtype=np.float64)
+    brain = tpl.brain.astype(np.float32)
 
     outside = ndimage.distance_transform_edt(brain == 0) * resolution
     skull = ((outside > 3) & (outside <= 8)).astype(np.float32)
@@ -167,20 +156,21 @@ def load_template(resolution: int = 2) -> Template:
     skull = ndimage.gaussian_filter(skull, 0.6 / resolution * 1.5)
     scalp = ndimage.gaussian_filter(scalp, 0.6 / resolution * 1.5)
 
-    world = grid_points(gm.shape, affine).reshape(*gm.shape, 3)
-    ventricles = (csf > 0.5) & _in_box(world, (-35, -45, -5), (35, 35, 35))
-    ventricles = ndimage.binary_opening(ventricles)
-    deep_gm_box = _in_box(world, (-32, -40, -18), (32, 28, 22))
-    cortex = (gm > 0.5) & ~deep_gm_box
+    # One person's tissue boundaries are sharper than those of the 152-subject average:
+    # sharpen the fractions (p**2, renormalised to the brain mask) so that the phantom's
+    # partial-volume band is about one voxel, as in a single subject.
+    frac = np.stack([tpl.gm, tpl.wm, tpl.csf]).astype(np.float32) ** 2
+    total = frac.sum(axis=0)
+    frac = np.where(total > 0, frac / np.where(total > 0, total, 1), 0) * brain
     maps = {
-        "gm": gm,
-        "wm": wm,
-        "csf": csf,
+        "gm": frac[0],
+        "wm": frac[1],
+        "csf": frac[2],
         "brain": brain,
         "skull": skull.astype(np.float32),
         "scalp": scalp.astype(np.float32),
-        "ventricles": ventricles.astype(np.float32),
-        "cortex": cortex.astype(np.float32),
+        "ventricles": tpl.ventricles.astype(np.float32),
+        "cortex": tpl.cortex.astype(np.float32),
     }
     return Template(affine=affine, maps=maps, resolution=resolution)
 
@@ -403,7 +393,12 @@ def _candidate_centres(template: Template, location: str) -> np.ndarray:
     elif location == "deep":
         sel = (wm > 0.95) & (d["ventricles"] > 10) & (d["cortex"] > 8) & supra
     elif location == "infratentorial":
-        sel = (wm > 0.8) & (z < -20) & _in_box(w, (-25, -50, -50), (25, -15, -20))
+        # brainstem and middle cerebellar peduncles only: lateral points further forward
+        # lie in medial temporal white matter, above the tentorium
+        box = _in_box(w, (-15, -50, -50), (15, -15, -20)) | _in_box(
+            w, (-25, -50, -50), (25, -35, -20)
+        )
+        sel = (wm > 0.8) & (z < -20) & box
     else:
         raise ValueError(f"unknown lesion location {location!r}; expected one of {LESION_CLASSES}")
     return w[sel]

@@ -38,7 +38,7 @@ def _slices(mask: np.ndarray, axis: int, n: int) -> list[int]:
     if extent.size == 0:
         extent = np.arange(mask.shape[axis])
     lo, hi = extent[0], extent[-1]
-    return [int(round(v)) for v in np.linspace(lo + 0.15 * (hi - lo), hi - 0.15 * (hi - lo), n)]
+    return [round(v) for v in np.linspace(lo + 0.15 * (hi - lo), hi - 0.15 * (hi - lo), n)]
 
 
 def mosaic(

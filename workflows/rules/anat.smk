@@ -1,0 +1,47 @@
+"""Structural stage: one job per subject-session (Nipype inside, MultiProc with the job's threads)."""
+
+
+rule anat:
+    input:
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+    output:
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+    log:
+        OUT_DIR / "logs/anat/sub-{subject}_ses-{session}.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        cmd=msmri_cmd(config, "participant", "anat"),
+    shell:
+        "{params.cmd} --participant-label {wildcards.subject} "
+        "--session-label {wildcards.session} --nprocs {threads} > {log} 2>&1"
+
+
+rule lesion_changes:
+    input:
+        reference=lambda w: OUT_DIR
+        / f"sub-{w.subject}/ses-{REFERENCE[w.subject]}/anat/sub-{w.subject}_ses-{REFERENCE[w.subject]}_volumes.tsv",
+        followup=OUT_DIR
+        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+    output:
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_desc-changes_lesions.tsv",
+    log:
+        OUT_DIR / "logs/lesion_changes/sub-{subject}_ses-{session}.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        cmd=msmri_cmd(config, "participant", "lesion_changes"),
+    shell:
+        "{params.cmd} --participant-label {wildcards.subject} "
+        "--session-label {wildcards.session} --nprocs {threads} > {log} 2>&1"
