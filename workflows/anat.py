@@ -550,12 +550,9 @@ class AnatDerivatives(SimpleInterface):
                                                   "Segmentation": i.seg_parameters}),
                                        **ent, **spec)))  # fmt: skip
         for name, path in i.figures.items():
-            dest = w.path(sub=i.subject, ses=i.session, datatype="figures", desc=name,
-                          suffix="T1w", extension=".svg")  # fmt: skip
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
                                          datatype="figures", desc=name, suffix="T1w",
                                          extension=".svg")))  # fmt: skip
-            assert dest.exists()
         self._results["out_files"] = out
         return runtime
 
