@@ -42,32 +42,16 @@ def _rss_mb() -> float:
 def prepare(workdir: Path, subject_index: int, session: str) -> dict:
     """Write the skull-stripped T1w and the landmark truth into ``workdir``."""
     from pipeline.phantom.trial import (
-        FOV,
-        ORIENTATION,
         PRESETS,
-        acquisition_grid,
         make_subject,
-        rng_for,
-        simulate_structural,
+        simulate_acquisition,
     )
     from pipeline.registration import load_mni_template_brain
 
     spec = PRESETS["trial"]
     s_idx = spec.sessions.index(session)
     subject = make_subject(spec, subject_index)
-    shape, aff = acquisition_grid(FOV["T1w"], spec.t1_voxel_mm, ORIENTATION["T1w"])
-    data, tissues = simulate_structural(
-        "T1w",
-        grid_shape=shape,
-        grid_affine=aff,
-        to_template=subject.to_template(session, "T1w"),
-        lesions=subject.lesions,
-        session_index=s_idx,
-        rng=rng_for(spec.seed, subject_index, s_idx, "T1w"),
-        resolution=spec.template_resolution,
-        noise=spec.t1_noise,
-        bias_strength=spec.bias_strength,
-    )
+    data, tissues, aff = simulate_acquisition(spec, subject, s_idx, "T1w")
     data = np.clip(np.round(data), 0, np.iinfo(np.int16).max).astype(np.int16)  # as written
     brain = (data * (tissues["brain"] >= 0.5)).astype(np.float32)
     nib.save(nib.Nifti1Image(brain, aff), workdir / "t1_brain.nii.gz")
@@ -78,7 +62,7 @@ def prepare(workdir: Path, subject_index: int, session: str) -> dict:
     pts = nib.affines.apply_affine(template.affine, ijk[rng.choice(len(ijk), 200, replace=False)])
     truth = subject.from_template(session, "T1w")(pts)
     np.savez(workdir / "landmarks.npz", mni=pts, truth=truth)
-    return {"shape": list(shape), "voxel_mm": spec.t1_voxel_mm}
+    return {"shape": list(data.shape), "voxel_mm": spec.t1_voxel_mm}
 
 
 def child(variant: str, workdir: Path) -> None:

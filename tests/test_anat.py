@@ -33,8 +33,7 @@ from pipeline.phantom.trial import (
     PRESETS,
     acquisition_grid,
     make_subject,
-    rng_for,
-    simulate_structural,
+    simulate_acquisition,
 )
 from pipeline.templates import load_mni_template
 
@@ -58,16 +57,8 @@ def _template_on_grid(subject, session, contrast, shape, affine, names):
 
 def _acquire(subject, s_idx: int, contrast: str):
     ses = SPEC.sessions[s_idx]
-    vox = SPEC.t1_voxel_mm if contrast == "T1w" else SPEC.flair_voxel_mm
-    shape, aff = acquisition_grid(FOV[contrast], vox, ORIENTATION[contrast])
-    data, tissues = simulate_structural(
-        contrast, grid_shape=shape, grid_affine=aff,
-        to_template=subject.to_template(ses, contrast), lesions=subject.lesions,
-        session_index=s_idx, rng=rng_for(SPEC.seed, subject.index, s_idx, contrast),
-        resolution=SPEC.template_resolution,
-        noise=SPEC.t1_noise * (1.4 if contrast == "FLAIR" else 1.0),
-        bias_strength=SPEC.bias_strength,
-    )  # fmt: skip
+    data, tissues, aff = simulate_acquisition(SPEC, subject, s_idx, contrast)
+    shape = data.shape
     img = nib.Nifti1Image(np.clip(np.round(data), 0, 32767).astype(np.int16), aff)
     priors = _template_on_grid(subject, ses, contrast, shape, aff, ("gm", "wm", "csf", "brain"))
     return img, tissues, priors

@@ -21,13 +21,9 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.phantom.trial import (
-    FOV,
-    ORIENTATION,
     PRESETS,
-    acquisition_grid,
     make_subject,
-    rng_for,
-    simulate_structural,
+    simulate_acquisition,
 )
 from pipeline.registration import (
     MNI_SPACE,
@@ -43,21 +39,7 @@ SESSION_INDEX = 0
 
 
 def _structural(spec, subject, contrast):
-    ses = spec.sessions[SESSION_INDEX]
-    vox = spec.t1_voxel_mm if contrast == "T1w" else spec.flair_voxel_mm
-    shape, aff = acquisition_grid(FOV[contrast], vox, ORIENTATION[contrast])
-    data, tissues = simulate_structural(
-        contrast,
-        grid_shape=shape,
-        grid_affine=aff,
-        to_template=subject.to_template(ses, contrast),
-        lesions=subject.lesions,
-        session_index=SESSION_INDEX,
-        rng=rng_for(spec.seed, subject.index, SESSION_INDEX, contrast),
-        resolution=spec.template_resolution,
-        noise=spec.t1_noise * (1.4 if contrast == "FLAIR" else 1.0),
-        bias_strength=spec.bias_strength,
-    )
+    data, tissues, aff = simulate_acquisition(spec, subject, SESSION_INDEX, contrast)
     brain = tissues["brain"] >= 0.5
     hemi = np.where(brain, 2 - tissues["hemisphere_left"], 0).astype(np.uint8)
     return {

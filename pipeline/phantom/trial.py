@@ -46,6 +46,7 @@ __all__ = [
     "bias_field",
     "make_subject",
     "rng_for",
+    "simulate_acquisition",
     "simulate_session",
     "simulate_structural",
 ]
@@ -345,6 +346,28 @@ def simulate_structural(
     return img.reshape(shape).astype(np.float32), {k: v.reshape(shape) for k, v in tissues.items()}
 
 
+def simulate_acquisition(
+    spec: PhantomSpec, subject: SubjectModel, session_index: int, contrast: str
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """One structural acquisition (``T1w`` or ``FLAIR``) of a subject-session, exactly as
+    :func:`simulate_session` makes it: float32 volume, tissue fractions, grid affine."""
+    vox = spec.t1_voxel_mm if contrast == "T1w" else spec.flair_voxel_mm
+    shape, aff = acquisition_grid(FOV[contrast], vox, ORIENTATION[contrast])
+    data, tissues = simulate_structural(
+        contrast,
+        grid_shape=shape,
+        grid_affine=aff,
+        to_template=subject.to_template(spec.sessions[session_index], contrast),
+        lesions=subject.lesions,
+        session_index=session_index,
+        rng=rng_for(spec.seed, subject.index, session_index, contrast),
+        resolution=spec.template_resolution,
+        noise=spec.t1_noise * (1.4 if contrast == "FLAIR" else 1.0),
+        bias_strength=spec.bias_strength,
+    )
+    return data, tissues, aff
+
+
 @dataclass(frozen=True, eq=False)
 class SessionPhantom:
     """All images and truth of one subject-session (in memory)."""
@@ -448,19 +471,7 @@ def simulate_session(
 
     # ---- structural
     for contrast, vox in (("T1w", spec.t1_voxel_mm), ("FLAIR", spec.flair_voxel_mm)):
-        shape, aff = acquisition_grid(FOV[contrast], vox, ORIENTATION[contrast])
-        img, tissues = simulate_structural(
-            contrast,
-            grid_shape=shape,
-            grid_affine=aff,
-            to_template=subject.to_template(ses, contrast),
-            lesions=subject.lesions,
-            session_index=session_index,
-            rng=rng_for(spec.seed, sidx, session_index, contrast),
-            resolution=res,
-            noise=spec.t1_noise * (1.4 if contrast == "FLAIR" else 1.0),
-            bias_strength=spec.bias_strength,
-        )
+        img, tissues, aff = simulate_acquisition(spec, subject, session_index, contrast)
         images[contrast] = _nifti(_to_int16(img), aff, np.int16)
         space = contrast
         for k in ("gm", "wm", "csf", "lesion"):
