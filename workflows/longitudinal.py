@@ -82,11 +82,7 @@ def write_lesion_changes(
 
     xfm = register_rigid(brain(ref_t1, ref_mask), brain(t1, mask), static_mask=ref_mask,
                          source="T1w", target="T1wRef")  # fmt: skip
-    # linear interpolation of the binary mask then a 0.5 threshold: the boundary of a
-    # rigidly moved lesion is placed to sub-voxel accuracy (nearest neighbour is not)
-    moved = xfm.resample(nib.Nifti1Image(np.asarray(lesion_img.dataobj, dtype=np.float32),
-                                         lesion_img.affine), ref_t1, order=1)  # fmt: skip
-    follow = np.asarray(moved.dataobj) >= 0.5
+    follow = xfm.resample_mask(lesion_img, ref_t1)
     zooms = np.asarray(ref_t1.header.get_zooms()[:3], dtype=float)
     min_vol = config.anat.lesion_min_volume_mm3
     base_labels, _ = label_lesions(ref_lesion, zooms, min_volume_mm3=min_vol)

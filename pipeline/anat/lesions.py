@@ -68,6 +68,7 @@ __all__ = [
     "compare_lesions",
     "label_lesions",
     "lesion_totals",
+    "normal_appearing_wm",
     "segment_lesions_flair",
 ]
 
@@ -520,3 +521,13 @@ def compare_lesions(
             }
         )
     return pd.DataFrame(rows, columns=columns)
+
+
+def normal_appearing_wm(
+    wm_mask: np.ndarray, lesion_mask: np.ndarray, *, margin_mm: float, voxel_size
+) -> np.ndarray:
+    """Normal-appearing white matter: WM minus lesions dilated by ``margin_mm``."""
+    from pipeline.anat.brain import dilate
+
+    wm = np.asarray(wm_mask, dtype=bool)
+    return wm & ~dilate(np.asarray(lesion_mask, dtype=bool), float(margin_mm), _zooms(voxel_size))
