@@ -236,3 +236,17 @@ def make_bids(tmp_path: Path) -> Callable[..., Path]:
 def tiny_bids(make_bids) -> Path:
     """2 subjects x 2 sessions; sub-01/ses-m03 lacks FLAIR, sub-02/ses-m03 lacks BOLD."""
     return make_bids(omit={("01", "m03"): {"FLAIR"}, ("02", "m03"): {"bold"}})
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom_sessions():
+    """Phantom images and truth of sub-01 of the tiny preset, both sessions (in memory).
+
+    Returns a tuple ``(baseline, m06)`` of :class:`pipeline.phantom.trial.SessionPhantom`;
+    about 20 s to build, once per test process.
+    """
+    from pipeline.phantom.trial import PRESETS, make_subject, simulate_session
+
+    spec = PRESETS["tiny"]
+    subject = make_subject(spec, 0)
+    return tuple(simulate_session(spec, subject, i) for i in range(len(spec.sessions)))

@@ -1,0 +1,1 @@
+"""Diffusion MRI: gradient tables, preprocessing, tensor fitting and ROI metrics."""

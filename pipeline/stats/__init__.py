@@ -1,0 +1,1 @@
+"""Group statistics: the network-based statistic and longitudinal tests."""
