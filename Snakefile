@@ -10,7 +10,13 @@ command line, which runs the science for that one subject-session.
 
 from pathlib import Path
 
-from workflows.snakemake import discover, followups, msmri_cmd
+from workflows.snakemake import (
+    anat_job_inputs,
+    anatomical_reference,
+    discover,
+    followups,
+    msmri_cmd,
+)
 
 
 configfile: Path(workflow.basedir) / "configs" / "snakemake.yaml"
@@ -23,6 +29,7 @@ SUBJECTS = [s for s, _ in PAIRS]
 SESSIONS = [t for _, t in PAIRS]
 FOLLOWUPS = followups(config, PAIRS)
 REFERENCE = {sub: ref for sub, _, ref in FOLLOWUPS}
+ANAT_REFERENCE = anatomical_reference(config)
 
 
 wildcard_constraints:

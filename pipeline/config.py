@@ -240,6 +240,11 @@ class AnatConfig(Section):
         Connected lesion components smaller than this (mm^3) are ignored.
     nawm_lesion_margin_mm : float
         Lesions are dilated by this (mm) before removal from white matter (NAWM).
+    anatomical_reference : {"sessionwise", "first", "unbiased"}
+        Within-subject reference grid of all sessions (see
+        :mod:`pipeline.anat.reference`).
+    reference_iterations : int
+        Template refinement rounds of the ``unbiased`` reference.
     """
 
     template_resolution: Literal[1, 2]
@@ -247,6 +252,8 @@ class AnatConfig(Section):
     auto_lesions: bool
     lesion_min_volume_mm3: float = Field(ge=0)
     nawm_lesion_margin_mm: float = Field(ge=0, le=10)
+    anatomical_reference: Literal["sessionwise", "first", "unbiased"]
+    reference_iterations: int = Field(ge=0, le=5)
 
 
 class Config(Section):

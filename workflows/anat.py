@@ -82,6 +82,34 @@ class BrainMask(SimpleInterface):
         return runtime
 
 
+class _ToReferenceInputSpec(BaseInterfaceInputSpec):
+    t1w = File(exists=True, mandatory=True, desc="raw T1w of the session")
+    xfm = File(exists=True, mandatory=True, desc="session T1w -> subject reference transform")
+    reference = File(exists=True, mandatory=True, desc="subject reference image (target grid)")
+
+
+class _ToReferenceOutputSpec(TraitedSpec):
+    t1w = File(exists=True, desc="T1w on the subject reference grid")
+
+
+class ToSubjectReference(SimpleInterface):
+    """The session's T1w resampled once onto the within-subject reference grid."""
+
+    input_spec = _ToReferenceInputSpec
+    output_spec = _ToReferenceOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.anat.reference import to_reference
+        from pipeline.registration import Transform
+
+        img = to_reference(nib.load(self.inputs.t1w), Transform.load(self.inputs.xfm),
+                           nib.load(self.inputs.reference))  # fmt: skip
+        path = Path(runtime.cwd) / "t1w_on_reference.nii.gz"
+        nib.save(img, path)
+        self._results["t1w"] = str(path)
+        return runtime
+
+
 # --------------------------------------------------------------------------- registrations
 
 
@@ -205,6 +233,7 @@ class _LesionInputSpec(BaseInterfaceInputSpec):
     provided_space = traits.Enum("T1w", "FLAIR")
     flair_xfm = File(exists=True, desc="FLAIR -> T1w transform")
     flair_in_t1w = File(exists=True, desc="FLAIR resampled on the T1w grid")
+    t1w_xfm = File(exists=True, desc="native T1w -> processing grid (subject reference)")
     auto = traits.Bool(True, usedefault=True)
     min_volume_mm3 = traits.Float(3.0, usedefault=True)
 
@@ -236,6 +265,8 @@ class LesionMask(SimpleInterface):
             mask_img = nib.load(self.inputs.provided_mask)
             if self.inputs.provided_space == "FLAIR":
                 xfm = Transform.load(self.inputs.flair_xfm)
+            elif isdefined(self.inputs.t1w_xfm):
+                xfm = Transform.load(self.inputs.t1w_xfm)
             else:
                 xfm = Transform.identity("T1w", "T1w")
             data = xfm.resample_mask(mask_img, ref)
@@ -438,6 +469,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     flair_xfm = File(exists=True)
     flair_in_t1w = File(exists=True)
     figures = traits.Dict(mandatory=True)
+    grid = traits.Str("the session's own T1w grid", usedefault=True,
+                      desc="which grid the outputs are on")  # fmt: skip
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -492,6 +525,7 @@ class AnatDerivatives(SimpleInterface):
                 str(w.write_nifti(img, meta=meta({"Description": description}), **ent, **spec))
             )
 
+        params["grid"] = i.grid
         nifti(i.preproc, "T1w after brain extraction and bias correction",
               desc="preproc", suffix="T1w")  # fmt: skip
         nifti(i.brain_mask, f"brain mask ({i.brain_parameters.get('method', '')})",
@@ -558,6 +592,8 @@ def init_anat_wf(
     session: str,
     output_dir: str,
     full_config: dict[str, Any],
+    reference_xfm: str | None = None,
+    reference_image: str | None = None,
     name: str = "anat_wf",
 ) -> pe.Workflow:
     """Structural workflow of one subject-session.
@@ -572,19 +608,32 @@ def init_anat_wf(
         A provided lesion mask and its space (``T1w`` or ``FLAIR``).
     full_config : dict
         The whole resolved configuration (stored with the outputs).
+    reference_xfm, reference_image : str or None
+        Longitudinal mode (``anat.anatomical_reference`` first/unbiased): the
+        session T1w -> subject reference transform and the reference image; the
+        T1w is resampled once onto the reference grid and every output is on it.
     """
     wf = pe.Workflow(name=name)
-    sources = [p for p in (t1w, flair, lesion_mask) if p]
-    brain0 = pe.Node(BrainMask(t1w=t1w), name="brain_initial")
+    sources = [p for p in (t1w, flair, lesion_mask, reference_xfm) if p]
+    if (reference_xfm is None) != (reference_image is None):
+        raise ValueError("reference_xfm and reference_image go together")
+    brain0 = pe.Node(BrainMask(), name="brain_initial")
+    warp = pe.Node(WarpTemplate(resolution=int(anat_config["template_resolution"])),
+                   name="template_to_t1w")  # fmt: skip
+    brain = pe.Node(BrainMask(), name="brain_refined")
+    if reference_xfm:
+        to_ref = pe.Node(ToSubjectReference(t1w=t1w, xfm=reference_xfm, reference=reference_image),
+                         name="to_subject_reference")  # fmt: skip
+        wf.connect([(to_ref, node, [("t1w", field)])
+                    for node, field in ((brain0, "t1w"), (warp, "reference"), (brain, "t1w"))])  # fmt: skip
+    else:
+        brain0.inputs.t1w = brain.inputs.t1w = warp.inputs.reference = t1w
     reg = pe.Node(
         TemplateRegistration(
             syn=anat_config["syn"], resolution_mm=float(anat_config["template_resolution"])
         ),
         name="t1w_to_mni",
     )
-    warp = pe.Node(WarpTemplate(reference=t1w, resolution=int(anat_config["template_resolution"])),
-                   name="template_to_t1w")  # fmt: skip
-    brain = pe.Node(BrainMask(t1w=t1w), name="brain_refined")
     wf.connect([
         (brain0, reg, [("brain", "brain")]),
         (reg, warp, [("xfm", "xfm")]),
@@ -599,6 +648,8 @@ def init_anat_wf(
     if lesion_mask:
         lesions.inputs.provided_mask = lesion_mask
         lesions.inputs.provided_space = lesion_space
+        if reference_xfm and lesion_space == "T1w":
+            lesions.inputs.t1w_xfm = reference_xfm
     wf.connect([
         (brain, lesions, [("preproc", "reference"), ("mask", "brain_mask")]),
         (warp, lesions, [("maps", "maps")]),
@@ -622,7 +673,9 @@ def init_anat_wf(
     ])  # fmt: skip
     sink = pe.Node(
         AnatDerivatives(output_dir=output_dir, subject=subject, session=session,
-                        config=full_config, sources=sources),
+                        config=full_config, sources=sources,
+                        grid=(f"subject reference ({anat_config['anatomical_reference']}): "
+                              f"{Path(reference_image).name}") if reference_image else "the session's own T1w grid"),
         name="derivatives",
     )  # fmt: skip
     wf.connect([

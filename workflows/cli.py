@@ -24,7 +24,7 @@ __all__ = ["GROUP_STAGES", "PARTICIPANT_STAGES", "main"]
 log = logging.getLogger("msmri")
 
 #: Stages run at the participant level, in order.
-PARTICIPANT_STAGES = ("inventory", "anat", "lesion_changes")
+PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "lesion_changes")
 #: Stages run at the group level, in order.
 GROUP_STAGES = ("inventory",)
 
@@ -183,7 +183,12 @@ def run_bids_app(args: argparse.Namespace) -> int:
     )
     work_root = (args.work_dir or out.parent / "work").resolve()
     failures = []
+    if "anat_reference" in stages and config.anat.anatomical_reference != "sessionwise":
+        failures += _subject_references(layout, pairs, config, writer)
+    failed_subjects = {sub for sub, _, _ in failures}
     for sub, ses in pairs:
+        if sub in failed_subjects:
+            continue
         t0 = time.perf_counter()
         inputs = collect_inputs(
             layout, sub, ses, bold_task=config.bids.bold_task, lesion_label=config.bids.lesion_label
@@ -231,10 +236,48 @@ def run_bids_app(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subject_references(layout, pairs, config, writer) -> list:
+    """Write the within-subject reference of every subject in ``pairs`` (all its sessions)."""
+    from workflows.bids import collect_inputs, list_subject_sessions, read_sessions_table
+    from workflows.longitudinal import order_sessions, write_subject_reference
+
+    failures = []
+    for sub in dict.fromkeys(s for s, _ in pairs):
+        available = [t for _, t in list_subject_sessions(layout, participant_label=[sub])]
+        ordered = order_sessions(config, read_sessions_table(layout, sub), available)
+        try:
+            t1ws = {}
+            for ses in ordered:
+                t1w = collect_inputs(layout, sub, ses, bold_task=config.bids.bold_task,
+                                     lesion_label=config.bids.lesion_label).t1w  # fmt: skip
+                if t1w is None:
+                    log.warning("sub-%s ses-%s has no T1w: left out of the subject reference", sub, ses)
+                    continue
+                t1ws[ses] = t1w
+            write_subject_reference(writer, subject=sub, t1ws=t1ws, config=config)
+        except Exception as exc:  # this subject's sessions are skipped, the others go on
+            log.error("sub-%s subject reference failed: %s", sub, exc)
+            failures.append((sub, "*", exc))
+    return failures
+
+
 def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
     """Build and run the structural Nipype workflow of one subject-session."""
+    from pipeline.errors import InputError
     from workflows.anat import init_anat_wf
     from workflows.engine import run_workflow
+    from workflows.longitudinal import reference_paths
+
+    reference = {}
+    mode = config.anat.anatomical_reference
+    if mode != "sessionwise":
+        xfm = reference_paths(out, inputs.subject, inputs.session)
+        image = reference_paths(out, inputs.subject)
+        for path in (image, xfm):
+            if not path.exists():
+                raise InputError(path, f"missing: anat.anatomical_reference is {mode}; run the "
+                                 "anat_reference stage for this subject first")  # fmt: skip
+        reference = {"reference_xfm": str(xfm), "reference_image": str(image)}
 
     lesion_mask, lesion_space = inputs.lesion_mask, inputs.lesion_space
     if lesion_mask is not None and lesion_space == "FLAIR" and inputs.flair is None:
@@ -251,6 +294,7 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         session=inputs.session,
         output_dir=str(out),
         full_config=config.to_dict(),
+        **reference,
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
 

@@ -1,5 +1,11 @@
 """Within-subject longitudinal steps of the structural stage.
 
+Subject reference (``anat.anatomical_reference`` first or unbiased): before the
+per-session structural jobs, every session's T1w is rigidly aligned to one
+within-subject reference (:mod:`pipeline.anat.reference`); the reference image
+and each session's transform are written once and every session's structural
+outputs are then on that grid.
+
 For a follow-up session: rigid registration of its bias-corrected T1w brain to
 the subject's reference session (the first session in time), then new and
 enlarging lesions relative to that reference on the reference grid
@@ -19,7 +25,14 @@ from pipeline.config import Config, resolve_sessions
 from pipeline.errors import ConfigError, InputError
 from workflows.derivatives import DerivativesWriter, build_path
 
-__all__ = ["CHANGE_COLUMNS", "reference_session", "write_lesion_changes"]
+__all__ = [
+    "CHANGE_COLUMNS",
+    "order_sessions",
+    "reference_paths",
+    "reference_session",
+    "write_lesion_changes",
+    "write_subject_reference",
+]
 
 log = logging.getLogger("msmri.longitudinal")
 
@@ -36,17 +49,93 @@ CHANGE_COLUMNS = {
 }
 
 
-def reference_session(config: Config, sessions_table: list[dict], available: list[str]) -> str:
-    """The first session in time among those available for a subject."""
+def order_sessions(config: Config, sessions_table: list[dict], available: list[str]) -> list[str]:
+    """A subject's available sessions in time order (unknown ones last, by label)."""
     try:
         ordered = [s.label for s in resolve_sessions(config, sessions_table or None)]
     except ConfigError as exc:  # sessions unknown to the configuration: fall back to label order
         log.warning("session order unknown (%s); using label order %s", exc, sorted(available))
         ordered = []
-    ranked = [s for s in ordered if s in available] + sorted(
+    return [s for s in ordered if s in available] + sorted(
         s for s in available if s not in ordered
     )
-    return ranked[0]
+
+
+def reference_session(config: Config, sessions_table: list[dict], available: list[str]) -> str:
+    """The first session in time among those available for a subject."""
+    return order_sessions(config, sessions_table, available)[0]
+
+
+def reference_paths(out: Path, subject: str, session: str | None = None) -> Path:
+    """The subject reference image, or (with ``session``) that session's transform to it."""
+    if session is None:
+        return build_path(out, datatype="anat", suffix="T1w", extension=".nii.gz",
+                          sub=subject, desc="subjectref")  # fmt: skip
+    return build_path(out, datatype="anat", suffix="xfm", extension=".json", sub=subject,
+                      ses=session, **{"from": "T1w", "to": "subject"}, mode="image")  # fmt: skip
+
+
+def _fingerprint(t1ws: dict[str, Path], config: Config) -> dict:
+    """What the reference depends on: mode, rounds, and each input's name, size and mtime."""
+    return {
+        "mode": config.anat.anatomical_reference,
+        "iterations": config.anat.reference_iterations,
+        "inputs": {ses: [Path(p).name, Path(p).stat().st_size, int(Path(p).stat().st_mtime)]
+                   for ses, p in t1ws.items()},
+    }
+
+
+def write_subject_reference(
+    writer: DerivativesWriter, *, subject: str, t1ws: dict[str, Path], config: Config
+) -> Path | None:
+    """Build and write a subject's within-subject reference (first / unbiased).
+
+    ``t1ws`` maps session -> raw T1w, in time order (all sessions of the subject,
+    whatever the session filter, so that the reference does not depend on which
+    sessions one job asked for). Returns the reference image path, or None in
+    ``sessionwise`` mode. An existing reference built from the same inputs and
+    settings is kept (its sessions' outputs stay valid); otherwise it is rebuilt.
+    """
+    import json
+
+    from pipeline.anat.brain import extract_brain
+    from pipeline.anat.reference import build_subject_reference
+
+    mode = config.anat.anatomical_reference
+    if mode == "sessionwise":
+        return None
+    out = writer.root
+    ref_path = reference_paths(out, subject)
+    stamp = _fingerprint(t1ws, config)
+    sidecar = ref_path.with_name(ref_path.name.replace(".nii.gz", ".json"))
+    if ref_path.exists() and sidecar.exists() and all(
+        reference_paths(out, subject, ses).exists() for ses in t1ws
+    ) and json.loads(sidecar.read_text()).get("Fingerprint") == stamp:
+        log.info("sub-%s: subject reference up to date (%s)", subject, ref_path)
+        return ref_path
+    images, masks = {}, {}
+    for ses, path in t1ws.items():
+        img = nib.load(path)
+        images[ses] = img
+        masks[ses] = nib.Nifti1Image(extract_brain(img).mask.astype(np.uint8), img.affine)
+    ref = build_subject_reference(images, masks, mode=mode,
+                                  iterations=config.anat.reference_iterations)  # fmt: skip
+    params = {"mode": mode, "iterations": ref.iterations, "sessions": list(ref.sessions),
+              "registration": "rigid, Mattes mutual information (DIPY), skull-stripped brains",
+              "displacement_mm_at_80mm": ref.displacement_mm()}  # fmt: skip
+    for ses in ref.sessions:
+        meta = writer.provenance(sources=[t1ws[ses]], parameters=params, seed=config.seed)
+        writer.write_with(ref.transforms[ses].save, meta=meta, sub=subject, ses=ses,
+                          datatype="anat", **{"from": "T1w", "to": "subject"}, mode="image",
+                          suffix="xfm", extension=".json")  # fmt: skip
+    meta = writer.provenance(sources=list(t1ws.values()), parameters=params, seed=config.seed,
+                             extra={"Description": f"within-subject reference T1w ({mode})",
+                                    "Fingerprint": stamp})  # fmt: skip
+    path = writer.write_nifti(ref.image, meta=meta, sub=subject, datatype="anat",
+                              desc="subjectref", suffix="T1w")  # fmt: skip
+    log.info("sub-%s: subject reference (%s) of sessions %s -> %s", subject, mode,
+             list(ref.sessions), path)  # fmt: skip
+    return path
 
 
 def _anat(out: Path, sub: str, ses: str, suffix: str, **ent) -> Path:
@@ -80,8 +169,18 @@ def write_lesion_changes(
             np.asarray(img.dataobj, dtype=np.float32) * (np.asarray(m.dataobj) > 0), img.affine
         )
 
-    xfm = register_rigid(brain(ref_t1, ref_mask), brain(t1, mask), static_mask=ref_mask,
-                         source="T1w", target="T1wRef")  # fmt: skip
+    shared = config.anat.anatomical_reference != "sessionwise"
+    if shared:  # both sessions are already on the subject reference grid
+        if t1.shape != ref_t1.shape or not np.allclose(t1.affine, ref_t1.affine, atol=1e-4):
+            raise InputError(_anat(out, subject, session, "T1w", desc="preproc"),
+                             f"not on the grid of ses-{reference} although anatomical_reference "
+                             f"is {config.anat.anatomical_reference}: rerun the anat stage")  # fmt: skip
+        from pipeline.registration import Transform
+
+        xfm = Transform.identity("T1w", "T1wRef")
+    else:
+        xfm = register_rigid(brain(ref_t1, ref_mask), brain(t1, mask), static_mask=ref_mask,
+                             source="T1w", target="T1wRef")  # fmt: skip
     follow = xfm.resample_mask(lesion_img, ref_t1)
     zooms = np.asarray(ref_t1.header.get_zooms()[:3], dtype=float)
     min_vol = config.anat.lesion_min_volume_mm3
@@ -96,6 +195,8 @@ def write_lesion_changes(
         sources=sources,
         parameters={
             "reference_session": reference,
+            "registration": "none: sessions share the subject reference grid" if shared
+            else "rigid, mutual information (DIPY)",
             "lesion_min_volume_mm3": min_vol,
             "definitions": "pipeline.anat.lesions.compare_lesions",
         },

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["discover", "msmri_cmd"]
+__all__ = ["anat_job_inputs", "anatomical_reference", "discover", "followups", "msmri_cmd"]
 
 
 def _as_list(value: Any, available: list[str]) -> list[str] | None:
@@ -70,15 +70,34 @@ def msmri_cmd(config: Mapping[str, Any], level: str, stage: str) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
+def _msmri_config(config: Mapping[str, Any]):
+    from pipeline.config import load_config
+
+    return load_config([config["msmri_config"]] if config.get("msmri_config") else [])
+
+
+def anatomical_reference(config: Mapping[str, Any]) -> str:
+    """``anat.anatomical_reference`` of the pipeline configuration the jobs will use."""
+    return _msmri_config(config).anat.anatomical_reference
+
+
+def anat_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> list[Path]:
+    """Inputs of one structural job: its inventory, plus the subject reference when used."""
+    out_dir = Path(out_dir)
+    inputs = [out_dir / f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv"]
+    if mode != "sessionwise":
+        inputs.append(out_dir / f"sub-{subject}/anat/sub-{subject}_desc-subjectref_T1w.nii.gz")
+    return inputs
+
+
 def followups(
     config: Mapping[str, Any], pairs: list[tuple[str, str]]
 ) -> list[tuple[str, str, str]]:
     """(subject, follow-up session, reference session) for every non-reference session."""
-    from pipeline.config import load_config
     from workflows.bids import read_sessions_table
     from workflows.longitudinal import reference_session
 
-    cfg = load_config([config["msmri_config"]] if config.get("msmri_config") else [])
+    cfg = _msmri_config(config)
     out = []
     for sub in sorted({s for s, _ in pairs}):
         available = [t for s, t in pairs if s == sub]

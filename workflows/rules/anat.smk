@@ -1,10 +1,30 @@
-"""Structural stage: one job per subject-session (Nipype inside, MultiProc with the job's threads)."""
+"""Structural stage: one job per subject-session (Nipype inside, MultiProc with the job's threads).
+
+With anat.anatomical_reference first/unbiased, a per-subject job first aligns all
+sessions' T1w to one within-subject reference, which every session's job uses.
+"""
+
+
+rule anat_reference:
+    output:
+        OUT_DIR / "sub-{subject}/anat/sub-{subject}_desc-subjectref_T1w.nii.gz",
+    log:
+        OUT_DIR / "logs/anat_reference/sub-{subject}.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        cmd=msmri_cmd(config, "participant", "anat_reference"),
+    shell:
+        "{params.cmd} --participant-label {wildcards.subject} > {log} 2>&1"
 
 
 rule anat:
     input:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+        lambda w: anat_job_inputs(OUT_DIR, ANAT_REFERENCE, w.subject, w.session),
     output:
         OUT_DIR
         / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
