@@ -176,3 +176,19 @@ def test_new_lesion_at_follow_up_is_found(anat_run):
     assert not (
         out / "sub-01/ses-baseline/anat/sub-01_ses-baseline_desc-changes_lesions.tsv"
     ).exists()
+
+
+def test_without_flair_or_mask_lesions_are_empty_and_say_why(tmp_path):
+    from workflows.anat import LesionMask
+
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    paths = {}
+    for name, data in (("t1", np.ones((10, 10, 10))), ("brain", np.ones((10, 10, 10))),
+                       ("wm", np.full((10, 10, 10), 0.5))):  # fmt: skip
+        paths[name] = str(tmp_path / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(data.astype(np.float32), affine), paths[name])
+    node = LesionMask(reference=paths["t1"], brain_mask=paths["brain"], maps={"wm": paths["wm"]})
+    res = node.run(cwd=str(tmp_path))
+    assert "no FLAIR" in res.outputs.method and "none" in res.outputs.method
+    mask = nib.load(res.outputs.mask)
+    assert mask.shape == (10, 10, 10) and not np.asanyarray(mask.dataobj).any()

@@ -131,3 +131,60 @@ def test_missing_t1w_is_an_error_naming_the_folder(make_bids, tmp_path, capsys):
     bids = make_bids(omit={("01", "m00"): {"T1w"}})
     assert main([str(bids), str(tmp_path / "out"), "participant", "--stages", "inventory"]) == 1
     assert "sub-01/ses-m00/anat" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- structural bad input
+
+
+def _lesion(bids, sub="01", ses="m00"):
+    return (bids / f"derivatives/lesions/sub-{sub}/ses-{ses}/anat/"
+            f"sub-{sub}_ses-{ses}_space-FLAIR_label-lesion_mask.nii.gz")  # fmt: skip
+
+
+def _anat_run(bids, out, capsys):
+    code = main([str(bids), str(out), "participant", "--stages", "anat",
+                 "--participant-label", "01", "--session-label", "m00"])  # fmt: skip
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        ("lesion_other_grid", "grid"),
+        ("lesion_empty", "empty"),
+        ("t1w_degenerate_affine", "affine"),
+    ],
+)
+def test_structural_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_path, capsys,
+                                                                    case, expected):  # fmt: skip
+    bids = make_bids()
+    if case == "lesion_other_grid":
+        bad = _lesion(bids)
+        write_nifti(bad, np.ones((6, 6, 6), dtype=np.uint8))
+    elif case == "lesion_empty":
+        bad = _lesion(bids)
+        write_nifti(bad, np.zeros((8, 8, 6), dtype=np.uint8))
+    else:
+        from tests.test_validation import AFFINE, _write_raw_affine
+
+        bad = bids / "sub-01/ses-m00/anat/sub-01_ses-m00_T1w.nii.gz"
+        affine = AFFINE.copy()
+        affine[1, 1] = 0.0  # zero voxel size along y
+        _write_raw_affine(bad, affine)
+    out = tmp_path / "out"
+    code, err = _anat_run(bids, out, capsys)
+    assert code == 1
+    assert str(bad) in err or bad.name in err, err
+    assert expected in err.lower(), err
+    assert not (out / "sub-01/ses-m00/anat").exists()  # nothing half-written
+
+
+def test_anatomical_reference_without_its_stage_is_a_clear_error(make_bids, tmp_path, capsys):
+    bids = make_bids()
+    cfg = tmp_path / "first.yaml"
+    cfg.write_text("anat:\n  anatomical_reference: first\n")
+    code = main([str(bids), str(tmp_path / "out"), "participant", "--stages", "anat",
+                 "--config", str(cfg), "--participant-label", "01", "--session-label", "m03"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "desc-subjectref_T1w.nii.gz" in err and "anat_reference" in err, err

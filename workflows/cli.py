@@ -284,6 +284,10 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         log.warning("sub-%s ses-%s: lesion mask %s is in FLAIR space but there is no FLAIR; "
                     "it is not used", inputs.subject, inputs.session, lesion_mask)  # fmt: skip
         lesion_mask = lesion_space = None
+    if lesion_mask is None and inputs.flair is None:
+        log.warning("sub-%s ses-%s: no lesion mask and no FLAIR: automatic lesion segmentation is "
+                    "unavailable; the lesion mask will be empty and NAWM = white matter",
+                    inputs.subject, inputs.session)  # fmt: skip
     wf = init_anat_wf(
         anat_config=config.anat.model_dump(mode="json"),
         t1w=str(inputs.t1w),
