@@ -28,20 +28,8 @@ from nipype.pipeline import engine as pe
 __all__ = ["MNI_SPACE", "init_anat_wf"]
 
 from pipeline.templates import SPACE as MNI_SPACE
-
-
-def _save(
-    data: np.ndarray, like: nib.spatialimages.SpatialImage, path: Path, dtype=np.float32
-) -> str:
-    img = nib.Nifti1Image(np.asarray(data).astype(dtype), like.affine)
-    img.header.set_xyzt_units("mm")
-    nib.save(img, path)
-    return str(path)
-
-
-def _xfm_main_file(files: list[Path]) -> str:
-    return str(next(f for f in files if str(f).endswith(".json")))
-
+from workflows.nodeio import save_array as _save
+from workflows.nodeio import xfm_json as _xfm_main_file
 
 # --------------------------------------------------------------------------- brain + bias
 

@@ -1,0 +1,31 @@
+"""File helpers shared by the Nipype interfaces of every stage (node working folders)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+__all__ = ["load_array", "save_array", "xfm_json"]
+
+
+def save_array(
+    data: np.ndarray, like: nib.spatialimages.SpatialImage, path: Path, dtype=np.float32
+) -> str:
+    """Save ``data`` on the grid of ``like`` (affine, mm units); returns the path."""
+    img = nib.Nifti1Image(np.asarray(data).astype(dtype), like.affine)
+    img.header.set_xyzt_units("mm")
+    nib.save(img, path)
+    return str(path)
+
+
+def load_array(path: str, dtype=None) -> np.ndarray:
+    """The data array of a NIfTI file (optionally cast)."""
+    data = np.asanyarray(nib.load(path).dataobj)
+    return data if dtype is None else np.asarray(data, dtype=dtype)
+
+
+def xfm_json(files: list[Path]) -> str:
+    """The transform JSON among the files :meth:`Transform.save` wrote."""
+    return str(next(f for f in files if str(f).endswith(".json")))
