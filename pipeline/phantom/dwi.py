@@ -31,6 +31,7 @@ from pipeline.phantom.anatomy import (
     Lesion,
     Template,
     TractField,
+    apply_affine,
     grid_points,
     lesion_probability,
     sample_template,
@@ -167,50 +168,53 @@ def simulate_dwi(
     noiseless : bool
         No noise, no motion and no dropout (for convention tests).
     """
-    from scipy import ndimage
-
     shape = tuple(int(s) for s in grid_shape[:3])
     n_vol = len(bvals)
     pts = grid_points(shape, grid_affine)
-    mni = to_template(pts)
-    inv = template.inv_affine
-    prob = {k: sample_template(inv, template.maps[k], mni) for k in ("gm", "wm", "csf", "brain")}
-    les = lesion_probability(mni, lesions, session_index) * prob["brain"]
-    keep = 1.0 - les
-    gm, wm, csf = prob["gm"] * keep, prob["wm"] * keep, prob["csf"] * keep
-    labels = sample_template(inv, tracts.labels, mni, order=0).astype(np.uint8)
-    in_tract = labels > 0
-    left = mni[:, 0] < 0
+    rest_jac = _local_rotation(to_template, pts)  # d(template)/d(head), at rest
 
-    # fibre direction: nearest template orientation, pushed into the scanner frame
-    brain_idx = np.flatnonzero(prob["brain"] > 0.01)
-    e_mni = np.stack(
-        [
-            sample_template(inv, tracts.orientation[..., c], mni[brain_idx], order=0)
-            for c in range(3)
-        ],
-        axis=1,
-    )
-    jac = _local_rotation(to_template, pts[brain_idx])
-    e_scan = np.linalg.solve(jac, e_mni[..., None])[..., 0]
-    e_scan /= np.maximum(np.linalg.norm(e_scan, axis=1, keepdims=True), 1e-12)
-    v1 = np.zeros((len(pts), 3))
-    v1[brain_idx] = e_scan
+    def tissue(head_points: np.ndarray) -> dict[str, np.ndarray]:
+        """The head's tissue model at head-frame points (rest position coordinates).
 
-    c = COMPARTMENTS
-    wm_ad = np.where(in_tract, c["wm_tract"]["ad"], c["wm"]["ad"])
-    wm_rd = np.where(in_tract, c["wm_tract"]["rd"], c["wm"]["rd"])
-    wm_rd = np.where(left, wm_rd * (1.0 + rd_change_left_nawm), wm_rd)
-    weights = {"gm": gm, "wm": wm, "csf": csf, "lesion": les}
-    total = gm + wm + csf + les
-    safe = np.where(total > 0, total, 1.0)
-    ad = (wm * wm_ad + gm * c["gm"]["ad"] + csf * c["csf"]["ad"] + les * c["lesion"]["ad"]) / safe
-    rd = (wm * wm_rd + gm * c["gm"]["rd"] + csf * c["csf"]["rd"] + les * c["lesion"]["rd"]) / safe
-    s0 = sum(w * c[k]["s0"] for k, w in weights.items()) * 1000.0
-    if bias_field is not None:
-        s0 = s0 * bias_field.reshape(-1)
-    ad = np.where(total > 0, ad, 0.0)
-    rd = np.where(total > 0, rd, 0.0)
+        The fibre direction uses the rest-position Jacobian at the voxel: head
+        motion is below a few millimetres and the deformation varies over
+        centimetres, so J(p) = J(x) to far below the angular precision of a fit.
+        """
+        mni = to_template(head_points)
+        inv = template.inv_affine
+        prob = {k: sample_template(inv, template.maps[k], mni) for k in ("gm", "wm", "csf", "brain")}
+        les = lesion_probability(mni, lesions, session_index) * prob["brain"]
+        keep = 1.0 - les
+        gm, wm, csf = prob["gm"] * keep, prob["wm"] * keep, prob["csf"] * keep
+        labels = sample_template(inv, tracts.labels, mni, order=0).astype(np.uint8)
+        in_tract = labels > 0
+        left = mni[:, 0] < 0
+        # fibre direction: nearest template orientation, pushed into the head frame
+        brain_idx = np.flatnonzero(prob["brain"] > 0.01)
+        e_mni = np.stack(
+            [sample_template(inv, tracts.orientation[..., c], mni[brain_idx], order=0)
+             for c in range(3)],
+            axis=1,
+        )  # fmt: skip
+        e_head = np.linalg.solve(rest_jac[brain_idx], e_mni[..., None])[..., 0]
+        e_head /= np.maximum(np.linalg.norm(e_head, axis=1, keepdims=True), 1e-12)
+        v1 = np.zeros((len(head_points), 3))
+        v1[brain_idx] = e_head
+        c = COMPARTMENTS
+        wm_ad = np.where(in_tract, c["wm_tract"]["ad"], c["wm"]["ad"])
+        wm_rd = np.where(in_tract, c["wm_tract"]["rd"], c["wm"]["rd"])
+        wm_rd = np.where(left, wm_rd * (1.0 + rd_change_left_nawm), wm_rd)
+        weights = {"gm": gm, "wm": wm, "csf": csf, "lesion": les}
+        total = gm + wm + csf + les
+        safe = np.where(total > 0, total, 1.0)
+        ad = (wm * wm_ad + gm * c["gm"]["ad"] + csf * c["csf"]["ad"] + les * c["lesion"]["ad"]) / safe
+        rd = (wm * wm_rd + gm * c["gm"]["rd"] + csf * c["csf"]["rd"] + les * c["lesion"]["rd"]) / safe
+        s0 = sum(w * c[k]["s0"] for k, w in weights.items()) * 1000.0
+        if bias_field is not None:  # the coil's sensitivity is fixed in the scanner frame
+            s0 = s0 * bias_field.reshape(-1)
+        return {"ad": np.where(total > 0, ad, 0.0), "rd": np.where(total > 0, rd, 0.0),
+                "s0": s0, "v1": v1, "weights": weights, "left": left, "labels": labels,
+                "brain": prob["brain"]}  # fmt: skip
 
     if noiseless:
         motion = None
@@ -218,21 +222,23 @@ def simulate_dwi(
     if motion is None:
         motion = np.zeros((n_vol, 6))
     motion = np.asarray(motion, dtype=float)
-
+    rest = tissue(pts)
     data = np.empty((*shape, n_vol), dtype=np.float32)
-    inv_grid = np.linalg.inv(grid_affine)
     for k in range(n_vol):
         mat = rigid_matrix(motion[k])
+        # image_k(x) = head(M_k^-1 x): the tissue model is evaluated at the moved
+        # positions (not interpolated from the rest image, which would blur tissue
+        # boundaries and lower FA as no scanner does), and a scanner-frame gradient
+        # g probes the head-frame direction M_k^T g.
+        model = rest if not np.any(motion[k]) else tissue(apply_affine(np.linalg.inv(mat), pts))
         g_head = mat[:3, :3].T @ bvecs_world[k]
-        proj = v1 @ g_head
-        sig = s0 * np.exp(-bvals[k] * (rd + (ad - rd) * proj**2))
-        vol = sig.reshape(shape).astype(np.float32)
-        if np.any(motion[k] != 0):
-            # image_k(x) = head(inv(M_k) x): resample the rest-position volume
-            vox_map = inv_grid @ np.linalg.inv(mat) @ grid_affine
-            vol = ndimage.affine_transform(vol, vox_map, order=1, mode="constant", cval=0.0)
-        data[..., k] = vol
-
+        proj = model["v1"] @ g_head
+        sig = model["s0"] * np.exp(-bvals[k] * (model["rd"] + (model["ad"] - model["rd"]) * proj**2))
+        data[..., k] = sig.reshape(shape).astype(np.float32)
+    ad, rd, s0, v1 = rest["ad"], rest["rd"], rest["s0"], rest["v1"]
+    weights, left, labels = rest["weights"], rest["left"], rest["labels"]
+    wm = weights["wm"]
+    prob = {"brain": rest["brain"]}
     wm_signal = float(np.median(s0[(wm > 0.9)])) if np.any(wm > 0.9) else float(s0.max())
     sigma = 0.0 if noiseless else wm_signal / float(snr_b0)
     dropout: list[int] = []
