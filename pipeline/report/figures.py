@@ -55,7 +55,8 @@ def mosaic(
 
     Parameters
     ----------
-    background, affine : 3-D array and its voxel-to-world affine
+    background, affine : 3-D array (or 4-D with 3 RGB channels in 0..1, e.g. colour
+        FA) and its voxel-to-world affine
     overlays : masks or maps on the same grid
     focus : boolean mask deciding which slices to show (default: background > 0)
     """
@@ -65,9 +66,14 @@ def mosaic(
     import matplotlib.pyplot as plt
 
     bg = _canonical(np.asarray(background, dtype=np.float32), affine)
+    rgb = bg.ndim == 4 and bg.shape[3] == 3
+    if rgb:  # voxel-axis colours are kept; only the slice layout follows RAS
+        bg = np.clip(bg, 0, 1)
     ovs = [(_canonical(np.asarray(o.data, dtype=np.float32), affine), o) for o in overlays]
-    fmask = _canonical(np.asarray(focus if focus is not None else background > 0), affine)
-    vmax = float(np.percentile(bg[fmask], 99.5)) if fmask.any() else float(bg.max() or 1)
+    if focus is None:
+        focus = np.asarray(background).any(axis=3) if rgb else np.asarray(background) > 0
+    fmask = _canonical(np.asarray(focus), affine)
+    vmax = 1.0 if rgb else (float(np.percentile(bg[fmask], 99.5)) if fmask.any() else float(bg.max() or 1))
     axis_of = {"sagittal": 0, "coronal": 1, "axial": 2}
     fig, axes = plt.subplots(
         len(views), n_slices, figsize=(1.9 * n_slices, 2.0 * len(views)), squeeze=False
@@ -78,7 +84,11 @@ def mosaic(
             ax = axes[r, c]
             sl = [slice(None)] * 3
             sl[ax_i] = idx
-            ax.imshow(np.take(bg, idx, axis=ax_i).T, cmap="gray", origin="lower", vmin=0, vmax=vmax)
+            plane = np.take(bg, idx, axis=ax_i)
+            if rgb:
+                ax.imshow(np.transpose(plane, (1, 0, 2)), origin="lower")
+            else:
+                ax.imshow(plane.T, cmap="gray", origin="lower", vmin=0, vmax=vmax)
             for data, ov in ovs:
                 plane = np.take(data, idx, axis=ax_i).T
                 if ov.filled:
