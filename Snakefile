@@ -16,6 +16,7 @@ from workflows.snakemake import (
     discover,
     followups,
     msmri_cmd,
+    with_modality,
 )
 
 
@@ -30,6 +31,7 @@ SESSIONS = [t for _, t in PAIRS]
 FOLLOWUPS = followups(config, PAIRS)
 REFERENCE = {sub: ref for sub, _, ref in FOLLOWUPS}
 ANAT_REFERENCE = anatomical_reference(config)
+DWI_PAIRS = with_modality(config, PAIRS, "dwi")
 
 
 wildcard_constraints:
@@ -39,6 +41,7 @@ wildcard_constraints:
 
 include: "workflows/rules/inventory.smk"
 include: "workflows/rules/anat.smk"
+include: "workflows/rules/dwi.smk"
 
 
 rule all:
@@ -62,4 +65,9 @@ rule all:
         [
             OUT_DIR / f"sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_desc-changes_lesions.tsv"
             for s, t, _ in FOLLOWUPS
+        ],
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_roistats.tsv"
+            for s, t in DWI_PAIRS
         ],

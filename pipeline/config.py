@@ -256,6 +256,33 @@ class AnatConfig(Section):
     reference_iterations: int = Field(ge=0, le=5)
 
 
+class DwiConfig(Section):
+    """Diffusion stage (see configs/default.yaml for every key's meaning)."""
+
+    denoise: Literal["mppca", "patch2self", "none"]
+    denoise_patch_radius: int = Field(ge=1, le=5)
+    gibbs: bool
+    motion_correction: bool
+    fd_threshold_mm: float = Field(gt=0, le=10)
+    dropout_threshold: float = Field(gt=0, le=20)
+    exclude_outliers: bool
+    mask: Literal["structural", "median_otsu"]
+    tensor_method: Literal["WLS", "OLS", "NLLS", "RESTORE"]
+    wm_threshold: float = Field(gt=0, lt=1)
+    lesion_margin_mm: float = Field(ge=0, le=10)
+    perilesion_ring_mm: float = Field(gt=0, le=20)
+    atlas: str | None
+    atlas_labels: str | None
+    save_preproc: bool
+
+    @model_validator(mode="after")
+    def _atlas_pair(self) -> DwiConfig:
+        if (self.atlas is None) != (self.atlas_labels is None):
+            raise _KeyedError("atlas", "dwi.atlas and dwi.atlas_labels go together (both or neither)",
+                              related=("atlas_labels",))  # fmt: skip
+        return self
+
+
 class Config(Section):
     """The fully resolved, immutable pipeline configuration.
 
@@ -280,6 +307,7 @@ class Config(Section):
     group: GroupConfig
     validation: ValidationConfig
     anat: AnatConfig
+    dwi: DwiConfig
 
     _sources: tuple[str, ...] = PrivateAttr(default=())
     _origin: Mapping[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

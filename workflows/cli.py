@@ -24,7 +24,7 @@ __all__ = ["GROUP_STAGES", "PARTICIPANT_STAGES", "main"]
 log = logging.getLogger("msmri")
 
 #: Stages run at the participant level, in order.
-PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "lesion_changes")
+PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "dwi", "lesion_changes")
 #: Stages run at the group level, in order.
 GROUP_STAGES = ("inventory",)
 
@@ -200,6 +200,8 @@ def run_bids_app(args: argparse.Namespace) -> int:
                 check_session(inputs, config, bids_dir)
             if "anat" in stages:
                 run_anat(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
+            if "dwi" in stages:
+                run_dwi(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
         except Exception as exc:  # one subject's failure must not stop the others
             log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
             failures.append((sub, ses, exc))
@@ -299,6 +301,29 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         output_dir=str(out),
         full_config=config.to_dict(),
         **reference,
+    )
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
+
+
+def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
+    """Build and run the diffusion Nipype workflow of one subject-session."""
+    from workflows.dwi import init_dwi_wf, structural_inputs
+    from workflows.engine import run_workflow
+
+    if inputs.dwi is None:
+        log.warning("sub-%s ses-%s: no DWI series; diffusion stage skipped",
+                    inputs.subject, inputs.session)  # fmt: skip
+        return
+    wf = init_dwi_wf(
+        config=config.to_dict(),
+        dwi=str(inputs.dwi),
+        bval=str(inputs.dwi_bval),
+        bvec=str(inputs.dwi_bvec),
+        anat=structural_inputs(out, inputs.subject, inputs.session),
+        subject=inputs.subject,
+        session=inputs.session,
+        output_dir=str(out),
+        nprocs=nprocs,
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
 

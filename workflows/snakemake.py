@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["anat_job_inputs", "anatomical_reference", "discover", "followups", "msmri_cmd"]
+__all__ = ["anat_job_inputs", "anatomical_reference", "discover", "followups", "msmri_cmd", "with_modality"]
 
 
 def _as_list(value: Any, available: list[str]) -> list[str] | None:
@@ -52,6 +52,20 @@ def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             "longitudinal data with one folder per session"
         )
     return [(s, t) for s, t in pairs if t is not None]
+
+
+def with_modality(
+    config: Mapping[str, Any], pairs: list[tuple[str, str]], suffix: str
+) -> list[tuple[str, str]]:
+    """The (subject, session) pairs that have an image with this BIDS suffix (e.g. ``dwi``)."""
+    from workflows.bids import index_dataset
+
+    layout = index_dataset(Path(config["bids_dir"]))
+    found = {
+        (f.entities.get("subject"), f.entities.get("session"))
+        for f in layout.get(suffix=suffix, extension=[".nii", ".nii.gz"])
+    }
+    return [p for p in pairs if p in found]
 
 
 def msmri_cmd(config: Mapping[str, Any], level: str, stage: str) -> str:

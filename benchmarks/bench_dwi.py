@@ -1,0 +1,130 @@
+"""Benchmark the diffusion stage per subject-session on the trial preset.
+
+Writes (or reuses) one subject of the ``trial`` preset (2 mm DWI, 6 b = 0 + 60
+directions, one slice-dropout volume), runs the structural stage for the first
+and last sessions (not timed), then ``msmri ... participant --stages dwi`` for
+each of them in a child process, reporting wall time and peak memory (sampled
+resident set of the whole process tree, and the largest single process) against
+the targets (<= 3 minutes, <= 3 GB on 2 cores). The reference in the same run is
+MRtrix3's ``dwi2tensor`` alone on the same raw series, so the ratio shows what
+preprocessing (denoising, Gibbs, motion correction, registration, ROIs) costs on
+top of a bare tensor fit.
+
+Accuracy printed against the phantom's truth (ROIs from the truth tissue maps):
+median FA / MD / AD / RD in NAWM left and right (target within 5 %), the planted
+RD change of left NAWM at the last session (target within 1.5 percentage points)
+and of right NAWM (target below 1.5 %), and the motion-parameter error.
+
+Usage::
+
+    python benchmarks/bench_dwi.py [--keep DIR] [--nprocs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--keep", type=Path, default=None, help="reuse / keep data in this folder")
+    ap.add_argument("--nprocs", type=int, default=2)
+    args = ap.parse_args()
+
+    import nibabel as nib
+    import pandas as pd
+    from _measure import run_child
+
+    from pipeline.dwi.rois import build_rois
+    from pipeline.phantom.trial import PRESETS
+    from workflows.synth import write_trial
+
+    spec = PRESETS["trial"]
+    first, last = spec.sessions[0], spec.sessions[-1]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="msmri-bench-dwi-"))
+    if not (root / "bids/sub-01").exists():
+        t0 = time.perf_counter()
+        write_trial(root, spec, subjects=[0])
+        print(f"data: trial preset subject 01 written in {time.perf_counter() - t0:.1f} s -> {root}")
+    bids, out, work = root / "bids", root / "derivatives", root / "work"
+    msmri = str(Path(sys.executable).with_name("msmri"))
+    common = [msmri, str(bids), str(out), "participant", "--participant-label", "01",
+              "--work-dir", str(work), "--nprocs", str(args.nprocs)]  # fmt: skip
+    for ses in (first, last):
+        if not (out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv").exists():
+            subprocess.run([*common, "--session-label", ses, "--stages", "anat"], check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    runs = {}
+    for ses in (first, last):
+        shutil.rmtree(work / f"sub-01_ses-{ses}" / "dwi_wf", ignore_errors=True)
+        runs[ses] = run_child([*common, "--session-label", ses, "--stages", "dwi"])
+    raw = bids / f"sub-01/ses-{first}/dwi/sub-01_ses-{first}_dwi"
+    ref = None
+    if shutil.which("dwi2tensor"):
+        tmp = Path(tempfile.mkdtemp())
+        ref = run_child(["dwi2tensor", "-quiet", "-force", "-nthreads", str(args.nprocs), "-fslgrad",
+                         f"{raw}.bvec", f"{raw}.bval", f"{raw}.nii.gz", str(tmp / "dt.mif")])  # fmt: skip
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    shape = nib.load(f"{raw}.nii.gz").shape
+    print(f"diffusion stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, "
+          f"--nprocs {args.nprocs}")  # fmt: skip
+    for ses, r in runs.items():
+        print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 180)   peak memory: process tree "
+              f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")  # fmt: skip
+    if ref is not None:
+        print(f"  reference: MRtrix3 dwi2tensor alone on the raw series: {ref.wall_s:.1f} s; "
+              f"ratio stage / dwi2tensor {runs[first].wall_s / ref.wall_s:.0f}")  # fmt: skip
+
+    # ---- accuracy against the truth
+    def table(ses):
+        t = pd.read_csv(out / f"sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_space-dwi_model-tensor_roistats.tsv", sep="\t")
+        return {(r.roi, r.metric): r.median for r in t.itertuples()}
+
+    def truth(ses, name):
+        return np.asanyarray(nib.load(root / f"truth/sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_{name}.nii.gz").dataobj)
+
+    def truth_medians(ses):
+        aff = nib.load(raw.with_name(f"sub-01_ses-{first}_dwi.nii.gz")).affine
+        rois = build_rois(truth(ses, "space-dwi_label-WM_probseg"),
+                          truth(ses, "space-dwi_label-lesion_probseg") >= 0.5,
+                          truth(ses, "space-dwi_desc-hemi_dseg"),
+                          voxel_size_mm=np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))  # fmt: skip
+        return {(roi, m): float(np.median(truth(ses, f"space-dwi_model-tensor_param-{m}_dwimap")[rois[roi]]))
+                * (1 if m == "fa" else 1e3) for roi in ("NAWM_L", "NAWM_R") for m in ("fa", "md", "ad", "rd")}  # fmt: skip
+
+    print("  median in NAWM, ours vs truth (diffusivities um^2/ms):")
+    ours = {ses: table(ses) for ses in (first, last)}
+    for ses in (first, last):
+        tm = truth_medians(ses)
+        cells = [f"{roi} {m} {ours[ses][roi, m]:.3f}/{tm[roi, m]:.3f} ({ours[ses][roi, m] / tm[roi, m] - 1:+.1%})"
+                 for roi, m in tm]  # fmt: skip
+        print(f"    ses-{ses}: " + "; ".join(cells))
+    for roi in ("NAWM_L", "NAWM_R"):
+        change = ours[last][roi, "rd"] / ours[first][roi, "rd"] - 1
+        planted = spec.rd_change[-1] if roi == "NAWM_L" else 0.0
+        print(f"  RD change {roi} ses-{last} vs ses-{first}: {change:+.2%} (planted {planted:+.0%})")
+    for ses in (first, last):
+        conf = pd.read_csv(out / f"sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_desc-confounds_timeseries.tsv", sep="\t")
+        meta = json.loads((root / f"truth/sub-01/ses-{ses}/sub-01_ses-{ses}_truth.json").read_text())["dwi"]
+        true = np.asarray(meta["motion_params"])
+        est = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
+        terr = np.linalg.norm(est[:, :3] - true[:, :3], axis=1)
+        rerr = np.degrees(np.abs(est[:, 3:] - true[:, 3:])).max(axis=1)
+        flagged = np.flatnonzero(conf["dropout_outlier"].to_numpy() > 0).tolist()
+        print(f"  motion ses-{ses}: translation error median {np.median(terr):.2f} mm (max {terr.max():.2f}), "
+              f"rotation error median {np.median(rerr):.2f} deg; dropout volumes flagged {flagged} "
+              f"(truth {meta['dropout_volumes']})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Diffusion stage end to end on the tiny phantom (Nipype workflow via the CLI).
+
+One subject, both sessions: structural stage, then the diffusion stage. The
+accuracy checks compare the ROI table with the phantom's truth maps in ROIs
+built from the truth tissue maps (independently of our registrations).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.dwi.rois import build_rois
+from pipeline.phantom.trial import PRESETS, make_subject
+from workflows.dwi import TENSOR_MAPS
+
+SPEC = PRESETS["tiny"]
+BASE, FOLLOW = SPEC.sessions
+
+
+@pytest.fixture(scope="module")
+def dwi_run(tmp_path_factory):
+    from workflows.cli import main
+    from workflows.synth import write_trial
+
+    root = tmp_path_factory.mktemp("dwi")
+    write_trial(root, SPEC, subjects=[0])
+    out = root / "derivatives"
+    assert main([str(root / "bids"), str(out), "participant", "--participant-label", "01",
+                 "--stages", "inventory", "anat", "dwi", "--work-dir", str(root / "work"),
+                 "--nprocs", "2"]) == 0  # fmt: skip
+    return root, out
+
+
+def _dwi(out: Path, ses: str, name: str) -> Path:
+    return out / f"sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_{name}"
+
+
+def _truth(root: Path, ses: str, name: str) -> np.ndarray:
+    path = root / f"truth/sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_{name}.nii.gz"
+    return np.asanyarray(nib.load(path).dataobj)
+
+
+def _table(out: Path, ses: str) -> pd.DataFrame:
+    return pd.read_csv(_dwi(out, ses, "space-dwi_model-tensor_roistats.tsv"), sep="\t")
+
+
+def _truth_medians(root: Path, ses: str) -> dict[tuple[str, str], float]:
+    """Median truth FA/MD/AD/RD (um^2/ms) in NAWM ROIs built from the truth tissue maps."""
+    aff = nib.load(root / f"truth/sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_space-dwi_desc-brain_mask.nii.gz").affine
+    rois = build_rois(
+        _truth(root, ses, "space-dwi_label-WM_probseg"),
+        _truth(root, ses, "space-dwi_label-lesion_probseg") >= 0.5,
+        _truth(root, ses, "space-dwi_desc-hemi_dseg"),
+        voxel_size_mm=np.sqrt((aff[:3, :3] ** 2).sum(axis=0)),
+    )
+    out = {}
+    for metric in ("fa", "md", "ad", "rd"):
+        arr = _truth(root, ses, f"space-dwi_model-tensor_param-{metric}_dwimap")
+        scale = 1.0 if metric == "fa" else 1e3
+        for roi in ("NAWM_L", "NAWM_R"):
+            out[roi, metric] = float(np.median(arr[rois[roi]])) * scale
+    return out
+
+
+def _ours(table: pd.DataFrame, roi: str, metric: str) -> float:
+    row = table[(table["roi"] == roi) & (table["metric"] == metric)]
+    assert len(row) == 1, (roi, metric)
+    return float(row["median"].iloc[0])
+
+
+@pytest.mark.integration
+def test_outputs_exist_with_provenance(dwi_run):
+    _, out = dwi_run
+    for name in TENSOR_MAPS:
+        path = _dwi(out, BASE, f"space-dwi_model-tensor_param-{name}_dwimap.nii.gz")
+        assert path.exists(), path
+        meta = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+        assert meta["Sources"] and meta["Parameters"]["tensor"]["method"] == "WLS"
+    for name in ("space-dwi_desc-preproc_dwi.nii.gz", "space-dwi_desc-preproc_dwi.bval",
+                 "space-dwi_desc-preproc_dwi.bvec", "space-dwi_desc-brain_mask.nii.gz",
+                 "space-dwi_model-mppca_param-noise_dwimap.nii.gz",
+                 "desc-confounds_timeseries.tsv", "from-dwi_to-T1w_mode-image_xfm.json",
+                 "space-dwi_desc-NAWML_mask.nii.gz", "space-dwi_desc-perilesion_mask.nii.gz"):  # fmt: skip
+        assert _dwi(out, BASE, name).exists(), name
+    figures = sorted(p.name for p in (out / f"sub-01/ses-{BASE}/figures").glob("*_dwi.svg"))
+    assert len(figures) == 5, figures
+    conf = pd.read_csv(_dwi(out, BASE, "desc-confounds_timeseries.tsv"), sep="\t")
+    assert len(conf) == 33 and {"framewise_displacement", "rot_z", "bval"} <= set(conf.columns)
+    # no NaN or Inf anywhere in the maps
+    fa = nib.load(_dwi(out, BASE, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).get_fdata()
+    assert np.all(np.isfinite(fa)) and fa.min() >= 0 and fa.max() <= 1
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ses", [BASE, FOLLOW])
+def test_nawm_tensor_metrics_match_truth(dwi_run, ses):
+    root, out = dwi_run
+    table, truth = _table(out, ses), _truth_medians(root, ses)
+    for (roi, metric), true in truth.items():
+        rel = _ours(table, roi, metric) / true - 1
+        print(f"ses-{ses} {roi} {metric}: ours {_ours(table, roi, metric):.4f} truth {true:.4f} ({rel:+.1%})")
+        assert abs(rel) < 0.05, (roi, metric, rel)
+
+
+@pytest.mark.integration
+def test_planted_rd_change_is_recovered_only_on_the_left(dwi_run):
+    _, out = dwi_run
+    base, follow = _table(out, BASE), _table(out, FOLLOW)
+    change = {roi: _ours(follow, roi, "rd") / _ours(base, roi, "rd") - 1 for roi in ("NAWM_L", "NAWM_R")}
+    print("RD change", change)
+    assert abs(change["NAWM_L"] - SPEC.rd_change[-1]) < 0.015, change
+    assert abs(change["NAWM_R"]) < 0.015, change
+
+
+@pytest.mark.integration
+def test_dwi_to_t1w_transform_matches_truth(dwi_run):
+    from pipeline.registration import Transform
+
+    _, out = dwi_run
+    subject = make_subject(SPEC, 0)
+    xfm = Transform.load(_dwi(out, FOLLOW, "from-dwi_to-T1w_mode-image_xfm.json"))
+    mask = nib.load(_dwi(out, FOLLOW, "space-dwi_desc-brain_mask.nii.gz"))
+    ijk = np.argwhere(np.asanyarray(mask.dataobj) > 0)[::50]
+    pts = nib.affines.apply_affine(mask.affine, ijk)
+    ours = xfm.source_to_target(pts)
+    truth = subject.from_template(FOLLOW, "T1w")(subject.to_template(FOLLOW, "dwi")(pts))
+    err = np.linalg.norm(ours - truth, axis=1)
+    print(f"dwi -> T1w error: median {np.median(err):.2f} mm, max {err.max():.2f} mm")
+    assert np.median(err) < 1.0 and err.max() < 2.0
+
+
+@pytest.mark.integration
+def test_mrtrix_agrees_on_the_preprocessed_series(dwi_run, tmp_path):
+    """dwi2tensor + tensor2metric on our preprocessed series and mask (same data)."""
+    if shutil.which("dwi2tensor") is None:
+        if os.environ.get("CI"):
+            pytest.fail("MRtrix3 (dwi2tensor) is required in CI")
+        pytest.skip("MRtrix3 not installed")
+    _, out = dwi_run
+    pre = _dwi(out, BASE, "space-dwi_desc-preproc_dwi")
+    mask = _dwi(out, BASE, "space-dwi_desc-brain_mask.nii.gz")
+    meta = json.loads(_dwi(out, BASE, "space-dwi_model-tensor_param-fa_dwimap.json").read_text())
+    excluded = meta["Parameters"]["tensor"]["excluded_volumes"]
+    n_vol = nib.load(f"{pre}.nii.gz").shape[3]
+    keep = ",".join(str(k) for k in range(n_vol) if k not in excluded)
+    series = tmp_path / "dwi.mif"  # the volumes our fit used, with their rotated gradients
+    subprocess.run(["mrconvert", "-quiet", "-force", "-fslgrad", f"{pre}.bvec", f"{pre}.bval",
+                    "-coord", "3", keep, f"{pre}.nii.gz", str(series)], check=True)  # fmt: skip
+    tensor = tmp_path / "dt.mif"
+    subprocess.run(["dwi2tensor", "-quiet", "-force", "-mask", str(mask), str(series), str(tensor)],
+                   check=True)  # fmt: skip
+    subprocess.run(["tensor2metric", "-quiet", "-force", "-mask", str(mask), str(tensor),
+                    "-fa", str(tmp_path / "fa.nii"), "-adc", str(tmp_path / "md.nii")], check=True)  # fmt: skip
+    m = np.asanyarray(nib.load(mask).dataobj) > 0
+    ours_fa = nib.load(_dwi(out, BASE, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).get_fdata()[m]
+    ours_md = nib.load(_dwi(out, BASE, "space-dwi_model-tensor_param-md_dwimap.nii.gz")).get_fdata()[m]
+    mr_fa = nib.load(tmp_path / "fa.nii").get_fdata()[m]
+    mr_md = nib.load(tmp_path / "md.nii").get_fdata()[m]
+    ok = np.isfinite(mr_fa) & np.isfinite(mr_md) & (mr_md > 0)
+    dfa = np.median(np.abs(ours_fa[ok] - mr_fa[ok]))
+    dmd = np.median(np.abs(ours_md[ok] / mr_md[ok] - 1))
+    print(f"ours vs MRtrix3 on the preprocessed series: median |dFA| {dfa:.4f}, |dMD| {dmd:.2%}")
+    assert dfa < 0.01 and dmd < 0.02

@@ -1,0 +1,756 @@
+"""Diffusion workflow (Nipype): preprocessing, tensor maps, registration to T1w, ROI metrics.
+
+``init_dwi_wf`` builds a two-level graph; each interface below loads files,
+calls :mod:`pipeline.dwi` functions and saves its results in its node folder:
+
+1. :class:`LoadDwi`: one canonical gradient table, validated against the image.
+2. :class:`Denoise`: MP-PCA (default), Patch2Self or none; noise map saved.
+3. :class:`Gibbs`: Gibbs-ringing removal (optional).
+4. :class:`MotionCorrect`: every volume to the b = 0 reference, b-vectors
+   rotated, confounds (motion, FD, outlier flags).
+5. :class:`DwiToT1w`: mean b = 0 -> preprocessed T1w (rigid, mutual information);
+   the structural transforms are loaded, never recomputed.
+6. :class:`DwiMask`: the T1w brain mask brought into DWI space, or median_otsu.
+7. :class:`FitTensor`: FA, MD, AD, RD, colour FA, principal direction, residual.
+8. :class:`DwiRois`: NAWM (left / right / whole), WM, lesion, perilesional ring
+   and optional atlas ROIs in DWI space; the ROI table.
+9. :class:`DwiQC` figures and :class:`DwiDerivatives` (the one writer).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+from nipype.pipeline import engine as pe
+
+from workflows.nodeio import load_array, save_array, xfm_json
+
+__all__ = ["TENSOR_MAPS", "init_dwi_wf", "structural_inputs"]
+
+#: Tensor maps written as derivatives (``param-<name>``) and their description.
+TENSOR_MAPS = {
+    "fa": "fractional anisotropy (unitless, 0..1)",
+    "md": "mean diffusivity (mm^2/s)",
+    "ad": "axial diffusivity, largest eigenvalue (mm^2/s)",
+    "rd": "radial diffusivity, mean of the two smaller eigenvalues (mm^2/s)",
+    "rgb": "colour FA: |principal eigenvector| x FA in voxel axes (R, G, B)",
+    "v1": "principal eigenvector in world (RAS+) coordinates, sign arbitrary",
+    "s0": "fitted non-diffusion-weighted signal (arbitrary units)",
+    "residual": "root-mean-square model-fit error of the signal relative to S0 (unitless)",
+}
+
+
+def _gradients(bval: str, bvec: str, dwi: str, cfg: dict):
+    from pipeline.dwi.gradtable import DwiGradients
+
+    return DwiGradients.from_files(
+        dwi, bval, bvec,
+        b0_threshold=cfg["validation"]["b0_threshold"],
+        shell_tolerance=cfg["validation"]["shell_tolerance"],
+        bvec_norm_tolerance=cfg["validation"]["bvec_norm_tolerance"],
+        min_directions=cfg["validation"]["min_directions"],
+    )  # fmt: skip
+
+
+def _save4d(data: np.ndarray, like, path: Path) -> str:
+    img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), like.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    nib.save(img, path)
+    return str(path)
+
+
+# --------------------------------------------------------------------------- load + denoise
+
+
+class _LoadInputSpec(BaseInterfaceInputSpec):
+    dwi = File(exists=True, mandatory=True)
+    bval = File(exists=True, mandatory=True)
+    bvec = File(exists=True, mandatory=True)
+    config = traits.Dict(mandatory=True, desc="resolved configuration (whole)")
+
+
+class _DwiFilesSpec(TraitedSpec):
+    dwi = File(exists=True)
+    bval = File(exists=True)
+    bvec = File(exists=True)
+
+
+class _LoadOutputSpec(_DwiFilesSpec):
+    warnings = traits.List(traits.Str())
+    shells = traits.List(traits.Float())
+
+
+class LoadDwi(SimpleInterface):
+    """Validate the series and write its canonical gradient table (.bval/.bvec)."""
+
+    input_spec = _LoadInputSpec
+    output_spec = _LoadOutputSpec
+
+    def _run_interface(self, runtime):
+        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config)
+        cwd = Path(runtime.cwd)
+        bval, bvec = grads.write(cwd / "dwi.bval", cwd / "dwi.bvec")
+        self._results.update(dwi=self.inputs.dwi, bval=str(bval), bvec=str(bvec),
+                             warnings=list(grads.warnings),
+                             shells=[float(b) for b, _ in grads.shells])  # fmt: skip
+        return runtime
+
+
+class _StepInputSpec(BaseInterfaceInputSpec):
+    dwi = File(exists=True, mandatory=True)
+    bval = File(exists=True, mandatory=True)
+    bvec = File(exists=True, mandatory=True)
+    config = traits.Dict(mandatory=True)
+    nprocs = traits.Int(1, usedefault=True)
+
+
+class _DenoiseOutputSpec(_DwiFilesSpec):
+    noise = File(exists=True, desc="noise standard deviation map")
+    parameters = traits.Dict()
+
+
+class Denoise(SimpleInterface):
+    """MP-PCA (default) or Patch2Self denoising (:func:`pipeline.dwi.preprocess.denoise`)."""
+
+    input_spec = _StepInputSpec
+    output_spec = _DenoiseOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.preprocess import denoise
+
+        cfg = self.inputs.config
+        img = nib.load(self.inputs.dwi)
+        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        method = cfg["dwi"]["denoise"]
+        out, noise = denoise(data, grads, method=method,
+                             patch_radius=cfg["dwi"]["denoise_patch_radius"])  # fmt: skip
+        cwd = Path(runtime.cwd)
+        self._results.update(
+            dwi=_save4d(out, img, cwd / "denoised.nii.gz"), bval=self.inputs.bval,
+            bvec=self.inputs.bvec, noise=save_array(noise, img, cwd / "noise.nii.gz"),
+            parameters={"method": method, "patch_radius": cfg["dwi"]["denoise_patch_radius"]},
+        )  # fmt: skip
+        return runtime
+
+
+class _GibbsOutputSpec(_DwiFilesSpec):
+    pass
+
+
+class Gibbs(SimpleInterface):
+    """Gibbs-ringing removal in the acquired (in-plane) directions."""
+
+    input_spec = _StepInputSpec
+    output_spec = _GibbsOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.preprocess import remove_gibbs
+
+        img = nib.load(self.inputs.dwi)
+        out = remove_gibbs(np.asarray(img.dataobj, dtype=np.float32), slice_axis=2,
+                           num_processes=self.inputs.nprocs)  # fmt: skip
+        self._results.update(dwi=_save4d(out, img, Path(runtime.cwd) / "degibbs.nii.gz"),
+                             bval=self.inputs.bval, bvec=self.inputs.bvec)  # fmt: skip
+        return runtime
+
+
+# --------------------------------------------------------------------------- motion
+
+
+class _MotionOutputSpec(_DwiFilesSpec):
+    confounds = File(exists=True, desc="per-volume motion and outlier table (TSV)")
+    b0 = File(exists=True, desc="mean b = 0 reference")
+    outliers = traits.List(traits.Int(), desc="flagged volumes (0-based)")
+    parameters = traits.Dict()
+
+
+class MotionCorrect(SimpleInterface):
+    """Rigid motion correction with b-vector rotation (:mod:`pipeline.dwi.motion`)."""
+
+    input_spec = _StepInputSpec
+    output_spec = _MotionOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.motion import correct_motion
+        from pipeline.dwi.preprocess import mean_b0
+
+        cfg = self.inputs.config
+        img = nib.load(self.inputs.dwi)
+        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        cwd = Path(runtime.cwd)
+        if cfg["dwi"]["motion_correction"]:
+            mc = correct_motion(data, img.affine, grads, n_procs=self.inputs.nprocs,
+                                fd_threshold_mm=cfg["dwi"]["fd_threshold_mm"],
+                                dropout_threshold=cfg["dwi"]["dropout_threshold"])  # fmt: skip
+            data, grads, b0 = mc.data, mc.gradients, mc.reference
+            confounds = mc.confounds()
+            outliers = [int(i) for i in np.flatnonzero(mc.outliers)]
+            params = {"motion_correction": "rigid, mutual information (DIPY), b-vectors rotated",
+                      "max_framewise_displacement_mm": float(np.max(mc.framewise_displacement)),
+                      "mean_framewise_displacement_mm": float(np.mean(mc.framewise_displacement))}  # fmt: skip
+        else:
+            import pandas as pd
+
+            b0 = mean_b0(data, grads)
+            confounds = pd.DataFrame({"volume": np.arange(grads.n_volumes)})
+            outliers, params = [], {"motion_correction": "none (dwi.motion_correction false)"}
+        confounds.insert(0, "bval", grads.bvals)
+        confounds.to_csv(cwd / "confounds.tsv", sep="\t", index=False, na_rep="n/a")
+        bval, bvec = grads.write(cwd / "dwi.bval", cwd / "dwi.bvec")
+        self._results.update(
+            dwi=_save4d(data, img, cwd / "corrected.nii.gz"), bval=str(bval), bvec=str(bvec),
+            confounds=str(cwd / "confounds.tsv"), b0=save_array(b0, img, cwd / "b0.nii.gz"),
+            outliers=outliers, parameters=params,
+        )  # fmt: skip
+        return runtime
+
+
+# --------------------------------------------------------------------------- registration + mask
+
+
+class _ToT1wInputSpec(BaseInterfaceInputSpec):
+    b0 = File(exists=True, mandatory=True)
+    t1w = File(exists=True, mandatory=True, desc="preprocessed T1w (structural stage)")
+    t1w_mask = File(exists=True, mandatory=True)
+
+
+class _ToT1wOutputSpec(TraitedSpec):
+    xfm = File(exists=True, desc="dwi -> T1w transform")
+
+
+class DwiToT1w(SimpleInterface):
+    """Mean b = 0 -> T1w, rigid, Mattes mutual information (DIPY)."""
+
+    input_spec = _ToT1wInputSpec
+    output_spec = _ToT1wOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.registration import register_rigid
+
+        t1 = nib.load(self.inputs.t1w)
+        mask = nib.load(self.inputs.t1w_mask)
+        brain = nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32)
+                                * (np.asanyarray(mask.dataobj) > 0), t1.affine)  # fmt: skip
+        xfm = register_rigid(brain, nib.load(self.inputs.b0), static_mask=mask,
+                             source="dwi", target="T1w")  # fmt: skip
+        self._results["xfm"] = xfm_json(xfm.save(Path(runtime.cwd) / "dwi_to_T1w_xfm.json"))
+        return runtime
+
+
+class _MaskInputSpec(BaseInterfaceInputSpec):
+    dwi = File(exists=True, mandatory=True)
+    bval = File(exists=True, mandatory=True)
+    bvec = File(exists=True, mandatory=True)
+    config = traits.Dict(mandatory=True)
+    xfm = File(exists=True, mandatory=True)
+    t1w_mask = File(exists=True, mandatory=True)
+
+
+class _MaskOutputSpec(TraitedSpec):
+    mask = File(exists=True)
+    method = traits.Str()
+
+
+class DwiMask(SimpleInterface):
+    """Brain mask in DWI space: the structural one carried over, or median_otsu."""
+
+    input_spec = _MaskInputSpec
+    output_spec = _MaskOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.preprocess import dwi_brain_mask
+        from pipeline.registration import Transform
+
+        cfg = self.inputs.config
+        img = nib.load(self.inputs.dwi)
+        ref = (img.shape[:3], img.affine)
+        if cfg["dwi"]["mask"] == "structural":
+            to_dwi = Transform.load(self.inputs.xfm).inverse()
+            mask = to_dwi.resample_mask(nib.load(self.inputs.t1w_mask), ref)
+            method = "structural: T1w brain mask through the dwi -> T1w transform (linear, >= 0.5)"
+        else:
+            grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+            mask = dwi_brain_mask(np.asarray(img.dataobj, dtype=np.float32), grads)
+            method = "median_otsu of the mean b = 0 image (DIPY)"
+        if not mask.any():
+            from pipeline.errors import InputError
+
+            raise InputError(self.inputs.dwi, f"empty brain mask in DWI space ({method})")
+        self._results["mask"] = save_array(mask, img, Path(runtime.cwd) / "mask.nii.gz", np.uint8)
+        self._results["method"] = method
+        return runtime
+
+
+# --------------------------------------------------------------------------- tensor
+
+
+class _TensorInputSpec(_StepInputSpec):
+    mask = File(exists=True, mandatory=True)
+    noise = File(exists=True, desc="noise SD map (RESTORE)")
+    exclude = traits.List(traits.Int(), desc="volumes left out of the fit")
+
+
+class _TensorOutputSpec(TraitedSpec):
+    maps = traits.Dict(desc="name -> file (see TENSOR_MAPS)")
+    parameters = traits.Dict()
+
+
+class FitTensor(SimpleInterface):
+    """Diffusion tensor fit (:func:`pipeline.dwi.tensor.fit_tensor`)."""
+
+    input_spec = _TensorInputSpec
+    output_spec = _TensorOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.tensor import fit_tensor
+
+        cfg = self.inputs.config
+        img = nib.load(self.inputs.dwi)
+        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        excluded = sorted(set(self.inputs.exclude)) if isdefined(self.inputs.exclude) else []
+        excluded = excluded if cfg["dwi"]["exclude_outliers"] else []
+        keep = np.setdiff1d(np.arange(grads.n_volumes), excluded)
+        kept = grads.select(keep)
+        if int((~kept.b0_mask).sum()) < 6 or not kept.b0_mask.any():
+            from pipeline.errors import InputError
+
+            raise InputError(self.inputs.dwi, f"too few volumes left after excluding outliers "
+                             f"{excluded} (need one b = 0 and 6 directions)")  # fmt: skip
+        sigma = None
+        method = cfg["dwi"]["tensor_method"]
+        if method == "RESTORE":
+            sigma = load_array(self.inputs.noise, np.float32)
+        maps = fit_tensor(data[..., keep], kept.dipy_gtab(), load_array(self.inputs.mask) > 0,
+                          method=method, sigma=sigma, n_procs=self.inputs.nprocs)  # fmt: skip
+        cwd = Path(runtime.cwd)
+        files = {}
+        for name in TENSOR_MAPS:
+            arr = np.asarray(getattr(maps, name))
+            if name == "v1":  # voxel frame of the gradient table -> world RAS+
+                arr = kept.voxel_to_world(arr.reshape(-1, 3)).reshape(arr.shape).astype(np.float32)
+            files[name] = save_array(arr, img, cwd / f"{name}.nii.gz")
+        self._results["maps"] = files
+        self._results["parameters"] = {
+            "method": method, "excluded_volumes": excluded, "n_volumes_fitted": int(keep.size),
+            "n_voxels_fitted": int(maps.n_voxels_fitted),
+            "n_negative_eigenvalue_voxels": int(maps.n_negative_eigenvalue_voxels),
+            "min_diffusivity_mm2_s": float(maps.min_diffusivity),
+            "negative_eigenvalues": "clipped to min_diffusivity (as DIPY); voxels counted",
+            "outside_mask": "0 in every map",
+        }  # fmt: skip
+        return runtime
+
+
+# --------------------------------------------------------------------------- ROIs
+
+
+class _RoiInputSpec(BaseInterfaceInputSpec):
+    maps = traits.Dict(mandatory=True)
+    mask = File(exists=True, mandatory=True, desc="DWI brain mask")
+    xfm = File(exists=True, mandatory=True, desc="dwi -> T1w")
+    wm_prob = File(exists=True, mandatory=True)
+    lesion = File(exists=True, mandatory=True)
+    hemisphere = File(exists=True, mandatory=True)
+    mni_xfm = File(exists=True, mandatory=True, desc="T1w -> MNI (for atlas ROIs)")
+    config = traits.Dict(mandatory=True)
+
+
+class _RoiOutputSpec(TraitedSpec):
+    rois = traits.Dict(desc="ROI name -> mask file in DWI space")
+    table = File(exists=True)
+    parameters = traits.Dict()
+
+
+def _atlas(cfg: dict) -> tuple[Any, dict[int, str]]:
+    import pandas as pd
+
+    from pipeline.errors import InputError
+
+    img_path, tsv = Path(cfg["dwi"]["atlas"]), Path(cfg["dwi"]["atlas_labels"])
+    for p in (img_path, tsv):
+        if not p.exists():
+            raise InputError(p, "dwi.atlas / dwi.atlas_labels file not found")
+    table = pd.read_csv(tsv, sep="\t")
+    if not {"index", "name"} <= set(table.columns):
+        raise InputError(tsv, f"needs columns 'index' and 'name', has {list(table.columns)}")
+    return nib.load(img_path), {int(i): str(n) for i, n in zip(table["index"], table["name"], strict=True)}
+
+
+class DwiRois(SimpleInterface):
+    """ROIs in DWI space from the structural outputs; the ROI table of FA/MD/AD/RD."""
+
+    input_spec = _RoiInputSpec
+    output_spec = _RoiOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.rois import atlas_rois, build_rois, nawm_lesion_loss, roi_table
+        from pipeline.registration import Transform
+
+        cfg = self.inputs.config["dwi"]
+        fa_img = nib.load(self.inputs.maps["fa"])
+        ref = (fa_img.shape[:3], fa_img.affine)
+        to_dwi = Transform.load(self.inputs.xfm).inverse()  # T1w -> dwi
+        wm = np.asarray(to_dwi.resample(nib.load(self.inputs.wm_prob), ref, order=1).dataobj)
+        lesion = to_dwi.resample_mask(nib.load(self.inputs.lesion), ref)
+        hemi = np.asarray(to_dwi.resample(nib.load(self.inputs.hemisphere), ref, order=0).dataobj)
+        brain = load_array(self.inputs.mask) > 0
+        zooms = np.sqrt((fa_img.affine[:3, :3] ** 2).sum(axis=0))
+        rois = build_rois(wm, lesion, hemi, voxel_size_mm=zooms, wm_threshold=cfg["wm_threshold"],
+                          lesion_margin_mm=cfg["lesion_margin_mm"], ring_mm=cfg["perilesion_ring_mm"],
+                          brain_mask=brain)  # fmt: skip
+        atlas_names: list[str] = []
+        if cfg["atlas"]:
+            atlas_img, labels = _atlas(self.inputs.config)
+            mni_to_dwi = Transform.load(self.inputs.mni_xfm).inverse().compose(to_dwi)
+            lab = np.asarray(mni_to_dwi.resample(atlas_img, ref, order=0).dataobj)
+            extra = atlas_rois(lab, labels)
+            clash = set(extra) & set(rois)
+            if clash:
+                raise ValueError(f"atlas ROI names {sorted(clash)} clash with built-in ROI names")
+            rois.update({k: v & brain for k, v in extra.items()})
+            atlas_names = list(extra)
+        maps = {k: load_array(self.inputs.maps[k], np.float32) for k in ("fa", "md", "ad", "rd")}
+        table = roi_table(maps, rois, lesion_loss=nawm_lesion_loss(rois))
+        cwd = Path(runtime.cwd)
+        table.to_csv(cwd / "rois.tsv", sep="\t", index=False, na_rep="n/a")
+        files = {name: save_array(m, fa_img, cwd / f"roi_{name}.nii.gz", np.uint8)
+                 for name, m in rois.items()}  # fmt: skip
+        self._results.update(rois=files, table=str(cwd / "rois.tsv"), parameters={
+            "wm_threshold": cfg["wm_threshold"], "lesion_margin_mm": cfg["lesion_margin_mm"],
+            "perilesion_ring_mm": cfg["perilesion_ring_mm"], "atlas": cfg["atlas"],
+            "atlas_rois": atlas_names,
+            "resampling": "T1w -> DWI through the inverse dwi -> T1w transform: WM probability "
+                          "linear, lesion mask linear >= 0.5, hemisphere nearest neighbour",
+        })  # fmt: skip
+        return runtime
+
+
+# --------------------------------------------------------------------------- QC
+
+
+class _DwiQcInputSpec(BaseInterfaceInputSpec):
+    maps = traits.Dict(mandatory=True)
+    b0 = File(exists=True, mandatory=True)
+    mask = File(exists=True, mandatory=True)
+    rois = traits.Dict(mandatory=True)
+    confounds = File(exists=True, mandatory=True)
+    xfm = File(exists=True, mandatory=True)
+    t1w = File(exists=True, mandatory=True)
+    t1w_mask = File(exists=True, mandatory=True)
+
+
+class _DwiQcOutputSpec(TraitedSpec):
+    figures = traits.Dict()
+
+
+class DwiQC(SimpleInterface):
+    """QC figures: FA and colour FA, b = 0 on T1w, ROIs on FA, motion trace."""
+
+    input_spec = _DwiQcInputSpec
+    output_spec = _DwiQcOutputSpec
+
+    def _run_interface(self, runtime):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import pandas as pd
+
+        from pipeline.registration import Transform
+        from pipeline.report.figures import Overlay, mosaic
+
+        cwd = Path(runtime.cwd)
+        fa_img = nib.load(self.inputs.maps["fa"])
+        fa = np.asarray(fa_img.dataobj, dtype=np.float32)
+        mask = load_array(self.inputs.mask) > 0
+        figs = {}
+
+        def save(fig, name):
+            path = cwd / f"{name}.svg"
+            fig.savefig(path, bbox_inches="tight")
+            plt.close(fig)
+            figs[name] = str(path)
+
+        save(mosaic(fa, fa_img.affine, [Overlay(mask, "yellow", "DWI brain mask")],
+                    title="FA", focus=mask), "fa")  # fmt: skip
+        rgb = np.asarray(nib.load(self.inputs.maps["rgb"]).dataobj, dtype=np.float32)
+        save(mosaic(rgb, fa_img.affine, title="colour FA (red L-R, green A-P, blue S-I in voxel axes)",
+                    focus=mask), "colorfa")  # fmt: skip
+        t1 = nib.load(self.inputs.t1w)
+        b0_in_t1 = Transform.load(self.inputs.xfm).resample(nib.load(self.inputs.b0), t1)
+        t1_mask = load_array(self.inputs.t1w_mask) > 0
+        save(mosaic(np.asarray(b0_in_t1.dataobj), t1.affine,
+                    [Overlay(t1_mask, "red", "T1w brain mask")],
+                    title="mean b = 0 in T1w space", focus=t1_mask), "b0toT1w")  # fmt: skip
+        roi = {k: load_array(v) > 0 for k, v in self.inputs.rois.items()}
+        overlays = [Overlay(roi[k], c, k, filled=True, alpha=0.35)
+                    for k, c in (("NAWM_L", "tab:blue"), ("NAWM_R", "tab:green"),
+                                 ("lesion", "tab:red"), ("perilesion", "tab:orange")) if k in roi]  # fmt: skip
+        save(mosaic(fa, fa_img.affine, overlays, title="NAWM and lesion ROIs on FA", focus=mask), "rois")
+        conf = pd.read_csv(self.inputs.confounds, sep="\t")
+        if "framewise_displacement" in conf:
+            fig, ax = plt.subplots(2, 1, figsize=(8, 4), sharex=True)
+            for col in ("trans_x", "trans_y", "trans_z"):
+                ax[0].plot(conf[col], label=col)
+            ax[0].set_ylabel("mm")
+            ax[0].legend(fontsize=7, ncol=3)
+            ax[1].plot(conf["framewise_displacement"], color="k")
+            flagged = np.flatnonzero((conf["motion_outlier"] + conf["dropout_outlier"]) > 0)
+            ax[1].scatter(flagged, conf["framewise_displacement"].iloc[flagged], color="red",
+                          zorder=3, label="flagged volume")  # fmt: skip
+            ax[1].set_ylabel("FD (mm)")
+            ax[1].set_xlabel("volume")
+            ax[1].legend(fontsize=7)
+            fig.suptitle("head motion during the DWI series")
+            save(fig, "motion")
+        self._results["figures"] = figs
+        return runtime
+
+
+# --------------------------------------------------------------------------- derivatives
+
+
+class _DwiSinkInputSpec(BaseInterfaceInputSpec):
+    output_dir = traits.Str(mandatory=True)
+    subject = traits.Str(mandatory=True)
+    session = traits.Str(mandatory=True)
+    config = traits.Dict(mandatory=True)
+    sources = traits.List(traits.Str())
+    dwi = File(exists=True, mandatory=True, desc="preprocessed series")
+    bval = File(exists=True, mandatory=True)
+    bvec = File(exists=True, mandatory=True)
+    noise = File(exists=True)
+    denoise_parameters = traits.Dict()
+    confounds = File(exists=True, mandatory=True)
+    motion_parameters = traits.Dict()
+    warnings = traits.List(traits.Str())
+    mask = File(exists=True, mandatory=True)
+    mask_method = traits.Str()
+    maps = traits.Dict(mandatory=True)
+    tensor_parameters = traits.Dict()
+    xfm = File(exists=True, mandatory=True)
+    rois = traits.Dict(mandatory=True)
+    table = File(exists=True, mandatory=True)
+    roi_parameters = traits.Dict()
+    figures = traits.Dict(mandatory=True)
+
+
+class _DwiSinkOutputSpec(TraitedSpec):
+    out_files = traits.List(traits.Str())
+
+
+#: Column descriptions of the confounds table.
+CONFOUND_COLUMNS = {
+    "bval": {"Description": "b-value of the volume", "Units": "s/mm^2"},
+    "trans_x": {"Description": "head translation along x (RAS+) relative to the b = 0 reference", "Units": "mm"},
+    "trans_y": {"Description": "head translation along y", "Units": "mm"},
+    "trans_z": {"Description": "head translation along z", "Units": "mm"},
+    "rot_x": {"Description": "head rotation about x (pipeline.motion convention)", "Units": "rad"},
+    "rot_y": {"Description": "head rotation about y", "Units": "rad"},
+    "rot_z": {"Description": "head rotation about z", "Units": "rad"},
+    "framewise_displacement": {"Description": "Power framewise displacement (50 mm head radius)", "Units": "mm"},
+    "motion_outlier": {"Description": "1 if framewise displacement > dwi.fd_threshold_mm"},
+    "dropout_outlier": {"Description": "1 if a slice of this volume lost signal (dropout)"},
+    "dropout_slices": {"Description": "indices of the dropout slices (third voxel axis)"},
+}  # fmt: skip
+
+
+class DwiDerivatives(SimpleInterface):
+    """Write the diffusion outputs of one subject-session (atomic, with provenance)."""
+
+    input_spec = _DwiSinkInputSpec
+    output_spec = _DwiSinkOutputSpec
+
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from pipeline.dwi.rois import describe_roi_columns
+        from pipeline.registration import Transform
+        from workflows.derivatives import DerivativesWriter
+
+        i = self.inputs
+        cfg = dict(i.config)
+        w = DerivativesWriter(i.output_dir, config=cfg)
+        ent = {"sub": i.subject, "ses": i.session, "datatype": "dwi"}
+        params = {"dwi": dict(cfg.get("dwi", {})), "denoise": i.denoise_parameters,
+                  "motion": i.motion_parameters, "tensor": i.tensor_parameters,
+                  "rois": i.roi_parameters, "mask": i.mask_method,
+                  "input_warnings": list(i.warnings)}  # fmt: skip
+        out: list[str] = []
+
+        def meta(description, **extra):
+            return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
+                                extra={"Description": description, **extra})  # fmt: skip
+
+        def nifti(path, description, **spec):
+            out.append(str(w.write_nifti(nib.load(path), meta=meta(description), **ent, **spec)))
+
+        if cfg.get("dwi", {}).get("save_preproc", True):
+            nifti(i.dwi, "preprocessed DWI: denoised, Gibbs-corrected, motion-corrected",
+                  space="dwi", desc="preproc", suffix="dwi")  # fmt: skip
+            for src, ext in ((i.bval, ".bval"), (i.bvec, ".bvec")):
+                out.append(str(w.write_bytes(Path(src).read_bytes(), **ent, space="dwi",
+                                             desc="preproc", suffix="dwi", extension=ext)))  # fmt: skip
+        if isdefined(i.noise):
+            nifti(i.noise, "noise standard deviation estimated by the denoiser (signal units)",
+                  space="dwi", model=i.denoise_parameters.get("method"), param="noise",
+                  suffix="dwimap")  # fmt: skip
+        nifti(i.mask, f"brain mask in DWI space ({i.mask_method})", space="dwi", desc="brain",
+              suffix="mask")  # fmt: skip
+        for name, description in TENSOR_MAPS.items():
+            nifti(i.maps[name], description, space="dwi", model="tensor", param=name,
+                  suffix="dwimap")  # fmt: skip
+        conf = pd.read_csv(i.confounds, sep="\t", keep_default_na=False)
+        out.append(str(w.write_tsv(conf, columns={k: v for k, v in CONFOUND_COLUMNS.items() if k in conf},
+                                   meta=meta("per-volume head motion and outlier flags"),
+                                   **ent, desc="confounds", suffix="timeseries")))  # fmt: skip
+        xfm = Transform.load(i.xfm)
+        out.append(str(w.write_with(xfm.save, meta=meta("rigid mean b = 0 -> T1w"), **ent,
+                                    **{"from": "dwi", "to": "T1w"}, mode="image", suffix="xfm",
+                                    extension=".json")))  # fmt: skip
+        for name, path in i.rois.items():
+            nifti(path, f"ROI {name} in DWI space", space="dwi",
+                  desc="".join(c for c in name if c.isalnum()), suffix="mask")  # fmt: skip
+        table = pd.read_csv(i.table, sep="\t")
+        table.insert(0, "session", i.session)
+        table.insert(0, "subject", i.subject)
+        columns = {"subject": {"Description": "participant label"},
+                   "session": {"Description": "session label"}, **describe_roi_columns()}  # fmt: skip
+        out.append(str(w.write_tsv(table, columns=columns,
+                                   meta=meta("tensor metrics per ROI; diffusivities in um^2/ms "
+                                             "(= 1e-3 mm^2/s)"),
+                                   **ent, space="dwi", model="tensor", suffix="roistats")))  # fmt: skip
+        for name, path in i.figures.items():
+            out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
+                                         datatype="figures", desc=name, suffix="dwi",
+                                         extension=".svg")))  # fmt: skip
+        self._results["out_files"] = out
+        return runtime
+
+
+# --------------------------------------------------------------------------- workflow
+
+
+def structural_inputs(out: Path, subject: str, session: str) -> dict[str, str]:
+    """The structural outputs of a subject-session that the diffusion stage reads.
+
+    Raises :class:`~pipeline.errors.InputError` naming the first missing file
+    (the structural stage has to run first).
+    """
+    from pipeline.errors import InputError
+    from pipeline.templates import SPACE
+    from workflows.derivatives import build_path
+
+    ent = {"sub": subject, "ses": session, "datatype": "anat"}
+    files = {
+        "t1w": build_path(out, suffix="T1w", extension=".nii.gz", desc="preproc", **ent),
+        "mask": build_path(out, suffix="mask", extension=".nii.gz", desc="brain", **ent),
+        "wm": build_path(out, suffix="probseg", extension=".nii.gz", label="WM", **ent),
+        "lesion": build_path(out, suffix="mask", extension=".nii.gz", label="lesion", **ent),
+        "hemisphere": build_path(out, suffix="dseg", extension=".nii.gz", desc="hemi", **ent),
+        "mni_xfm": build_path(out, suffix="xfm", extension=".json", mode="image",
+                              **{"from": "T1w", "to": SPACE}, **ent),
+    }
+    for path in files.values():
+        if not path.exists():
+            raise InputError(path, "structural output missing: run the anat stage of this "
+                             "subject-session before the dwi stage")  # fmt: skip
+    return {k: str(v) for k, v in files.items()}
+
+
+def init_dwi_wf(
+    *,
+    config: dict[str, Any],
+    dwi: str,
+    bval: str,
+    bvec: str,
+    anat: dict[str, str],
+    subject: str,
+    session: str,
+    output_dir: str,
+    nprocs: int = 1,
+    name: str = "dwi_wf",
+) -> pe.Workflow:
+    """Diffusion workflow of one subject-session.
+
+    Parameters
+    ----------
+    config : dict
+        The whole resolved configuration (``dwi`` and ``validation`` sections used).
+    dwi, bval, bvec : str
+        Raw DWI series and its gradient files.
+    anat : dict
+        Structural outputs of the same session: ``t1w`` (preprocessed), ``mask``,
+        ``wm`` (WM probability), ``lesion``, ``hemisphere``, ``mni_xfm``.
+    nprocs : int
+        Processes for the per-volume steps (motion correction, Gibbs, tensor fit).
+    """
+    required = {"t1w", "mask", "wm", "lesion", "hemisphere", "mni_xfm"}
+    missing = required - set(anat)
+    if missing:
+        raise ValueError(f"init_dwi_wf: structural inputs {sorted(missing)} missing")
+    dcfg = config["dwi"]
+    wf = pe.Workflow(name=name)
+    load = pe.Node(LoadDwi(dwi=dwi, bval=bval, bvec=bvec, config=config), name="load")
+    last = load
+    if dcfg["denoise"] != "none":
+        den = pe.Node(Denoise(config=config, nprocs=nprocs), name="denoise")
+        wf.connect(load, "dwi", den, "dwi")
+        wf.connect(load, "bval", den, "bval")
+        wf.connect(load, "bvec", den, "bvec")
+        last = den
+    if dcfg["gibbs"]:
+        gib = pe.Node(Gibbs(config=config, nprocs=nprocs), name="gibbs")
+        wf.connect([(last, gib, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
+        last = gib
+    moco = pe.Node(MotionCorrect(config=config, nprocs=nprocs), name="motion")
+    wf.connect([(last, moco, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
+    to_t1 = pe.Node(DwiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="dwi_to_t1w")
+    wf.connect(moco, "b0", to_t1, "b0")
+    mask = pe.Node(DwiMask(config=config, t1w_mask=anat["mask"]), name="mask")
+    wf.connect([(moco, mask, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")]),
+                (to_t1, mask, [("xfm", "xfm")])])  # fmt: skip
+    tensor = pe.Node(FitTensor(config=config, nprocs=nprocs), name="tensor")
+    wf.connect([(moco, tensor, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
+                                ("outliers", "exclude")]),
+                (mask, tensor, [("mask", "mask")])])  # fmt: skip
+    if dcfg["denoise"] != "none":
+        wf.connect(den, "noise", tensor, "noise")
+    rois = pe.Node(DwiRois(config=config, wm_prob=anat["wm"], lesion=anat["lesion"],
+                           hemisphere=anat["hemisphere"], mni_xfm=anat["mni_xfm"]), name="rois")  # fmt: skip
+    wf.connect([(tensor, rois, [("maps", "maps")]), (mask, rois, [("mask", "mask")]),
+                (to_t1, rois, [("xfm", "xfm")])])  # fmt: skip
+    qc = pe.Node(DwiQC(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="qc")
+    wf.connect([(tensor, qc, [("maps", "maps")]), (moco, qc, [("b0", "b0"), ("confounds", "confounds")]),
+                (mask, qc, [("mask", "mask")]), (rois, qc, [("rois", "rois")]),
+                (to_t1, qc, [("xfm", "xfm")])])  # fmt: skip
+    sink = pe.Node(DwiDerivatives(output_dir=output_dir, subject=subject, session=session,
+                                  config=config, sources=[dwi, bval, bvec, *anat.values()]),
+                   name="derivatives")  # fmt: skip
+    wf.connect([
+        (load, sink, [("warnings", "warnings")]),
+        (moco, sink, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
+                      ("confounds", "confounds"), ("parameters", "motion_parameters")]),
+        (mask, sink, [("mask", "mask"), ("method", "mask_method")]),
+        (tensor, sink, [("maps", "maps"), ("parameters", "tensor_parameters")]),
+        (to_t1, sink, [("xfm", "xfm")]),
+        (rois, sink, [("rois", "rois"), ("table", "table"), ("parameters", "roi_parameters")]),
+        (qc, sink, [("figures", "figures")]),
+    ])  # fmt: skip
+    if dcfg["denoise"] != "none":
+        wf.connect([(den, sink, [("noise", "noise"), ("parameters", "denoise_parameters")])])
+    return wf
