@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -188,3 +189,53 @@ def test_anatomical_reference_without_its_stage_is_a_clear_error(make_bids, tmp_
     err = capsys.readouterr().err
     assert code == 1
     assert "desc-subjectref_T1w.nii.gz" in err and "anat_reference" in err, err
+
+
+# --------------------------------------------------------------------------- diffusion bad input
+
+
+@pytest.mark.parametrize(
+    ("case", "culprit", "expected"),
+    [
+        ("bval_count", "bval", "one per volume"),
+        ("no_b0", "bval", "b=0 volume"),
+        ("zero_bvec", "bvec", "non-zero gradient"),
+        ("five_directions", "bvec", "directions"),
+        ("nan_voxels", "dwi", "nan"),
+        ("three_d", "dwi", "4-d"),
+    ],
+)
+def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_path, capsys,
+                                                                   case, culprit, expected):  # fmt: skip
+    from tests.conftest import SHAPE, gradient_table, write_gradients
+
+    bids = make_bids()
+    stem = bids / "sub-01/ses-m00/dwi/sub-01_ses-m00_dwi"
+    files = {"dwi": Path(f"{stem}.nii.gz"), "bval": Path(f"{stem}.bval"), "bvec": Path(f"{stem}.bvec")}
+    bvals, bvecs = gradient_table()
+    if case == "bval_count":
+        write_gradients(files["bval"], files["bvec"], bvals[:-1], bvecs[:-1])
+    elif case == "no_b0":
+        write_gradients(files["bval"], files["bvec"], np.full_like(bvals, 1000.0),
+                        np.where(bvals[:, None] == 0, [1.0, 0, 0], bvecs))  # fmt: skip
+    elif case == "zero_bvec":
+        bvecs[-1] = 0.0
+        write_gradients(files["bval"], files["bvec"], bvals, bvecs)
+    elif case == "five_directions":
+        n = len(bvals)
+        write_gradients(files["bval"], files["bvec"], bvals, np.tile(bvecs[2:7], (n // 5 + 1, 1))[:n]
+                        * (bvals[:, None] > 0))  # fmt: skip
+    elif case == "nan_voxels":
+        data = np.full((*SHAPE, len(bvals)), 100.0, np.float32)
+        data[2, 2, 2, 3] = np.nan
+        write_nifti(files["dwi"], data)
+    else:
+        write_nifti(files["dwi"], shape=SHAPE)
+    out = tmp_path / "out"
+    code = main([str(bids), str(out), "participant", "--stages", "dwi",
+                 "--participant-label", "01", "--session-label", "m00"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1
+    assert files[culprit].name in err, err
+    assert expected in err.lower(), err
+    assert not (out / "sub-01/ses-m00/dwi").exists()

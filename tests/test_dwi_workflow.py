@@ -170,3 +170,39 @@ def test_mrtrix_agrees_on_the_preprocessed_series(dwi_run, tmp_path):
     dmd = np.median(np.abs(ours_md[ok] / mr_md[ok] - 1))
     print(f"ours vs MRtrix3 on the preprocessed series: median |dFA| {dfa:.4f}, |dMD| {dmd:.2%}")
     assert dfa < 0.01 and dmd < 0.02
+
+
+@pytest.mark.integration
+def test_atlas_rois_from_mni_are_warped_into_dwi_space(dwi_run, tmp_path):
+    """A user label image in MNI space (here: template WM split by hemisphere) becomes ROIs."""
+    from pipeline.config import load_config
+    from pipeline.templates import load_mni_template
+    from workflows.dwi import DwiRois, structural_inputs
+
+    _, out = dwi_run
+    tpl = load_mni_template(2)
+    labels = np.where(tpl.wm > 0.5, tpl.hemisphere, 0).astype(np.int16)
+    atlas = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(labels, tpl.affine), atlas)
+    tsv = tmp_path / "atlas.tsv"
+    tsv.write_text("index\tname\n1\tatlasWML\n2\tatlasWMR\n")
+    cfg = tmp_path / "atlas.yaml"
+    cfg.write_text(f"dwi:\n  atlas: {atlas}\n  atlas_labels: {tsv}\n")
+    config = load_config([cfg]).to_dict()
+    anat = structural_inputs(out, "01", BASE)
+    maps = {m: str(_dwi(out, BASE, f"space-dwi_model-tensor_param-{m}_dwimap.nii.gz"))
+            for m in ("fa", "md", "ad", "rd")}  # fmt: skip
+    node = DwiRois(maps=maps, mask=str(_dwi(out, BASE, "space-dwi_desc-brain_mask.nii.gz")),
+                   xfm=str(_dwi(out, BASE, "from-dwi_to-T1w_mode-image_xfm.json")),
+                   wm_prob=anat["wm"], lesion=anat["lesion"], hemisphere=anat["hemisphere"],
+                   mni_xfm=anat["mni_xfm"], config=config)  # fmt: skip
+    res = node.run(cwd=str(tmp_path))
+    table = pd.read_csv(res.outputs.table, sep="\t")
+    assert {"atlasWML", "atlasWMR"} <= set(table["roi"])
+    rois = {k: np.asanyarray(nib.load(v).dataobj) > 0 for k, v in res.outputs.rois.items()}
+    for side in "LR":
+        a, b = rois[f"atlasWM{side}"], rois[f"WM_{side}"]
+        dice = 2 * (a & b).sum() / (a.sum() + b.sum())
+        assert dice > 0.6, (side, dice)  # template WM vs the subject's own WM segmentation
+        assert not (a & rois["WM_L" if side == "R" else "WM_R"]).sum() > 0.02 * a.sum()
+    assert res.outputs.parameters["atlas_rois"] == ["atlasWML", "atlasWMR"]

@@ -28,6 +28,8 @@ def test_dry_run_builds_one_job_per_subject_session(tiny_bids, tmp_path):
     out = res.stdout + res.stderr
     assert "inventory              4" in out or "inventory 4" in " ".join(out.split())
     assert "group_inventory        1" in out or "group_inventory 1" in " ".join(out.split())
+    # tiny_bids: every subject-session has a DWI series -> one diffusion job each
+    assert "dwi 4" in " ".join(out.split()) and "anat 4" in " ".join(out.split())
 
 
 def test_dry_run_honours_label_filters(tiny_bids, tmp_path):
@@ -37,6 +39,16 @@ def test_dry_run_honours_label_filters(tiny_bids, tmp_path):
     text = " ".join((res.stdout + res.stderr).split())
     assert "inventory 1" in text
     assert "sub-02_ses-m03_inventory.tsv" in text and "sub-01_" not in text
+
+
+def test_first_reference_adds_one_reference_job_per_subject(tiny_bids, tmp_path):
+    cfg = tmp_path / "first.yaml"
+    cfg.write_text("anat:\n  anatomical_reference: first\n")
+    res = _snakemake("-n", "--config", f"bids_dir={tiny_bids}", f"output_dir={tmp_path / 'o'}",
+                     f"msmri_config={cfg}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    text = " ".join((res.stdout + res.stderr).split())
+    assert "anat_reference 2" in text and "sub-01_desc-subjectref_T1w.nii.gz" in text
 
 
 def test_lint_is_clean(tiny_bids, tmp_path):
