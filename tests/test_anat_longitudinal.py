@@ -115,7 +115,8 @@ def first_run(tmp_path_factory):
     cfg.write_text("anat:\n  anatomical_reference: first\n")
     out = root / "derivatives"
     assert main([str(root / "bids"), str(out), "participant", "--participant-label", "02",
-                 "--config", str(cfg), "--work-dir", str(root / "work"), "--nprocs", "2"]) == 0  # fmt: skip
+                 "--config", str(cfg), "--work-dir", str(root / "work"), "--nprocs", "2",
+                 "--stages", "inventory", "anat_reference", "anat", "lesion_changes"]) == 0  # fmt: skip
     return root, out
 
 

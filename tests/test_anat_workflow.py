@@ -69,7 +69,7 @@ def anat_run(tmp_path_factory):
     write_trial(root, SPEC, subjects=[0, 1])
     out = root / "derivatives"
     common = [str(root / "bids"), str(out), "participant", "--work-dir", str(root / "work"),
-              "--nprocs", "2"]  # fmt: skip
+              "--nprocs", "2", "--stages", "inventory", "anat", "lesion_changes"]  # fmt: skip
     assert main([*common, "--participant-label", "01"]) == 0  # both sessions + lesion changes
     assert main([*common, "--participant-label", "02", "--session-label", "m06"]) == 0
     return root, out

@@ -272,3 +272,40 @@ def test_planted_dropout_is_flagged(baseline, subset, corrected):
     flags, slices, _ = detect_dropout(bad, g, mask)
     assert np.flatnonzero(flags).tolist() == [7]
     assert slices[7] == (27,)
+
+
+def _register_in_forked_child(queue):
+    from pipeline.dwi.motion import _map_volumes
+
+    rng = np.random.default_rng(0)
+    vol = ndimage_smooth(rng.random((16, 16, 16)).astype(np.float32))
+    aff = np.eye(4)
+    task = (vol, vol, aff, aff, (10,), (1,), (0.0,), None, 16, None)
+    try:
+        out = _map_volumes([task, task], n_procs=2)
+        queue.put(("ok", len(out)))
+    except Exception as exc:  # reported to the parent
+        queue.put(("error", repr(exc)))
+
+
+def ndimage_smooth(a):
+    from scipy import ndimage
+
+    return ndimage.gaussian_filter(a, 2.0)
+
+
+def test_volume_pool_works_inside_a_forked_worker():
+    """Nipype MultiProc runs nodes in forked workers; the per-volume pool must start there
+    even after the parent process used a forkserver (regression: ChildProcessError)."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
+        assert pool.submit(int, "3").result() == 3  # the parent now owns a forkserver
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_register_in_forked_child, args=(queue,))
+    child.start()
+    status = queue.get(timeout=300)
+    child.join(60)
+    assert status == ("ok", 2), status

@@ -225,7 +225,9 @@ def _map_volumes(tasks: list[tuple], n_procs: int) -> list[np.ndarray]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    # "spawn", not "forkserver": inside a Nipype MultiProc worker (a forked child) the
+    # inherited forkserver state belongs to the parent and waitpid() on it fails
+    ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=n_procs, mp_context=ctx) as pool:
         return list(pool.map(_register_one, tasks, chunksize=max(1, len(tasks) // (4 * n_procs))))
 
