@@ -42,6 +42,7 @@ wildcard_constraints:
 include: "workflows/rules/inventory.smk"
 include: "workflows/rules/anat.smk"
 include: "workflows/rules/dwi.smk"
+include: "workflows/rules/group.smk"
 
 
 rule all:
@@ -55,6 +56,7 @@ rule all:
             session=SESSIONS,
         ),
         OUT_DIR / "group/inventory.tsv",
+        OUT_DIR / "group/desc-tests_dwistats.tsv",
         expand(
             OUT_DIR
             / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",

@@ -236,20 +236,12 @@ def test_session_summary_equals_numpy_quartiles():
     assert (r.q1, r.q3) == pytest.approx(tuple(np.percentile(v, [25, 75])))
 
 
-def test_outputs_written(tmp_path):
+def test_json_record_states_the_correction():
     res = LongitudinalTests(SESSIONS, MONTHS).fit(simulate(np.random.default_rng(0)))
-    paths = res.write(tmp_path, "sub-all_rois")
-    back = pd.read_csv(paths["tests"], sep="\t")
-    assert len(back) == len(res.table) and set(back.test) == {
-        "friedman",
-        "wilcoxon",
-        "paired_t",
-        "lmm",
-    }
-    js = json.loads(paths["json"].read_text())
-    assert "Benjamini-Hochberg" in js["parameters"]["fdr_statement"] and len(js["tests"]) == len(
-        back
-    )
+    js = json.loads(json.dumps(res.to_json_dict()))
+    assert {r["test"] for r in js["tests"]} == {"friedman", "wilcoxon", "paired_t", "lmm"}
+    assert len(js["tests"]) == len(res.table)
+    assert "Benjamini-Hochberg" in js["parameters"]["fdr_statement"]
 
 
 # --------------------------------------------------------------------------- profiles

@@ -26,7 +26,7 @@ log = logging.getLogger("msmri")
 #: Stages run at the participant level, in order.
 PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "dwi", "lesion_changes")
 #: Stages run at the group level, in order.
-GROUP_STAGES = ("inventory",)
+GROUP_STAGES = ("inventory", "dwi_stats")
 
 
 def _bids_parser() -> argparse.ArgumentParser:
@@ -167,6 +167,10 @@ def run_bids_app(args: argparse.Namespace) -> int:
             tsvs = sorted(out.glob("sub-*/ses-*/sub-*_inventory.tsv"))
             path = summarise_inventories(writer, tsvs)
             log.info("group inventory of %d subject-sessions -> %s", len(tsvs), path)
+        if "dwi_stats" in stages:
+            from workflows.group import write_dwi_stats
+
+            write_dwi_stats(writer, config)
         return 0
 
     derivs = []

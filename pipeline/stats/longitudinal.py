@@ -62,7 +62,6 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import permutations
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -390,28 +389,6 @@ class LongitudinalResult:
         """Parameters, summary text and the test table as JSON-serialisable dict."""
         records = json.loads(self.table.to_json(orient="records"))
         return {"parameters": self.parameters, "summary": self.summary(), "tests": records}
-
-    def write(self, out_dir: str | Path, prefix: str = "longitudinal") -> dict[str, Path]:
-        """Write ``{prefix}_tests.tsv``, ``_sessions.tsv``, ``_exclusions.tsv`` and ``_tests.json``.
-
-        Returns
-        -------
-        dict of str -> pathlib.Path
-            Written files by kind.
-        """
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "tests": out / f"{prefix}_tests.tsv",
-            "sessions": out / f"{prefix}_sessions.tsv",
-            "exclusions": out / f"{prefix}_exclusions.tsv",
-            "json": out / f"{prefix}_tests.json",
-        }
-        self.table.to_csv(paths["tests"], sep="\t", index=False, na_rep="n/a")
-        self.summary_table.to_csv(paths["sessions"], sep="\t", index=False, na_rep="n/a")
-        self.exclusions.to_csv(paths["exclusions"], sep="\t", index=False, na_rep="n/a")
-        paths["json"].write_text(json.dumps(self.to_json_dict(), indent=2, default=str))
-        return paths
 
 
 # --------------------------------------------------------------------------- estimator

@@ -1,0 +1,24 @@
+"""Group stage: longitudinal tests over every participant output (one job)."""
+
+
+rule dwi_stats:
+    input:
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_roistats.tsv"
+            for s, t in DWI_PAIRS
+        ],
+    output:
+        OUT_DIR / "group/desc-tests_dwistats.tsv",
+    log:
+        OUT_DIR / "logs/group/dwi_stats.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        cmd=msmri_cmd(config, "group", "dwi_stats"),
+    shell:
+        "{params.cmd} > {log} 2>&1"
