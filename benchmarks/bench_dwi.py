@@ -118,10 +118,12 @@ def main() -> None:
         meta = json.loads((root / f"truth/sub-01/ses-{ses}/sub-01_ses-{ses}_truth.json").read_text())["dwi"]
         true = np.asarray(meta["motion_params"])
         est = conf[["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]].to_numpy()
+        # both relative to volume 0: our reference is the mean b = 0, the truth's is volume 0
+        est, true = est - est[0], true - true[0]
         terr = np.linalg.norm(est[:, :3] - true[:, :3], axis=1)
         rerr = np.degrees(np.abs(est[:, 3:] - true[:, 3:])).max(axis=1)
         flagged = np.flatnonzero(conf["dropout_outlier"].to_numpy() > 0).tolist()
-        print(f"  motion ses-{ses}: translation error median {np.median(terr):.2f} mm (max {terr.max():.2f}), "
+        print(f"  motion ses-{ses} (relative to volume 0): translation error median {np.median(terr):.2f} mm (max {terr.max():.2f}), "
               f"rotation error median {np.median(rerr):.2f} deg; dropout volumes flagged {flagged} "
               f"(truth {meta['dropout_volumes']})")  # fmt: skip
 

@@ -1,0 +1,15 @@
+"""Tractography and tractometry: tensor tracking, bundle recognition, cleaning, profiles.
+
+Modules
+-------
+:mod:`pipeline.tract.tracking`
+    Deterministic / probabilistic tensor tractography with a lesion-aware stopping rule.
+:mod:`pipeline.tract.bundles`
+    Bundle definitions as data (``configs/tracts.yaml``) and waypoint-ROI recognition.
+:mod:`pipeline.tract.clean`
+    pyAFQ-style outlier removal (Mahalanobis distance to the bundle core, length).
+:mod:`pipeline.tract.profiles`
+    Orientation, AFQ tract profiles (plain and lesion-masked), density maps, tables.
+"""
+
+from __future__ import annotations
