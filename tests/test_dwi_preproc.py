@@ -275,14 +275,14 @@ def test_planted_dropout_is_flagged(baseline, subset, corrected):
 
 
 def _register_in_forked_child(queue):
-    from pipeline.dwi.motion import _map_volumes
+    from pipeline.parallel import register_volumes_rigid
 
     rng = np.random.default_rng(0)
     vol = ndimage_smooth(rng.random((16, 16, 16)).astype(np.float32))
     aff = np.eye(4)
     task = (vol, vol, aff, aff, (10,), (1,), (0.0,), None, 16, None)
     try:
-        out = _map_volumes([task, task], n_procs=2)
+        out = register_volumes_rigid([task, task], n_procs=2)
         queue.put(("ok", len(out)))
     except Exception as exc:  # reported to the parent
         queue.put(("error", repr(exc)))

@@ -56,6 +56,7 @@ import numpy as np
 from pipeline.dwi.gradtable import DwiGradients
 from pipeline.errors import InputError
 from pipeline.motion import framewise_displacement, rigid_params
+from pipeline.parallel import register_volumes_rigid
 
 __all__ = ["MotionCorrection", "correct_motion", "detect_dropout"]
 
@@ -189,47 +190,6 @@ def detect_dropout(
 
 
 # --------------------------------------------------------------------------- registration
-
-
-def _register_one(args: tuple) -> np.ndarray:
-    """Rigid MI registration of one moving volume to the static reference (pull-back)."""
-    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
-    from dipy.align.transforms import RigidTransform3D
-
-    from pipeline.dwi.preprocess import _single_thread
-
-    static, moving, static_aff, moving_aff, level_iters, factors, sigmas, sampling, nbins, start = args
-    reg = AffineRegistration(
-        metric=MutualInformationMetric(nbins=nbins, sampling_proportion=sampling),
-        level_iters=list(level_iters),
-        sigmas=list(sigmas),
-        factors=list(factors),
-        verbosity=0,
-    )
-    with _single_thread():
-        res = reg.optimize(
-            static,
-            moving,
-            RigidTransform3D(),
-            None,
-            static_grid2world=static_aff,
-            moving_grid2world=moving_aff,
-            starting_affine=start,
-        )
-    return np.asarray(res.affine, dtype=float)
-
-
-def _map_volumes(tasks: list[tuple], n_procs: int) -> list[np.ndarray]:
-    if n_procs <= 1 or len(tasks) <= 1:
-        return [_register_one(t) for t in tasks]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # "spawn", not "forkserver": inside a Nipype MultiProc worker (a forked child) the
-    # inherited forkserver state belongs to the parent and waitpid() on it fails
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_procs, mp_context=ctx) as pool:
-        return list(pool.map(_register_one, tasks, chunksize=max(1, len(tasks) // (4 * n_procs))))
 
 
 def _resample(vol: np.ndarray, vox_map: np.ndarray, order: int) -> np.ndarray:
@@ -376,7 +336,7 @@ def correct_motion(
     tasks = [
         (first, crop(int(k)), static_aff, work_aff, *settings, np.eye(4)) for k in b0_idx[1:]
     ]
-    b0_affines = [np.eye(4), *_map_volumes(tasks, n_procs)]
+    b0_affines = [np.eye(4), *register_volumes_rigid(tasks, n_procs)]
     vox_maps = [np.linalg.inv(affine) @ a @ affine for a in b0_affines]
     reference = np.mean(
         [_resample(arr[..., int(k)], vm, order) for k, vm in zip(b0_idx, vox_maps, strict=True)],
@@ -389,7 +349,7 @@ def correct_motion(
                                          working_mm)[0])
     )  # fmt: skip
     tasks = [(ref_crop, crop(k), static_aff, work_aff, *settings, np.eye(4)) for k in range(n_vol)]
-    affines = np.stack(_map_volumes(tasks, n_procs))
+    affines = np.stack(register_volumes_rigid(tasks, n_procs))
 
     # 3. resample
     inv_aff = np.linalg.inv(affine)

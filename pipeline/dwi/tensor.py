@@ -46,11 +46,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from pipeline.parallel import single_threaded_blas
 
 if TYPE_CHECKING:  # pragma: no cover
     import nibabel as nib
@@ -373,19 +374,6 @@ def _fit_dipy_chunk(args: tuple) -> dict[str, np.ndarray]:
     )
 
 
-def _single_threaded_blas() -> AbstractContextManager:
-    """Limit BLAS to one thread while fitting.
-
-    The products here have an inner dimension of 7 to 65: OpenBLAS threading
-    does not pay off and, on a loaded 2-core machine, made the WLS fit ~2x
-    slower; parallelism comes from ``n_procs`` chunks instead.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        return nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
-
 
 def _check_sigma(sigma: float | np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | float:
     if sigma is None:
@@ -507,7 +495,7 @@ def fit_tensor(
             )
             for i in range(0, len(idx), step)
         ]
-    with _single_threaded_blas():
+    with single_threaded_blas():
         if n_procs > 1 and len(jobs) > 1:
             pool_cls = ThreadPoolExecutor if method in ("WLS", "OLS") else ProcessPoolExecutor
             with pool_cls(max_workers=n_procs) as pool:

@@ -54,6 +54,7 @@ import numpy as np
 
 from pipeline.errors import InputError
 from pipeline.motion import framewise_displacement, rigid_params
+from pipeline.parallel import register_volumes_rigid
 
 __all__ = [
     "BoldPreprocessing",
@@ -286,51 +287,6 @@ def compute_dvars(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.nd
 # --------------------------------------------------------------------------- realignment
 
 
-def _single_thread():
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - comes with scikit-learn
-        from contextlib import nullcontext
-
-        return nullcontext()
-    return threadpool_limits(limits=1)
-
-
-def _register_one(args: tuple) -> np.ndarray:
-    """Rigid MI registration of one moving volume to the static reference (pull-back)."""
-    from dipy.align.imaffine import AffineRegistration, MutualInformationMetric
-    from dipy.align.transforms import RigidTransform3D
-
-    static, moving, static_aff, moving_aff, level_iters, factors, sigmas, sampling, nbins, start = (
-        args
-    )
-    reg = AffineRegistration(
-        metric=MutualInformationMetric(nbins=nbins, sampling_proportion=sampling),
-        level_iters=list(level_iters),
-        sigmas=list(sigmas),
-        factors=list(factors),
-        verbosity=0,
-    )
-    with _single_thread():
-        res = reg.optimize(
-            static, moving, RigidTransform3D(), None,
-            static_grid2world=static_aff, moving_grid2world=moving_aff, starting_affine=start,
-        )  # fmt: skip
-    return np.asarray(res.affine, dtype=float)
-
-
-def _map_volumes(tasks: list[tuple], n_procs: int) -> list[np.ndarray]:
-    if n_procs <= 1 or len(tasks) <= 1:
-        return [_register_one(t) for t in tasks]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    # "spawn": safe inside forked workflow workers (see pipeline.dwi.motion)
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_procs, mp_context=ctx) as pool:
-        return list(pool.map(_register_one, tasks, chunksize=max(1, len(tasks) // (4 * n_procs))))
-
-
 def _resample(vol: np.ndarray, vox_map: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
@@ -435,7 +391,7 @@ def realign(
         (static, work(arr[..., k]), work_aff @ half, work_aff, *settings, np.eye(4))
         for k in range(n_vol)
     ]
-    affines = np.stack(_map_volumes(tasks, n_procs))
+    affines = np.stack(register_volumes_rigid(tasks, n_procs))
     inv = np.linalg.inv(affine)
     out = np.empty(arr.shape, dtype=np.float32)
     for k in range(n_vol):
