@@ -42,6 +42,7 @@ wildcard_constraints:
 include: "workflows/rules/inventory.smk"
 include: "workflows/rules/anat.smk"
 include: "workflows/rules/dwi.smk"
+include: "workflows/rules/tract.smk"
 include: "workflows/rules/group.smk"
 
 
@@ -71,5 +72,10 @@ rule all:
         [
             OUT_DIR
             / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_roistats.tsv"
+            for s, t in DWI_PAIRS
+        ],
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
             for s, t in DWI_PAIRS
         ],

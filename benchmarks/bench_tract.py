@@ -1,94 +1,144 @@
-"""Benchmark the tractography + tractometry stage on a trial-preset phantom session.
+"""Benchmark the tract stage (tractography + tractometry) on the trial preset.
 
-Simulates subject 0, last session of ``PRESETS["trial"]`` (2 mm DWI, 66
-volumes), then times, in this process, the tensor fit (WLS), whole-brain
-deterministic tensor tracking (seeds in WM + lesions), bundle recognition
-(``configs/tracts.yaml``, truth DWI->MNI mapping of the phantom), cleaning and
-FA/MD/AD/RD profiles. Prints wall time of each step, peak memory (ru_maxrss of
-this process; the phantom simulation is excluded from the timings but not from
-the peak memory), per-bundle Dice of the density mask against the truth bundle
-mask, and profile accuracy (fraction of nodes whose FA is within 10 % of the
-truth FA sampled with the same streamlines and weights).
+Writes (or reuses, ``--keep``) subject 01 of the ``trial`` preset (2 mm DWI, 66
+volumes), runs the structural and diffusion stages of the first and last
+sessions if their outputs are missing (not timed), then times
+``msmri ... participant --stages tract`` per session in a child process: wall
+time and peak memory (sampled resident set of the whole process tree and of the
+largest process) against the targets (<= 3 minutes, <= 3 GB on 2 cores). The
+reference in the same run is the diffusion stage's own tensor-fit node time
+(read from the Nipype runtime report), so the ratio says what tracking costs
+relative to a tensor fit on the same machine state.
 
-Targets: <= 3 min and <= 3 GB on 2 cores. Usage::
+Accuracy against the phantom's truth, for every bundle and session:
 
-    python benchmarks/bench_tract.py [--seeds-per-voxel 1]
+* Dice of the bundle's density mask (streamline count > 0, DWI grid) with the
+  truth bundle mask;
+* profile accuracy: the fraction of nodes whose FA / MD / AD / RD profile value is
+  within 10 % of the truth profile, i.e. DIPY ``afq_profile`` of the truth map with
+  the same (cleaned, oriented) streamlines of the written ``.trk``;
+* node-1 consistency: distance (MNI mm) between the mean first points of the
+  bundle in the two sessions.
+
+Usage::
+
+    python benchmarks/bench_tract.py [--keep DIR] [--nprocs 2]
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds-per-voxel", type=int, default=1)
+    ap.add_argument("--keep", type=Path, default=None, help="reuse / keep data in this folder")
+    ap.add_argument("--nprocs", type=int, default=2)
     args = ap.parse_args()
 
-    from pipeline.phantom.trial import PRESETS, make_subject, simulate_session
+    import nibabel as nib
+    import pandas as pd
+    from _measure import run_child
+    from dipy.io.stateful_tractogram import Space
+    from dipy.io.streamline import load_tractogram
+    from dipy.stats.analysis import afq_profile
+    from dipy.tracking.streamline import set_number_of_points
+
+    from pipeline.phantom.trial import PRESETS, make_subject
+    from pipeline.tract.bundles import load_bundle_definitions
+    from workflows.synth import write_trial
 
     spec = PRESETS["trial"]
-    t0 = time.perf_counter()
-    subject = make_subject(spec, 0)
-    ses = simulate_session(spec, subject, len(spec.sessions) - 1)
-    print(f"phantom simulation (not counted): {time.perf_counter() - t0:.1f} s")
+    first, last = spec.sessions[0], spec.sessions[-1]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="msmri-bench-tract-"))
+    if not (root / "bids/sub-01").exists():
+        t0 = time.perf_counter()
+        write_trial(root, spec, subjects=[0])
+        print(f"data: trial preset subject 01 written in {time.perf_counter() - t0:.1f} s -> {root}")
+    bids, out, work = root / "bids", root / "derivatives", root / "work"
+    msmri = str(Path(sys.executable).with_name("msmri"))
+    common = [msmri, str(bids), str(out), "participant", "--participant-label", "01",
+              "--work-dir", str(work), "--nprocs", str(args.nprocs)]  # fmt: skip
 
-    from dipy.tracking.streamline import set_number_of_points, values_from_volume
+    def dwi(ses, name):
+        return out / f"sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_{name}"
 
-    from pipeline.dwi.gradtable import DwiGradients
-    from pipeline.dwi.tensor import fit_tensor
-    from pipeline.tract.bundles import load_bundle_definitions
-    from pipeline.tract.profiles import bundle_density, tractometry
-    from pipeline.tract.tracking import TrackingParams, track_tensor
+    for ses in (first, last):
+        for stage, done in (("anat", out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv"),
+                            ("dwi", dwi(ses, "space-dwi_model-tensor_roistats.tsv"))):  # fmt: skip
+            if not done.exists():
+                subprocess.run([*common, "--session-label", ses, "--stages", stage], check=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    runs = {ses: run_child([*common, "--session-label", ses, "--stages", "tract"])
+            for ses in (first, last)}  # fmt: skip
 
-    def arr(key: str) -> np.ndarray:
-        return np.asarray(ses.truth_images[key].dataobj, dtype=np.float32)
+    shape = nib.load(dwi(first, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).shape
+    print(f"tract stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, --nprocs {args.nprocs}")
+    for ses, r in runs.items():
+        print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 180)   peak memory: process tree "
+              f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")  # fmt: skip
+    report = work / f"sub-01_ses-{first}/dwi_wf/tensor/_report/report.rst"
+    if report.exists():
+        text = report.read_text()
+        fit_s = [float(line.split(":")[-1]) for line in text.splitlines() if "elapsed_time" in line]
+        if fit_s:
+            print(f"  reference: the diffusion stage's tensor-fit node took {fit_s[0]:.1f} s; "
+                  f"ratio tract stage / tensor fit {runs[first].wall_s / fit_s[0]:.0f}")  # fmt: skip
 
-    dwi = ses.images["dwi"]
-    affine = dwi.affine
-    brain = arr("space-dwi_desc-brain_mask") > 0
-    lesion = arr("space-dwi_label-lesion_probseg")
-    wm = (arr("space-dwi_label-WM_probseg") + lesion) > 0.5
-    times = {}
-    t = time.perf_counter()
-    grads = DwiGradients.from_world(ses.bvals, ses.bvecs_world, affine)
-    tm = fit_tensor(np.asarray(dwi.dataobj), grads.dipy_gtab(), brain, n_procs=2)
-    times["tensor fit"] = time.perf_counter() - t
-    t = time.perf_counter()
-    params = TrackingParams(seeds_per_voxel=args.seeds_per_voxel, fa_threshold=0.15, seed=1)
-    sl = track_tensor(tm.v1, tm.fa, affine, brain_mask=brain, seed_mask=wm, lesion=lesion,
-                      params=params)  # fmt: skip
-    times["tracking"] = time.perf_counter() - t
-    t = time.perf_counter()
     defs = load_bundle_definitions()
-    maps = {"fa": tm.fa, "md": tm.md, "ad": tm.ad, "rd": tm.rd}
-    res = tractometry(sl, defs, maps, affine, to_mni=subject.to_template(ses.session, "dwi"),
-                      lesion=lesion)  # fmt: skip
-    times["recognition+cleaning+profiles"] = time.perf_counter() - t
-    total = sum(times.values())
-    peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-    print(f"streamlines: {len(sl)}")
-    for k, v in times.items():
-        print(f"{k:32s} {v:7.1f} s")
-    print(f"{'total':32s} {total:7.1f} s (target <= 180 s)")
-    print(f"peak memory (ru_maxrss): {peak_gb:.2f} GB (target <= 3 GB)")
-    truth_fa = arr("space-dwi_model-tensor_param-fa_dwimap").astype(float)
-    print(f"{'bundle':6s} {'status':9s} {'n':>5s} {'Dice':>6s} {'FA<=10%':>8s}")
-    for name, r in res.items():
-        truth = arr(f"space-dwi_bundle-{defs[name].truth_label}_mask") > 0
-        dens = bundle_density(r.streamlines, affine, truth.shape) > 0
-        dice = 2 * (dens & truth).sum() / max(dens.sum() + truth.sum(), 1)
-        acc = float("nan")
-        if r.status == "ok":
-            fg = set_number_of_points(r.streamlines, nb_points=100)
-            vals = np.asarray(values_from_volume(truth_fa, fg, affine))
-            tp = (r.weights * vals).sum(axis=0)
-            acc = float(np.mean(np.abs(r.profiles["fa"] - tp) <= 0.1 * tp))
-        print(f"{name:6s} {r.status:9s} {r.n_streamlines:5d} {dice:6.3f} {acc:8.2f}")
+    subject = make_subject(spec, 0)
+    print(f"  {'session':9s} {'bundle':6s} {'status':8s} {'n':>5s} {'Dice':>5s}  "
+          "nodes within 10 % of truth (fa md ad rd)")
+    starts = {}
+    for ses in (first, last):
+        summ = pd.read_csv(dwi(ses, "space-dwi_model-tensor_tractstats.tsv"), sep="\t",
+                           keep_default_na=False, na_values="n/a")  # fmt: skip
+        prof = pd.read_csv(dwi(ses, "space-dwi_model-tensor_tractprofiles.tsv"), sep="\t",
+                           na_values="n/a")  # fmt: skip
+        ref = str(dwi(ses, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
+        aff = nib.load(ref).affine
+        to_mni = subject.to_template(ses, "dwi")
+
+        def truth(name, ses=ses):
+            path = root / f"truth/sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_{name}.nii.gz"
+            return np.asarray(nib.load(path).dataobj, dtype=np.float64)
+
+        for row in summ.itertuples():
+            ent = row.bundle.replace("_", "")
+            tmask = truth(f"space-dwi_bundle-{defs[row.bundle].truth_label}_mask") > 0
+            if row.status != "ok":
+                print(f"  {ses:9s} {row.bundle:6s} {row.status:8s} {0:5d} {0:5.2f}  ({row.reason})")
+                continue
+            dens = np.asarray(nib.load(dwi(ses, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
+            dice = 2 * (dens & tmask).sum() / (dens.sum() + tmask.sum())
+            sl = load_tractogram(str(dwi(ses, f"space-dwi_model-tensor_bundle-{ent}_tractography.trk")),
+                                 ref, to_space=Space.RASMM, bbox_valid_check=False).streamlines  # fmt: skip
+            fg = set_number_of_points(sl, nb_points=100)
+            acc = []
+            for m in ("fa", "md", "ad", "rd"):
+                tp = afq_profile(truth(f"space-dwi_model-tensor_param-{m}_dwimap"), fg, aff)
+                ours = prof[(prof.bundle == row.bundle) & (prof.metric == m) & ~prof.lesion_masked.astype(bool)]
+                ours = ours.sort_values("node")["value"].to_numpy() / (1 if m == "fa" else 1e3)
+                acc.append(float(np.mean(np.abs(ours - tp) <= 0.1 * np.abs(tp))))
+            starts[ses, row.bundle] = to_mni(np.array([s[0] for s in sl])).mean(axis=0)
+            print(f"  {ses:9s} {row.bundle:6s} {row.status:8s} {row.n_streamlines:5d} {dice:5.2f}  "
+                  + " ".join(f"{a:.2f}" for a in acc))  # fmt: skip
+    for name in defs:
+        if (first, name) in starts and (last, name) in starts:
+            gap = np.linalg.norm(starts[first, name] - starts[last, name])
+            print(f"  node 1 of {name}: {gap:.1f} mm apart (MNI) between ses-{first} and ses-{last}")
+    params = json.loads(dwi(first, "space-dwi_model-tensor_tractstats.json").read_text())
+    tracking = params.get("Parameters", {}).get("tracking", {})
+    print(f"  whole-brain streamlines: {tracking.get('n_streamlines')} from "
+          f"{tracking.get('n_seed_voxels')} seed voxels x {tracking.get('seeds_per_voxel')}")
 
 
 if __name__ == "__main__":

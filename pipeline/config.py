@@ -58,6 +58,7 @@ __all__ = [
     "Section",
     "SessionInfo",
     "SessionsConfig",
+    "TractConfig",
     "ValidationConfig",
     "default_config_path",
     "load_config",
@@ -283,6 +284,39 @@ class DwiConfig(Section):
         return self
 
 
+class TractConfig(Section):
+    """Tractography and tractometry stage (see configs/default.yaml for every key)."""
+
+    bundles: str | None
+    method: Literal["deterministic", "probabilistic"]
+    seeds_per_voxel: int = Field(ge=1, le=27)
+    step_size_mm: float = Field(gt=0, le=5)
+    max_angle_deg: float = Field(gt=0, le=90)
+    min_length_mm: float = Field(ge=0, le=200)
+    max_length_mm: float = Field(gt=0, le=500)
+    fa_threshold: float = Field(ge=0, lt=1)
+    seed_fa_threshold: float = Field(ge=0, lt=1)
+    lesion_policy: Literal["pass", "stop"]
+    n_nodes: int = Field(ge=20, le=500)
+    min_streamlines: int = Field(ge=1)
+    clean: bool
+    clean_distance_sd: float = Field(gt=0)
+    clean_length_sd: float = Field(gt=0)
+    clean_iterations: int = Field(ge=1, le=20)
+    save_tractogram: bool
+
+    @model_validator(mode="after")
+    def _lengths(self) -> TractConfig:
+        if self.min_length_mm >= self.max_length_mm:
+            raise _KeyedError("min_length_mm", "tract.min_length_mm must be below "
+                              "tract.max_length_mm", related=("max_length_mm",))  # fmt: skip
+        return self
+
+
+#: Coordinate atlases shipped with nilearn (:data:`pipeline.func.connectome.COORDINATE_ATLASES`).
+COORDINATE_ATLASES = ("power", "dosenbach", "seitzman")
+
+
 class Config(Section):
     """The fully resolved, immutable pipeline configuration.
 
@@ -308,6 +342,7 @@ class Config(Section):
     validation: ValidationConfig
     anat: AnatConfig
     dwi: DwiConfig
+    tract: TractConfig
 
     _sources: tuple[str, ...] = PrivateAttr(default=())
     _origin: Mapping[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

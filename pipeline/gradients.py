@@ -24,6 +24,7 @@ from pipeline.errors import InputError
 
 __all__ = [
     "InputWarning",
+    "affine_rotation",
     "count_unique_directions",
     "fsl_to_world",
     "group_shells",
@@ -175,7 +176,7 @@ def read_bvals_bvecs(
 
 
 # ------------------------------------------------------------------ geometry
-def _rotation(affine: np.ndarray) -> np.ndarray:
+def affine_rotation(affine: np.ndarray) -> np.ndarray:
     """Rotation (possibly improper) part of ``affine[:3, :3]``.
 
     Columns are normalised to unit length (removing voxel sizes) and the
@@ -215,12 +216,12 @@ def fsl_to_world(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
 
     ``v_vox = bvec`` with x negated when ``det(affine[:3, :3]) > 0``;
     ``world = normalise(R @ v_vox)`` with ``R`` the rotation part of the affine
-    (see :func:`_rotation`).  Zero vectors (b=0 volumes) stay zero.  For an
+    (see :func:`affine_rotation`).  Zero vectors (b=0 volumes) stay zero.  For an
     image stored LAS (negative determinant) the FSL vector *is* the voxel-frame
     vector.
     """
     vecs, single = _as_vectors(bvecs)
-    rot = _rotation(affine)
+    rot = affine_rotation(affine)
     vox = vecs.copy()
     if np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]) > 0:
         vox[:, 0] = -vox[:, 0]
@@ -231,7 +232,7 @@ def fsl_to_world(bvecs: np.ndarray, affine: np.ndarray) -> np.ndarray:
 def world_to_fsl(dirs: np.ndarray, affine: np.ndarray) -> np.ndarray:
     """Inverse of :func:`fsl_to_world`: world (RAS+) directions to unit FSL bvecs."""
     vecs, single = _as_vectors(dirs)
-    rot = _rotation(affine)
+    rot = affine_rotation(affine)
     vox = _normalise(vecs @ rot)  # rot is orthogonal: inverse == transpose
     if np.linalg.det(np.asarray(affine, dtype=float)[:3, :3]) > 0:
         vox[:, 0] = -vox[:, 0]

@@ -1,6 +1,7 @@
-"""Diffusion stage end to end on the tiny phantom (Nipype workflow via the CLI).
+"""Diffusion and tract stages end to end on the tiny phantom (Nipype workflows via the CLI).
 
-One subject, both sessions: structural stage, then the diffusion stage. The
+One subject, both sessions: structural stage, then the diffusion stage, then
+tractography and tractometry. The
 accuracy checks compare the ROI table with the phantom's truth maps in ROIs
 built from the truth tissue maps (independently of our registrations).
 """
@@ -35,7 +36,7 @@ def dwi_run(tmp_path_factory):
     write_trial(root, SPEC, subjects=[0])
     out = root / "derivatives"
     assert main([str(root / "bids"), str(out), "participant", "--participant-label", "01",
-                 "--stages", "inventory", "anat", "dwi", "--work-dir", str(root / "work"),
+                 "--stages", "inventory", "anat", "dwi", "tract", "--work-dir", str(root / "work"),
                  "--nprocs", "2"]) == 0  # fmt: skip
     return root, out
 
@@ -206,3 +207,96 @@ def test_atlas_rois_from_mni_are_warped_into_dwi_space(dwi_run, tmp_path):
         assert dice > 0.6, (side, dice)  # template WM vs the subject's own WM segmentation
         assert not (a & rois["WM_L" if side == "R" else "WM_R"]).sum() > 0.02 * a.sum()
     assert res.outputs.parameters["atlas_rois"] == ["atlasWML", "atlasWMR"]
+
+
+# --------------------------------------------------------------------------- tract stage
+
+BUNDLES = ("CST_L", "CST_R", "OR_L", "OR_R", "CC")
+
+
+def _tract_table(out: Path, ses: str, suffix: str) -> pd.DataFrame:
+    return pd.read_csv(_dwi(out, ses, f"space-dwi_model-tensor_{suffix}.tsv"), sep="\t",
+                       na_values="n/a", keep_default_na=False, dtype={"subject": str})  # fmt: skip
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ses", [BASE, FOLLOW])
+def test_tract_tables_have_every_bundle_with_status_and_reason(dwi_run, ses):
+    _, out = dwi_run
+    summ = _tract_table(out, ses, "tractstats")
+    assert list(summ["bundle"]) == list(BUNDLES) and set(summ["subject"]) == {"01"}
+    ok = summ["status"] == "ok"
+    assert {"CST_L", "CST_R", "CC"} <= set(summ.loc[ok, "bundle"]), summ[["bundle", "status"]]
+    # a missing bundle is an explicit row: NaN values and a reason, never an omission
+    assert summ.loc[~ok, "mean_fa"].isna().all() and (summ.loc[~ok, "reason"] != "").all()
+    assert summ.loc[ok, "mean_fa"].between(0.3, 0.9).all()
+    assert summ.loc[ok, "mean_md"].between(0.5, 1.2).all()  # um^2/ms
+    prof = _tract_table(out, ses, "tractprofiles")
+    assert len(prof) == len(BUNDLES) * 4 * 100 * 2  # bundles x metrics x nodes x masked flag
+    assert set(prof["node"]) == set(range(1, 101))
+    for name in summ.loc[ok, "bundle"]:
+        ent = name.replace("_", "")
+        for space in ("dwi", "MNI152NLin2009aSym"):
+            assert _dwi(out, ses, f"space-{space}_bundle-{ent}_desc-density_dwimap.nii.gz").exists()
+        assert _dwi(out, ses, f"space-dwi_model-tensor_bundle-{ent}_tractography.trk").exists()
+    figs = {p.name for p in (out / f"sub-01/ses-{ses}/figures").glob("*_tract.svg")}
+    assert figs == {f"sub-01_ses-{ses}_desc-bundles_tract.svg", f"sub-01_ses-{ses}_desc-profiles_tract.svg"}
+
+
+@pytest.mark.integration
+def test_cst_density_overlaps_the_truth_bundle(dwi_run):
+    """Dice of the CST density mask (> 0) with the phantom's truth CST mask (DWI grid)."""
+    root, out = dwi_run
+    for name in ("CST_L", "CST_R"):
+        ent = name.replace("_", "")
+        dens = np.asanyarray(nib.load(_dwi(out, BASE, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
+        truth = _truth(root, BASE, f"space-dwi_bundle-{ent}_mask") > 0
+        dice = 2 * (dens & truth).sum() / (dens.sum() + truth.sum())
+        print(f"{name} Dice {dice:.2f}")
+        assert dice >= 0.5, (name, dice)
+
+
+@pytest.mark.integration
+def test_profile_node_one_is_the_same_anatomical_end_in_every_session(dwi_run):
+    """Node 1 of each bundle maps to the same MNI end (the start ROI) in both sessions."""
+    from dipy.io.stateful_tractogram import Space
+    from dipy.io.streamline import load_tractogram
+
+    from pipeline.registration import Transform
+    from pipeline.tract.bundles import load_bundle_definitions
+
+    _, out = dwi_run
+    defs = load_bundle_definitions()
+    ends = {}
+    for ses in (BASE, FOLLOW):
+        ok = _tract_table(out, ses, "tractstats").query("status == 'ok'")["bundle"]
+        xfm = Transform.load(_dwi(out, ses, "from-dwi_to-T1w_mode-image_xfm.json")).compose(
+            Transform.load(out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json"))
+        ref = str(_dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
+        for name in ok:
+            trk = _dwi(out, ses, f"space-dwi_model-tensor_bundle-{name.replace('_', '')}_tractography.trk")
+            sl = load_tractogram(str(trk), ref, to_space=Space.RASMM, bbox_valid_check=False).streamlines
+            first = xfm.source_to_target(np.array([s[0] for s in sl])).mean(axis=0)
+            last = xfm.source_to_target(np.array([s[-1] for s in sl])).mean(axis=0)
+            start = defs[name].start_point
+            assert np.linalg.norm(first - start) < np.linalg.norm(last - start), (ses, name)
+            ends[ses, name] = first
+    common = {n for s, n in ends if s == BASE} & {n for s, n in ends if s == FOLLOW}
+    assert {"CST_L", "CST_R", "CC"} <= common
+    for name in common:
+        gap = np.linalg.norm(ends[BASE, name] - ends[FOLLOW, name])
+        print(f"{name}: node-1 end moves {gap:.1f} mm (MNI) between sessions")
+        assert gap < 15.0, (name, gap)
+
+
+@pytest.mark.integration
+def test_tract_stage_without_dwi_outputs_names_the_missing_file(dwi_run, tmp_path, capsys):
+    from workflows.cli import main
+
+    root, _ = dwi_run
+    rc = main([str(root / "bids"), str(tmp_path / "out"), "participant", "--participant-label", "01",
+               "--session-label", BASE, "--stages", "tract", "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "param-fa_dwimap.nii.gz" in err and "run the anat and dwi stages" in err, err
+    assert not list((tmp_path / "out").glob("sub-01/ses-*/dwi/*tract*"))

@@ -24,7 +24,7 @@ __all__ = ["GROUP_STAGES", "PARTICIPANT_STAGES", "main"]
 log = logging.getLogger("msmri")
 
 #: Stages run at the participant level, in order.
-PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "dwi", "lesion_changes")
+PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "dwi", "tract", "lesion_changes")
 #: Stages run at the group level, in order.
 GROUP_STAGES = ("inventory", "dwi_stats")
 
@@ -206,6 +206,8 @@ def run_bids_app(args: argparse.Namespace) -> int:
                 run_anat(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
             if "dwi" in stages:
                 run_dwi(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
+            if "tract" in stages:
+                run_tract(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
         except Exception as exc:  # one subject's failure must not stop the others
             log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
             failures.append((sub, ses, exc))
@@ -328,6 +330,25 @@ def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         session=inputs.session,
         output_dir=str(out),
         nprocs=nprocs,
+    )
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
+
+
+def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
+    """Build and run the tractography / tractometry workflow of one subject-session."""
+    from workflows.engine import run_workflow
+    from workflows.tract import diffusion_inputs, init_tract_wf
+
+    if inputs.dwi is None:
+        log.warning("sub-%s ses-%s: no DWI series; tract stage skipped",
+                    inputs.subject, inputs.session)  # fmt: skip
+        return
+    wf = init_tract_wf(
+        config=config.to_dict(),
+        inputs=diffusion_inputs(out, inputs.subject, inputs.session),
+        subject=inputs.subject,
+        session=inputs.session,
+        output_dir=str(out),
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from pipeline.gradients import _rotation, fsl_to_world, group_shells, world_to_fsl
+from pipeline.gradients import affine_rotation, fsl_to_world, group_shells, world_to_fsl
 
 __all__ = ["DwiGradients"]
 
@@ -183,7 +183,7 @@ class DwiGradients:
     @property
     def voxel_to_world_rotation(self) -> np.ndarray:
         """3x3 rotation (possibly improper) from the voxel-axis frame to world."""
-        return _rotation(self.affine)
+        return affine_rotation(self.affine)
 
     @property
     def world_directions(self) -> np.ndarray:

@@ -1,0 +1,23 @@
+"""Tract stage: tractography and tractometry per subject-session, after its diffusion job."""
+
+
+rule tract:
+    input:
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_roistats.tsv",
+    output:
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_tractstats.tsv",
+    log:
+        OUT_DIR / "logs/tract/sub-{subject}_ses-{session}.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    params:
+        cmd=msmri_cmd(config, "participant", "tract"),
+    shell:
+        "{params.cmd} --participant-label {wildcards.subject} "
+        "--session-label {wildcards.session} --nprocs {threads} > {log} 2>&1"
