@@ -88,7 +88,7 @@ def main() -> None:
     report = work / f"sub-01_ses-{first}/dwi_wf/tensor/_report/report.rst"
     if report.exists():
         text = report.read_text()
-        fit_s = [float(line.split(":")[-1]) for line in text.splitlines() if "elapsed_time" in line]
+        fit_s = [float(line.split(":")[-1]) for line in text.splitlines() if line.startswith("* duration")]
         if fit_s:
             print(f"  reference: the diffusion stage's tensor-fit node took {fit_s[0]:.1f} s; "
                   f"ratio tract stage / tensor fit {runs[first].wall_s / fit_s[0]:.0f}")  # fmt: skip
