@@ -6,9 +6,9 @@ sessions if their outputs are missing (not timed), then times
 ``msmri ... participant --stages tract`` per session in a child process: wall
 time and peak memory (sampled resident set of the whole process tree and of the
 largest process) against the targets (<= 3 minutes, <= 3 GB on 2 cores). The
-reference in the same run is the diffusion stage's own tensor-fit node time
-(read from the Nipype runtime report), so the ratio says what tracking costs
-relative to a tensor fit on the same machine state.
+reference is the diffusion stage's tensor-fit node time, read from its Nipype
+runtime report (measured when that stage ran, so on a possibly different machine
+load), so the ratio says roughly what tracking costs relative to a tensor fit.
 
 Accuracy against the phantom's truth, for every bundle and session:
 
