@@ -58,6 +58,7 @@ rule all:
         ),
         OUT_DIR / "group/inventory.tsv",
         OUT_DIR / "group/desc-tests_dwistats.tsv",
+        OUT_DIR / "group/desc-tests_tractstats.tsv",
         expand(
             OUT_DIR
             / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",

@@ -59,3 +59,70 @@ def test_group_dwi_stats_finds_the_planted_change_and_states_its_limits(tiny_bid
 def test_group_dwi_stats_without_tables_is_a_warning_not_a_crash(tiny_bids, tmp_path, caplog):
     assert main([str(tiny_bids), str(tmp_path / "out"), "group", "--stages", "dwi_stats"]) == 0
     assert "no ROI tables" in caplog.text
+
+
+BUNDLE_BASE = {"fa": 0.60, "md": 0.80, "ad": 1.40, "rd": 0.50}
+
+
+def _write_tract_tables(out, rng, n_subjects=6, lost=()):
+    """Tract tables as the tract stage writes them; CST_L RD falls 8 % at nodes 40-60 by m06."""
+    nodes = np.arange(1, 101)
+    shape = 1 + 0.1 * np.sin(nodes / 100 * np.pi)
+    for s in range(1, n_subjects + 1):
+        sub = f"{s:02d}"
+        offset = {m: rng.normal(0, 0.03) for m in BUNDLE_BASE}
+        for ses, months in SESSIONS.items():
+            prof_rows, summ_rows = [], []
+            for bundle in ("CST_L", "CST_R", "CC"):
+                found = (sub, ses, bundle) not in lost
+                summ = {"subject": sub, "session": ses, "bundle": bundle,
+                        "status": "ok" if found else "not_found",
+                        "reason": "" if found else "no streamline matched the bundle's ROIs",
+                        "n_recognised": 100 * found, "n_streamlines": 90 * found,
+                        "lesion_node_fraction": 0.0 if found else np.nan}  # fmt: skip
+                for metric, base in BUNDLE_BASE.items():
+                    prof = base * shape * (1 + offset[metric]) * (1 + rng.normal(0, 0.004, 100))
+                    if bundle == "CST_L" and metric == "rd":
+                        prof = prof * np.where((nodes >= 40) & (nodes <= 60), 1 - 0.08 * months / 6, 1)
+                    if not found:
+                        prof = np.full(100, np.nan)
+                    for masked in (False, True):
+                        prof_rows += [{"subject": sub, "session": ses, "bundle": bundle, "node": n,
+                                       "metric": metric, "value": v, "lesion_masked": masked}
+                                      for n, v in zip(nodes, prof, strict=True)]  # fmt: skip
+                        summ[f"mean_{metric}" + ("_lesion_masked" if masked else "")] = np.mean(prof)
+                summ_rows.append(summ)
+            folder = out / f"sub-{sub}/ses-{ses}/dwi"
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = folder / f"sub-{sub}_ses-{ses}_space-dwi_model-tensor"
+            pd.DataFrame(prof_rows).to_csv(f"{stem}_tractprofiles.tsv", sep="\t", index=False, na_rep="n/a")
+            pd.DataFrame(summ_rows).to_csv(f"{stem}_tractstats.tsv", sep="\t", index=False, na_rep="n/a")
+
+
+def test_group_tract_stats_localises_the_planted_profile_change(tiny_bids, tmp_path):
+    out = tmp_path / "out"
+    _write_tract_tables(out, np.random.default_rng(7), lost={("03", "m06", "CC")})
+    assert main([str(tiny_bids), str(out), "group", "--stages", "tract_stats"]) == 0
+    nodes = pd.read_csv(out / "group/desc-plainNodes_tractprofiletests.tsv", sep="\t")
+    hit = nodes[nodes["significant"].astype(bool)]
+    # only CST_L RD, only inside the planted range (max-t FWE along the tract)
+    assert set(zip(hit["bundle"], hit["metric"], strict=True)) == {("CST_L", "rd")}
+    assert hit["node"].between(40, 60).all() and len(hit) >= 15
+    assert (hit["mean_difference"] < 0).all()
+    ranges = pd.read_csv(out / "group/desc-plainRanges_tractprofiletests.tsv", sep="\t")
+    assert len(ranges) == 1 and ranges["start_node"].item() >= 40 and ranges["stop_node"].item() <= 60
+    # 6 subjects: 64 sign patterns, enumerated exactly; the missing CC is an exclusion with its reason
+    meta = json.loads((out / "group/desc-plainNodes_tractprofiletests.json").read_text())
+    assert "64" in json.dumps(meta["Parameters"])
+    excl = pd.read_csv(out / "group/desc-plainExclusions_tractprofiletests.tsv", sep="\t", dtype={"subject": str})
+    assert set(excl.loc[excl["bundle"] == "CC", "subject"]) == {"03"}
+    tests = pd.read_csv(out / "group/desc-tests_tractstats.tsv", sep="\t")
+    lmm = tests[(tests["test"] == "lmm") & (tests["profile"] == "plain")]
+    cst_rd = lmm[(lmm["bundle"] == "CST_L") & (lmm["metric"] == "rd")]
+    assert cst_rd["p"].item() < 0.05 and cst_rd["estimate"].item() < 0
+    assert (out / "group/desc-CSTLrd_tractprofiletests.svg").exists()
+
+
+def test_group_tract_stats_without_tables_is_a_warning_not_a_crash(tiny_bids, tmp_path):
+    assert main([str(tiny_bids), str(tmp_path / "out"), "group", "--stages", "tract_stats"]) == 0
+    assert not (tmp_path / "out/group/desc-tests_tractstats.tsv").exists()

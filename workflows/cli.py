@@ -26,7 +26,7 @@ log = logging.getLogger("msmri")
 #: Stages run at the participant level, in order.
 PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "dwi", "tract", "lesion_changes")
 #: Stages run at the group level, in order.
-GROUP_STAGES = ("inventory", "dwi_stats")
+GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats")
 
 
 def _bids_parser() -> argparse.ArgumentParser:
@@ -171,6 +171,10 @@ def run_bids_app(args: argparse.Namespace) -> int:
             from workflows.group import write_dwi_stats
 
             write_dwi_stats(writer, config)
+        if "tract_stats" in stages:
+            from workflows.group import write_tract_stats
+
+            write_tract_stats(writer, config)
         return 0
 
     derivs = []

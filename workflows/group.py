@@ -1,5 +1,11 @@
 """Group stage: longitudinal tests of the participant outputs.
 
+``tract_stats`` does the same for the tract stage: the longitudinal tests of
+every bundle's mean FA / MD / AD / RD (plain and lesion-masked), and node-wise
+paired tests along the profiles (``group.compare`` sessions, sign-flip
+permutations with max-t FWE control along each tract), written under
+``OUTPUT_DIR/group/`` with the same layout.
+
 ``dwi_stats`` gathers every subject-session's ROI table
 (``..._space-dwi_model-tensor_roistats.tsv``), runs
 :class:`pipeline.stats.longitudinal.LongitudinalTests` over the configured
@@ -17,7 +23,7 @@ from pathlib import Path
 from pipeline.config import Config
 from workflows.derivatives import DerivativesWriter
 
-__all__ = ["collect_roi_tables", "write_dwi_stats"]
+__all__ = ["collect_roi_tables", "collect_tract_tables", "write_dwi_stats", "write_tract_stats"]
 
 log = logging.getLogger("msmri.group")
 
@@ -88,4 +94,101 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
                 plt.close(fig)
     log.info("group dwi_stats: %d ROI x metric families, %d subjects\n%s",
              df.groupby(["roi", "metric"]).ngroups, df["subject"].nunique(), result.summary())  # fmt: skip
+    return written
+
+
+#: Sign patterns of the node-wise profile tests (all of them when there are fewer).
+PROFILE_PERMUTATIONS = 10_000
+
+
+def collect_tract_tables(out: Path):
+    """All participant tract summaries and profiles: (summary, profiles, source paths)."""
+    import pandas as pd
+
+    out = Path(out)
+    found = {}
+    for suffix in ("tractstats", "tractprofiles"):
+        paths = sorted(out.glob(f"sub-*/ses-*/dwi/sub-*_ses-*_space-dwi_model-tensor_{suffix}.tsv"))
+        tables = [pd.read_csv(p, sep="\t", dtype={"subject": str, "session": str},
+                              keep_default_na=False, na_values="n/a") for p in paths]  # fmt: skip
+        found[suffix] = (pd.concat(tables, ignore_index=True) if tables else None, paths)
+    (summary, s_paths), (profiles, p_paths) = found["tractstats"], found["tractprofiles"]
+    return summary, profiles, [*s_paths, *p_paths]
+
+
+def _tract_means_long(summary):
+    """One row per (subject, session, bundle, metric, profile) with the tract mean."""
+    import pandas as pd
+
+    rows = []
+    for metric in FIGURE_METRICS:
+        for profile, column in (("plain", f"mean_{metric}"),
+                                ("lesion_masked", f"mean_{metric}_lesion_masked")):  # fmt: skip
+            part = summary[["subject", "session", "bundle", column]].rename(columns={column: "value"})
+            rows.append(part.assign(metric=metric, profile=profile))
+    return pd.concat(rows, ignore_index=True)
+
+
+def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
+    """Longitudinal tests of tract means and node-wise profile tests; returns the written files."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from pipeline.stats.longitudinal import LongitudinalTests, profile_plot, profile_tests
+
+    summary, profiles, sources = collect_tract_tables(writer.root)
+    if summary is None or profiles is None:
+        log.warning("group tract_stats: no tract tables under %s; run the tract stage first",
+                    writer.root)  # fmt: skip
+        return []
+    order = [s for s in config.sessions.order if s in set(summary["session"])]
+    months = [float(config.sessions.months[s]) for s in order]
+    compare = tuple(config.group.compare)
+    means = _tract_means_long(summary)
+    tests = LongitudinalTests(order, months, compare=compare if set(compare) <= set(order) else None)
+    result = tests.fit(means, value="value", by=("bundle", "metric", "profile"))
+    written: list[Path] = []
+    meta = writer.provenance(sources=sources, parameters=result.parameters, seed=config.seed,
+                             extra={"Description": "longitudinal tests of tract means (mean of the "
+                                    "100-node profile); diffusivities in um^2/ms; bundles that "
+                                    "were not found are excluded with their reason",
+                                    "Summary": result.summary()})  # fmt: skip
+    for desc, table in (("tests", result.table), ("sessions", result.summary_table),
+                        ("exclusions", result.exclusions)):  # fmt: skip
+        written.append(writer.write_tsv(table, meta=meta, datatype="group", suffix="tractstats",
+                                        desc=desc))  # fmt: skip
+    if not set(compare) <= set(order):
+        log.warning("group tract_stats: sessions %s not both present; no profile tests", compare)
+        return written
+    masked = profiles["lesion_masked"].astype(str).str.lower() == "true"
+    for profile, part in (("plain", profiles[~masked]), ("lesionmasked", profiles[masked])):
+        res = profile_tests(part, compare, n_permutations=PROFILE_PERMUTATIONS,
+                            random_state=config.seed, method="max-t")  # fmt: skip
+        pmeta = writer.provenance(sources=sources, parameters=res.parameters, seed=config.seed,
+                                  extra={"Description": f"node-wise paired t of {compare[1]} - "
+                                         f"{compare[0]} along each tract profile ({profile}); "
+                                         "p_fwe from sign-flip permutations (max-t over nodes)"})  # fmt: skip
+        for desc, table in (("nodes", res.table), ("ranges", res.ranges),
+                            ("exclusions", res.exclusions)):  # fmt: skip
+            written.append(writer.write_tsv(table, meta=pmeta, datatype="group",
+                                            suffix="tractprofiletests",
+                                            desc=f"{profile}{desc.capitalize()}"))  # fmt: skip
+        if profile != "plain":
+            continue
+        for bundle in sorted(part["bundle"].unique()):
+            for metric in FIGURE_METRICS:
+                where = {"bundle": bundle, "metric": metric}
+                if part.loc[(part["bundle"] == bundle) & (part["metric"] == metric), "value"].isna().all():
+                    continue
+                fig = profile_plot(part, list(compare), where, result=res)
+                written.append(writer.write_figure(
+                    fig, datatype="group", suffix="tractprofiletests",
+                    desc=f"{bundle.replace('_', '')}{metric}", extension=".svg"))  # fmt: skip
+                plt.close(fig)
+    n_sub = pd.Series(summary["subject"]).nunique()
+    log.info("group tract_stats: %d bundles, %d subjects\n%s", summary["bundle"].nunique(), n_sub,
+             result.summary())  # fmt: skip
     return written

@@ -22,3 +22,26 @@ rule dwi_stats:
         cmd=msmri_cmd(config, "group", "dwi_stats"),
     shell:
         "{params.cmd} > {log} 2>&1"
+
+
+rule tract_stats:
+    input:
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
+            for s, t in DWI_PAIRS
+        ],
+    output:
+        OUT_DIR / "group/desc-tests_tractstats.tsv",
+    log:
+        OUT_DIR / "logs/group/tract_stats.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        cmd=msmri_cmd(config, "group", "tract_stats"),
+    shell:
+        "{params.cmd} > {log} 2>&1"
