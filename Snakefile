@@ -13,6 +13,7 @@ from pathlib import Path
 from workflows.snakemake import (
     anat_job_inputs,
     anatomical_reference,
+    bold_task,
     discover,
     followups,
     msmri_cmd,
@@ -32,6 +33,8 @@ FOLLOWUPS = followups(config, PAIRS)
 REFERENCE = {sub: ref for sub, _, ref in FOLLOWUPS}
 ANAT_REFERENCE = anatomical_reference(config)
 DWI_PAIRS = with_modality(config, PAIRS, "dwi")
+BOLD_TASK = bold_task(config)
+BOLD_PAIRS = with_modality(config, PAIRS, "bold", task=BOLD_TASK)
 
 
 wildcard_constraints:
@@ -43,6 +46,7 @@ include: "workflows/rules/inventory.smk"
 include: "workflows/rules/anat.smk"
 include: "workflows/rules/dwi.smk"
 include: "workflows/rules/tract.smk"
+include: "workflows/rules/func.smk"
 include: "workflows/rules/group.smk"
 
 
@@ -79,4 +83,9 @@ rule all:
             OUT_DIR
             / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
             for s, t in DWI_PAIRS
+        ],
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/func/sub-{s}_ses-{t}_task-{BOLD_TASK}_desc-summary_bold.tsv"
+            for s, t in BOLD_PAIRS
         ],

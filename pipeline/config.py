@@ -54,6 +54,7 @@ __all__ = [
     "AnatConfig",
     "BidsConfig",
     "Config",
+    "FuncConfig",
     "GroupConfig",
     "Section",
     "SessionInfo",
@@ -317,6 +318,62 @@ class TractConfig(Section):
 COORDINATE_ATLASES = ("power", "dosenbach", "seitzman")
 
 
+class FuncConfig(Section):
+    """Resting-state fMRI stage (see configs/default.yaml for every key's meaning).
+
+    ``atlas`` is one of :data:`COORDINATE_ATLASES` (spheres of
+    ``sphere_radius_mm``) or the path of an MNI label image, which then needs
+    ``atlas_labels`` (a TSV with columns ``index`` and ``label`` or ``name``).
+    """
+
+    dummy_volumes: int = Field(ge=0, le=100)
+    slice_timing: bool
+    slice_time_ref: float = Field(ge=0, le=1)
+    realign_working_mm: float | None = Field(gt=0, le=10)
+    mni_voxel_mm: float | None = Field(ge=1, le=8)
+    wm_threshold: float = Field(gt=0, lt=1)
+    csf_threshold: float = Field(gt=0, lt=1)
+    strategy: Literal["24P", "36P", "acompcor"]
+    n_compcor: int = Field(ge=1, le=20)
+    scrubbing: bool
+    fd_threshold_mm: float = Field(gt=0, le=5)
+    scrub_before: int = Field(ge=0, le=5)
+    scrub_after: int = Field(ge=0, le=5)
+    min_segment: int = Field(ge=0, le=50)
+    min_duration_s: float = Field(ge=0)
+    high_pass: float | None = Field(gt=0, lt=1)
+    low_pass: float | None = Field(gt=0, le=10)
+    detrend: bool
+    standardize: bool
+    atlas: str = Field(min_length=1)
+    atlas_labels: str | None = Field(min_length=1)
+    sphere_radius_mm: float = Field(gt=0, le=20)
+    min_coverage: float = Field(ge=0, le=1)
+    measures: tuple[Literal["correlation", "fisher_z", "partial_correlation"], ...] = Field(
+        strict=False, min_length=1
+    )
+    save_preproc: bool
+
+    @model_validator(mode="after")
+    def _check(self) -> FuncConfig:
+        band = (self.high_pass, self.low_pass)
+        if None not in band and band[0] >= band[1]:
+            raise _KeyedError("high_pass", f"func.high_pass ({self.high_pass:g} Hz) must be below "
+                              f"func.low_pass ({self.low_pass:g} Hz)", related=("low_pass",))  # fmt: skip
+        if len(set(self.measures)) != len(self.measures):
+            raise _KeyedError("measures", f"measures listed more than once: {list(self.measures)}")
+        coordinate = self.atlas in COORDINATE_ATLASES
+        if coordinate and self.atlas_labels is not None:
+            raise _KeyedError("atlas_labels", f"func.atlas_labels is only used with a label image; "
+                              f"func.atlas is the coordinate atlas {self.atlas!r}",
+                              related=("atlas",))  # fmt: skip
+        if not coordinate and self.atlas_labels is None:
+            raise _KeyedError("atlas", f"expected one of {list(COORDINATE_ATLASES)} or the path of "
+                              f"an MNI label image together with func.atlas_labels (a TSV), got "
+                              f"{self.atlas!r} without atlas_labels", related=("atlas_labels",))  # fmt: skip
+        return self
+
+
 class Config(Section):
     """The fully resolved, immutable pipeline configuration.
 
@@ -333,6 +390,7 @@ class Config(Section):
     group : GroupConfig
     validation : ValidationConfig
     anat : AnatConfig
+    func : FuncConfig
     """
 
     seed: int = Field(ge=0, le=2**32 - 1)
@@ -343,6 +401,7 @@ class Config(Section):
     anat: AnatConfig
     dwi: DwiConfig
     tract: TractConfig
+    func: FuncConfig
 
     _sources: tuple[str, ...] = PrivateAttr(default=())
     _origin: Mapping[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

@@ -30,6 +30,8 @@ def test_dry_run_builds_one_job_per_subject_session(tiny_bids, tmp_path):
     assert "group_inventory        1" in out or "group_inventory 1" in " ".join(out.split())
     # tiny_bids: every subject-session has a DWI series -> one diffusion job each
     assert "dwi 4" in " ".join(out.split()) and "anat 4" in " ".join(out.split())
+    # sub-02/ses-m03 has no BOLD -> one fMRI job for each of the other three
+    assert "func 3" in " ".join(out.split())
 
 
 def test_dry_run_honours_label_filters(tiny_bids, tmp_path):

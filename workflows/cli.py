@@ -24,7 +24,9 @@ __all__ = ["GROUP_STAGES", "PARTICIPANT_STAGES", "main"]
 log = logging.getLogger("msmri")
 
 #: Stages run at the participant level, in order.
-PARTICIPANT_STAGES = ("inventory", "anat_reference", "anat", "dwi", "tract", "lesion_changes")
+PARTICIPANT_STAGES = (
+    "inventory", "anat_reference", "anat", "dwi", "tract", "func", "lesion_changes",
+)  # fmt: skip
 #: Stages run at the group level, in order.
 GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats")
 
@@ -212,6 +214,9 @@ def run_bids_app(args: argparse.Namespace) -> int:
                 run_dwi(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
             if "tract" in stages:
                 run_tract(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
+            if "func" in stages:
+                run_func(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs,
+                         bids_dir=bids_dir)  # fmt: skip
         except Exception as exc:  # one subject's failure must not stop the others
             log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
             failures.append((sub, ses, exc))
@@ -355,6 +360,48 @@ def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         output_dir=str(out),
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
+
+
+def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir: Path) -> None:
+    """Build and run the resting-state fMRI Nipype workflow of one subject-session.
+
+    A run excluded for too little data after censoring is not a failure: its
+    summary and the reason are written and the job succeeds.
+    """
+    from workflows.engine import run_workflow
+    from workflows.func import func_structural_inputs, init_func_wf
+
+    if inputs.bold is None:
+        log.warning("sub-%s ses-%s: no resting-state BOLD; fMRI stage skipped",
+                    inputs.subject, inputs.session)  # fmt: skip
+        return
+    cfg = config.to_dict()
+    if cfg["func"]["atlas_labels"] is not None:  # a label image: paths relative to the BIDS dir
+        for key in ("atlas", "atlas_labels"):
+            path = Path(cfg["func"][key])
+            cfg["func"][key] = str(path if path.is_absolute() else bids_dir / path)
+    wf = init_func_wf(
+        config=cfg,
+        bold=str(inputs.bold),
+        bold_json=str(inputs.bold_json) if inputs.bold_json else None,
+        anat=func_structural_inputs(out, inputs.subject, inputs.session),
+        subject=inputs.subject,
+        session=inputs.session,
+        output_dir=str(out),
+        nprocs=nprocs,
+        task=config.bids.bold_task,
+    )
+    run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
+    summary = out / f"sub-{inputs.subject}/ses-{inputs.session}/func" / (
+        f"sub-{inputs.subject}_ses-{inputs.session}_task-{config.bids.bold_task}_desc-summary_bold.json"
+    )
+    if summary.exists():
+        import json
+
+        side = json.loads(summary.read_text())
+        if side.get("Excluded"):
+            log.warning("sub-%s ses-%s: resting-state run EXCLUDED: %s", inputs.subject,
+                        inputs.session, side.get("ExclusionReason"))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["anat_job_inputs", "anatomical_reference", "discover", "followups", "msmri_cmd", "with_modality"]
+__all__ = [
+    "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "followups", "msmri_cmd",
+    "with_modality",
+]  # fmt: skip
 
 
 def _as_list(value: Any, available: list[str]) -> list[str] | None:
@@ -55,15 +58,18 @@ def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def with_modality(
-    config: Mapping[str, Any], pairs: list[tuple[str, str]], suffix: str
+    config: Mapping[str, Any], pairs: list[tuple[str, str]], suffix: str, **entities: Any
 ) -> list[tuple[str, str]]:
-    """The (subject, session) pairs that have an image with this BIDS suffix (e.g. ``dwi``)."""
+    """The (subject, session) pairs that have an image with this BIDS suffix (e.g. ``dwi``).
+
+    ``entities`` narrow the query further, e.g. ``task="rest"`` for BOLD runs.
+    """
     from workflows.bids import index_dataset
 
     layout = index_dataset(Path(config["bids_dir"]))
     found = {
         (f.entities.get("subject"), f.entities.get("session"))
-        for f in layout.get(suffix=suffix, extension=[".nii", ".nii.gz"])
+        for f in layout.get(suffix=suffix, extension=[".nii", ".nii.gz"], **entities)
     }
     return [p for p in pairs if p in found]
 
@@ -93,6 +99,11 @@ def _msmri_config(config: Mapping[str, Any]):
 def anatomical_reference(config: Mapping[str, Any]) -> str:
     """``anat.anatomical_reference`` of the pipeline configuration the jobs will use."""
     return _msmri_config(config).anat.anatomical_reference
+
+
+def bold_task(config: Mapping[str, Any]) -> str:
+    """``bids.bold_task`` of the pipeline configuration the jobs will use."""
+    return _msmri_config(config).bids.bold_task
 
 
 def anat_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> list[Path]:

@@ -66,6 +66,7 @@ __all__ = [
     "denoise_with_strategy",
     "expand",
     "load_fmriprep_confounds",
+    "nuisance_masks",
     "scrubbing_mask",
     "select_confounds",
     "strategy_columns",
@@ -154,6 +155,75 @@ def tissue_compcor(data: np.ndarray, mask: np.ndarray, n_components: int = 5) ->
     signs = np.sign(u[np.abs(u).argmax(axis=0), np.arange(k)])
     out[:, :k] = u * signs
     return out
+
+
+def nuisance_masks(
+    wm_prob: np.ndarray,
+    csf_prob: np.ndarray,
+    brain_mask: np.ndarray,
+    *,
+    wm_threshold: float = 0.9,
+    csf_threshold: float = 0.9,
+    min_voxels: int = 10,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """White-matter and CSF masks for tissue signals and CompCor, on the BOLD grid.
+
+    White matter: probability >= ``wm_threshold``, eroded once (3-D cross) so
+    that partial-volume grey matter does not leak in (as fMRIPrep does).  CSF:
+    probability >= ``csf_threshold``, not eroded (at BOLD resolution the
+    ventricles are a few voxels wide and erosion empties them).  Both are
+    restricted to the brain mask.  If a mask keeps fewer than ``min_voxels``
+    voxels, the threshold steps down by 0.1 (and erosion is dropped for WM)
+    until it has enough, and a note says so.
+
+    Parameters
+    ----------
+    wm_prob, csf_prob : numpy.ndarray, shape (X, Y, Z)
+        Tissue probabilities resampled to the BOLD grid.
+    brain_mask : numpy.ndarray of bool, shape (X, Y, Z)
+
+    Returns
+    -------
+    wm, csf : numpy.ndarray of bool
+    notes : list of str
+        Relaxations that were needed (empty normally).
+
+    Raises
+    ------
+    ValueError
+        If a mask is still smaller than ``min_voxels`` at threshold 0.5.
+    """
+    from scipy import ndimage
+
+    brain = np.asarray(brain_mask, dtype=bool)
+    notes: list[str] = []
+    out = []
+    for name, prob, thr, erode in (("white matter", wm_prob, wm_threshold, True),
+                                   ("CSF", csf_prob, csf_threshold, False)):  # fmt: skip
+        prob = np.asarray(prob, dtype=float)
+        if prob.shape != brain.shape:
+            raise ValueError(f"{name} probability has shape {prob.shape}, brain mask {brain.shape}")
+        t, ero = float(thr), erode
+        while True:
+            m = (prob >= t) & brain
+            if ero:
+                m = ndimage.binary_erosion(m)
+            if m.sum() >= min_voxels:
+                break
+            if ero:
+                ero = False
+            elif t > 0.5 + 1e-9:
+                t = max(0.5, round(t - 0.1, 6))
+            else:
+                raise ValueError(
+                    f"{name} mask has {int(m.sum())} voxels at probability >= 0.5 "
+                    f"(need {min_voxels}): cannot compute its signal or CompCor"
+                )
+        if t != thr or ero != erode:
+            notes.append(f"{name} mask relaxed to probability >= {t:.1f}"
+                         f"{' without erosion' if erode and not ero else ''} ({int(m.sum())} voxels)")  # fmt: skip
+        out.append(m)
+    return out[0], out[1], notes
 
 
 def compute_confounds(
@@ -423,6 +493,8 @@ def denoise_with_strategy(
     min_duration_s: float = 240.0,
     high_pass: float | None = 0.01,
     low_pass: float | None = 0.08,
+    detrend: bool = True,
+    standardize: bool = True,
     n_compcor: int = 5,
     sample_mask: np.ndarray | None = None,
     source: str | PathLike[str] | None = None,
@@ -441,7 +513,7 @@ def denoise_with_strategy(
     sample_mask : numpy.ndarray of bool, optional
         Volumes to keep in any case (e.g. from :func:`load_fmriprep_confounds`);
         combined with the scrubbing mask.
-    min_duration_s, high_pass, low_pass, tr :
+    min_duration_s, high_pass, low_pass, detrend, standardize, tr :
         See :func:`denoise`.
     source : path-like, optional
         File of ``table``, named in errors.
@@ -459,7 +531,7 @@ def denoise_with_strategy(
         label += "+scrubbing"
     return denoise(
         signals, conf, tr=tr, sample_mask=keep, high_pass=high_pass, low_pass=low_pass,
-        min_duration_s=min_duration_s, strategy=label,
+        detrend=detrend, standardize=standardize, min_duration_s=min_duration_s, strategy=label,
     )  # fmt: skip
 
 

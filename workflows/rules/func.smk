@@ -1,0 +1,27 @@
+"""Resting-state fMRI stage: one job per subject-session with a BOLD run, after its structural job.
+
+The output is the run summary, written for every run, also one excluded for too
+little data after censoring (the reason is in the summary and its sidecar).
+"""
+
+
+rule func:
+    input:
+        OUT_DIR
+        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+    output:
+        OUT_DIR
+        / f"sub-{{subject}}/ses-{{session}}/func/sub-{{subject}}_ses-{{session}}_task-{BOLD_TASK}_desc-summary_bold.tsv",
+    log:
+        OUT_DIR / "logs/func/sub-{subject}_ses-{session}.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        cmd=msmri_cmd(config, "participant", "func"),
+    shell:
+        "{params.cmd} --participant-label {wildcards.subject} "
+        "--session-label {wildcards.session} --nprocs {threads} > {log} 2>&1"
