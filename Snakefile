@@ -17,6 +17,7 @@ from workflows.snakemake import (
     discover,
     followups,
     msmri_cmd,
+    nbs_output,
     with_modality,
 )
 
@@ -35,6 +36,7 @@ ANAT_REFERENCE = anatomical_reference(config)
 DWI_PAIRS = with_modality(config, PAIRS, "dwi")
 BOLD_TASK = bold_task(config)
 BOLD_PAIRS = with_modality(config, PAIRS, "bold", task=BOLD_TASK)
+NBS_OUTPUT = nbs_output(config)
 
 
 wildcard_constraints:
@@ -63,6 +65,7 @@ rule all:
         OUT_DIR / "group/inventory.tsv",
         OUT_DIR / "group/desc-tests_dwistats.tsv",
         OUT_DIR / "group/desc-tests_tractstats.tsv",
+        OUT_DIR / NBS_OUTPUT,
         expand(
             OUT_DIR
             / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",

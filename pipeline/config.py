@@ -56,6 +56,7 @@ __all__ = [
     "Config",
     "FuncConfig",
     "GroupConfig",
+    "NbsConfig",
     "Section",
     "SessionInfo",
     "SessionsConfig",
@@ -374,6 +375,25 @@ class FuncConfig(Section):
         return self
 
 
+class NbsConfig(Section):
+    """Group network-based statistic on the fMRI matrices (see configs/default.yaml)."""
+
+    measure: Literal["correlation", "fisher_z", "partial_correlation"]
+    threshold: float = Field(gt=0)
+    threshold_type: Literal["t", "p"]
+    size: Literal["extent", "intensity"]
+    alternative: Literal["greater", "less", "two-sided"]
+    n_permutations: int = Field(ge=100, le=1_000_000)
+    alpha: float = Field(gt=0, lt=1)
+
+    @model_validator(mode="after")
+    def _p_threshold(self) -> NbsConfig:
+        if self.threshold_type == "p" and not self.threshold < 0.5:
+            raise _KeyedError("threshold", "a p-value threshold must lie in (0, 0.5)",
+                              related=("threshold_type",))  # fmt: skip
+        return self
+
+
 class Config(Section):
     """The fully resolved, immutable pipeline configuration.
 
@@ -402,6 +422,7 @@ class Config(Section):
     dwi: DwiConfig
     tract: TractConfig
     func: FuncConfig
+    nbs: NbsConfig
 
     _sources: tuple[str, ...] = PrivateAttr(default=())
     _origin: Mapping[tuple[str, ...], str] = PrivateAttr(default_factory=dict)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from workflows.cli import main
 
@@ -126,3 +128,89 @@ def test_group_tract_stats_localises_the_planted_profile_change(tiny_bids, tmp_p
 def test_group_tract_stats_without_tables_is_a_warning_not_a_crash(tiny_bids, tmp_path):
     assert main([str(tiny_bids), str(tmp_path / "out"), "group", "--stages", "tract_stats"]) == 0
     assert not (tmp_path / "out/group/desc-tests_tractstats.tsv").exists()
+
+
+def _write_func_outputs(out, rng, n_subjects=6, planted=6, n_regions=20, excluded=(), rename=None):
+    """Fisher-z matrices and region tables as the func stage writes them (default atlas name).
+
+    All edges among the first ``planted`` regions rise by 0.5 at m06; ``excluded``
+    subjects have their m06 run excluded (summary only, no matrix).
+    """
+    from workflows.func import seg_name
+
+    seg = seg_name("seitzman", None)
+    names = [f"R{k:02d}" for k in range(n_regions)]
+    table = pd.DataFrame({"index": range(1, n_regions + 1), "name": names,
+                          "x": rng.uniform(-60, 60, n_regions), "y": rng.uniform(-90, 60, n_regions),
+                          "z": rng.uniform(-30, 70, n_regions), "network": ["DMN"] * 10 + ["SMN"] * 10,
+                          "coverage": 1.0, "valid": 1})  # fmt: skip
+    for s in range(1, n_subjects + 1):
+        sub = f"{s:02d}"
+        base = rng.normal(0.3, 0.1, (n_regions, n_regions))
+        for ses in ("baseline", "m06"):
+            folder = out / f"sub-{sub}/ses-{ses}/func"
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = folder / f"sub-{sub}_ses-{ses}_task-rest"
+            skip = ses == "m06" and sub in excluded
+            pd.DataFrame([{"subject": sub, "session": ses, "excluded": int(skip),
+                           "exclusion_reason": "only 150 s left after censoring (< 240 s)" if skip else ""}]
+                         ).to_csv(f"{stem}_desc-summary_bold.tsv", sep="\t", index=False)  # fmt: skip
+            if skip:
+                continue
+            m = base + rng.normal(0, 0.1, base.shape)
+            if ses == "m06":
+                m[:planted, :planted] += 0.5
+            m = (m + m.T) / 2
+            np.fill_diagonal(m, 0.0)
+            t = table.copy()
+            if rename is not None and (sub, ses) == rename:
+                t.loc[3, "name"] = "renamed"
+            t.to_csv(f"{stem}_seg-{seg}_dseg.tsv", sep="\t", index=False)
+            pd.DataFrame(m, index=t["name"], columns=t["name"]).to_csv(
+                f"{stem}_seg-{seg}_stat-fisherz_relmat.tsv", sep="\t")
+    return seg
+
+
+def test_group_nbs_finds_the_planted_component_and_states_exactness(tiny_bids, tmp_path):
+    out = tmp_path / "out"
+    seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=7, excluded={"07"})
+    assert main([str(tiny_bids), str(out), "group", "--stages", "nbs"]) == 0
+    stem = out / f"group/task-rest_seg-{seg}_stat-fisherz"
+    edges = pd.read_csv(f"{stem}_desc-edges_nbs.tsv", sep="\t")
+    sig = edges[edges["significant"]]
+    found = {frozenset((i, j)) for i, j in zip(sig["i"], sig["j"], strict=True)}
+    planted = {frozenset((i, j)) for i in range(6) for j in range(i + 1, 6)}
+    precision, recall = len(found & planted) / max(len(found), 1), len(found & planted) / len(planted)
+    print(f"NBS precision {precision:.2f} recall {recall:.2f}")
+    assert precision >= 0.8 and recall >= 0.8
+    assert (sig["statistic"] > 0).all() and {"label_i", "x_i", "z_j"} <= set(edges.columns)
+    comps = pd.read_csv(f"{stem}_desc-components_nbs.tsv", sep="\t")
+    assert comps["significant"].sum() == 1
+    meta = json.loads(Path(f"{stem}_desc-edges_nbs.json").read_text())["Parameters"]
+    # 6 usable subjects: 64 sign patterns, all enumerated; two-sided min p = 2/64
+    assert meta["exact"] and meta["n_distinct_available"] == 64
+    assert meta["min_attainable_p"] == pytest.approx(2 / 64)
+    from pipeline.config import load_config
+
+    assert meta["seed"] == load_config([]).seed
+    assert meta["subjects"] == ["01", "02", "03", "04", "05", "06"]
+    excl = pd.read_csv(f"{stem}_desc-exclusions_nbs.tsv", sep="\t", dtype={"subject": str})
+    assert excl["subject"].tolist() == ["07"] and "150 s" in excl["reason"].item()
+    null = pd.read_csv(f"{stem}_desc-null_nbs.tsv", sep="\t")
+    assert len(null) == 64 and null["identity"].iloc[0]
+    import networkx as nx
+
+    graphs = sorted(out.glob("group/*_desc-component*_nbs.graphml"))
+    g = nx.read_graphml(graphs[0])
+    assert g.number_of_edges() >= 1 and "x" in next(iter(g.nodes(data=True)))[1]
+    for fig in ("adjacency", "circle", "glassbrain"):
+        assert Path(f"{stem}_desc-{fig}_nbs.svg").exists(), fig
+
+
+def test_group_nbs_refuses_matrices_with_different_region_tables(tiny_bids, tmp_path, capsys):
+    out = tmp_path / "out"
+    seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=3, rename=("02", "m06"))
+    assert main([str(tiny_bids), str(out), "group", "--stages", "nbs"]) == 2
+    err = capsys.readouterr().err
+    assert f"sub-02_ses-m06_task-rest_seg-{seg}_dseg.tsv" in err and "differs" in err, err
+    assert not list(out.glob("group/*_nbs.tsv"))

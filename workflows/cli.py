@@ -28,7 +28,7 @@ PARTICIPANT_STAGES = (
     "inventory", "anat_reference", "anat", "dwi", "tract", "func", "lesion_changes",
 )  # fmt: skip
 #: Stages run at the group level, in order.
-GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats")
+GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats", "nbs")
 
 
 def _bids_parser() -> argparse.ArgumentParser:
@@ -177,6 +177,10 @@ def run_bids_app(args: argparse.Namespace) -> int:
             from workflows.group import write_tract_stats
 
             write_tract_stats(writer, config)
+        if "nbs" in stages:
+            from workflows.nbs import write_nbs
+
+            write_nbs(writer, config)
         return 0
 
     derivs = []

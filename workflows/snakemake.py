@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = [
     "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "followups", "msmri_cmd",
-    "with_modality",
+    "nbs_output", "with_modality",
 ]  # fmt: skip
 
 
@@ -129,3 +129,13 @@ def followups(
         ref = reference_session(cfg, read_sessions_table(Path(config["bids_dir"]), sub), available)
         out += [(sub, ses, ref) for ses in available if ses != ref]
     return out
+
+
+def nbs_output(config: Mapping[str, Any]) -> str:
+    """Path (relative to the output folder) of the group NBS job's last-written table."""
+    from workflows.func import MEASURE_STATS, seg_name
+
+    cfg = _msmri_config(config)
+    seg = seg_name(cfg.func.atlas, cfg.func.atlas_labels)
+    stat = MEASURE_STATS[cfg.nbs.measure][1]
+    return f"group/task-{cfg.bids.bold_task}_seg-{seg}_stat-{stat}_desc-exclusions_nbs.tsv"

@@ -45,3 +45,26 @@ rule tract_stats:
         cmd=msmri_cmd(config, "group", "tract_stats"),
     shell:
         "{params.cmd} > {log} 2>&1"
+
+
+rule nbs:
+    input:
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/func/sub-{s}_ses-{t}_task-{BOLD_TASK}_desc-summary_bold.tsv"
+            for s, t in BOLD_PAIRS
+        ],
+    output:
+        OUT_DIR / NBS_OUTPUT,
+    log:
+        OUT_DIR / "logs/group/nbs.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    params:
+        cmd=msmri_cmd(config, "group", "nbs"),
+    shell:
+        "{params.cmd} > {log} 2>&1"
