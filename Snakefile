@@ -66,6 +66,7 @@ rule all:
         OUT_DIR / "group/desc-tests_dwistats.tsv",
         OUT_DIR / "group/desc-tests_tractstats.tsv",
         OUT_DIR / NBS_OUTPUT,
+        OUT_DIR / "group/desc-tests_clinicalstats.tsv",
         expand(
             OUT_DIR
             / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",

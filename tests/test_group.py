@@ -214,3 +214,44 @@ def test_group_nbs_refuses_matrices_with_different_region_tables(tiny_bids, tmp_
     err = capsys.readouterr().err
     assert f"sub-02_ses-m06_task-rest_seg-{seg}_dseg.tsv" in err and "differs" in err, err
     assert not list(out.glob("group/*_nbs.tsv"))
+
+
+def test_group_clinical_stats_tests_edss_and_its_association_with_imaging_change(tmp_path):
+    """EDSS rises in proportion to the left-NAWM RD decrease in 8 subjects; nothing else moves."""
+    rng = np.random.default_rng(11)
+    bids, out = tmp_path / "bids", tmp_path / "out"
+    bids.mkdir()
+    (bids / "dataset_description.json").write_text('{"Name": "t", "BIDSVersion": "1.8.0"}')
+    for s in range(1, 9):
+        sub = f"{s:02d}"
+        drop = 0.02 * s  # RD decrease (fraction) at m06; EDSS worsens by the same ranking
+        rows = []
+        for ses, months in SESSIONS.items():
+            edss = 6.0 + (0.25 * s * months / 6 if ses != "baseline" else 0.0)
+            rows.append({"session_id": f"ses-{ses}", "time_months": months, "edss": edss,
+                         "grip_kg": 30 + rng.normal(0, 1)})  # fmt: skip
+            table = []
+            for roi in ("NAWM", "NAWM_L", "NAWM_R"):
+                for metric, base in BASE.items():
+                    v = base * (1 + rng.normal(0, 0.002))
+                    if roi == "NAWM_L" and metric == "rd":
+                        v *= 1 - drop * months / 6
+                    table.append({"subject": sub, "session": ses, "roi": roi, "metric": metric,
+                                  "median": v, "mean": v})  # fmt: skip
+            folder = out / f"sub-{sub}/ses-{ses}/dwi"
+            folder.mkdir(parents=True)
+            pd.DataFrame(table).to_csv(folder / f"sub-{sub}_ses-{ses}_space-dwi_model-tensor_roistats.tsv",
+                                       sep="\t", index=False)  # fmt: skip
+        (bids / f"sub-{sub}").mkdir()
+        pd.DataFrame(rows).to_csv(bids / f"sub-{sub}/sub-{sub}_sessions.tsv", sep="\t", index=False)
+    assert main([str(bids), str(out), "group", "--stages", "clinical_stats"]) == 0
+    tests = pd.read_csv(out / "group/desc-tests_clinicalstats.tsv", sep="\t")
+    assert set(tests["metric"]) == {"edss", "grip_kg"}  # the time column is not a variable
+    lmm = tests[tests["test"] == "lmm"].set_index("metric")
+    assert lmm.loc["edss", "p"] < 0.01 and lmm.loc["grip_kg", "p"] > 0.01
+    assoc = pd.read_csv(out / "group/desc-association_clinicalstats.tsv", sep="\t")
+    hit = assoc[assoc["significant"].astype(bool)]
+    # RD change is negative and ranks inversely with the EDSS change: rho = -1, exact p = 2/8!
+    assert list(zip(hit["imaging"], hit["clinical"], strict=True)) == [("roi NAWM_L rd", "edss")]
+    row = hit.iloc[0]
+    assert row["r"] == pytest.approx(-1.0) and row["exact"] and row["p"] == pytest.approx(2 / 40320)

@@ -6,6 +6,13 @@ paired tests along the profiles (``group.compare`` sessions, sign-flip
 permutations with max-t FWE control along each tract), written under
 ``OUTPUT_DIR/group/`` with the same layout.
 
+``clinical_stats`` runs the same longitudinal tests on the clinical variables of
+the BIDS ``sub-<label>_sessions.tsv`` files (every numeric column except the time
+column ``sessions.tsv_time_column``, e.g. EDSS), and correlates the change of
+each clinical variable between the ``group.compare`` sessions with the percent
+change of the imaging measures (NAWM ROI medians, tract means): Spearman, exact
+permutation p for up to 8 subjects, BH-FDR across the whole table.
+
 ``dwi_stats`` gathers every subject-session's ROI table
 (``..._space-dwi_model-tensor_roistats.tsv``), runs
 :class:`pipeline.stats.longitudinal.LongitudinalTests` over the configured
@@ -23,7 +30,10 @@ from pathlib import Path
 from pipeline.config import Config
 from workflows.derivatives import DerivativesWriter
 
-__all__ = ["collect_roi_tables", "collect_tract_tables", "write_dwi_stats", "write_tract_stats"]
+__all__ = [
+    "collect_roi_tables", "collect_tract_tables", "read_clinical", "write_clinical_stats",
+    "write_dwi_stats", "write_tract_stats",
+]  # fmt: skip
 
 log = logging.getLogger("msmri.group")
 
@@ -65,6 +75,10 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
     if unknown:
         log.warning("sessions %s are not in sessions.order and are left out", unknown)
         df = df[df["session"].isin(order)]
+    if len(order) < 2:
+        log.warning("group dwi_stats: fewer than two sessions of sessions.order in the ROI tables "
+                    "(found %s); no longitudinal tests", order)  # fmt: skip
+        return []
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
     tests = LongitudinalTests(order, months, compare=compare if set(compare) <= set(order) else None)
@@ -145,6 +159,10 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
                     writer.root)  # fmt: skip
         return []
     order = [s for s in config.sessions.order if s in set(summary["session"])]
+    if len(order) < 2:
+        log.warning("group tract_stats: fewer than two sessions of sessions.order in the tract "
+                    "tables (found %s); no longitudinal tests", order)  # fmt: skip
+        return []
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
     means = _tract_means_long(summary)
@@ -191,4 +209,114 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
     n_sub = pd.Series(summary["subject"]).nunique()
     log.info("group tract_stats: %d bundles, %d subjects\n%s", summary["bundle"].nunique(), n_sub,
              result.summary())  # fmt: skip
+    return written
+
+
+#: ROIs whose change is correlated with clinical change (the trial's NAWM endpoints).
+ASSOCIATION_ROIS = ("NAWM", "NAWM_L", "NAWM_R")
+
+
+def read_clinical(bids_dir: Path, time_column: str):
+    """Clinical variables of every ``sub-*/sub-*_sessions.tsv`` in the long ROI format.
+
+    Returns ``(long_table, variables, sources)``; ``(None, [], [])`` when there is
+    no sessions table or no numeric column besides the time column.
+    """
+    import pandas as pd
+
+    from pipeline.stats.longitudinal import clinical_to_long
+
+    paths = sorted(Path(bids_dir).glob("sub-*/sub-*_sessions.tsv"))
+    tables = []
+    for p in paths:
+        t = pd.read_csv(p, sep="\t", keep_default_na=False, na_values=["n/a"])
+        t.insert(0, "participant_id", p.name.split("_")[0])
+        tables.append(t)
+    if not tables:
+        return None, [], []
+    table = pd.concat(tables, ignore_index=True)
+    reserved = {time_column, "participant_id", "session_id"}
+    variables = [c for c in table.select_dtypes("number").columns if c not in reserved]
+    if not variables:
+        return None, [], paths
+    return clinical_to_long(table, variables), variables, paths
+
+
+def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Path) -> list[Path]:
+    """Longitudinal tests of the clinical variables and their association with imaging change."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from pipeline.stats.longitudinal import (
+        LongitudinalTests,
+        change_scores,
+        clinical_association,
+        spaghetti_plot,
+    )
+
+    clinical, variables, sources = read_clinical(bids_dir, config.sessions.tsv_time_column)
+    order = [] if clinical is None else [s for s in config.sessions.order
+                                         if s in set(clinical["session"])]  # fmt: skip
+    if clinical is None or len(order) < 2:  # an empty table that says why (the job's output)
+        reason = (f"no numeric clinical column in the sessions.tsv files of {bids_dir} (besides "
+                  f"{config.sessions.tsv_time_column})" if clinical is None else
+                  f"fewer than two sessions of sessions.order {list(config.sessions.order)} "
+                  "in the sessions.tsv files")  # fmt: skip
+        log.warning("group clinical_stats: %s", reason)
+        meta = writer.provenance(sources=[str(p) for p in sources], seed=config.seed,
+                                 parameters={"tested": False, "reason": reason})  # fmt: skip
+        return [writer.write_tsv(pd.DataFrame(columns=["roi", "metric", "test", "p"]), meta=meta,
+                                 datatype="group", suffix="clinicalstats", desc="tests")]  # fmt: skip
+    months = [float(config.sessions.months[s]) for s in order]
+    compare = tuple(config.group.compare)
+    pair = compare if set(compare) <= set(order) else None
+    result = LongitudinalTests(order, months, compare=pair).fit(clinical, value="median")
+    meta = writer.provenance(sources=[str(p) for p in sources], parameters=result.parameters,
+                             seed=config.seed,
+                             extra={"Description": f"longitudinal tests of the clinical variables "
+                                    f"{variables} (sessions.tsv)", "Summary": result.summary()})  # fmt: skip
+    written = [writer.write_tsv(t, meta=meta, datatype="group", suffix="clinicalstats", desc=d)
+               for d, t in (("tests", result.table), ("sessions", result.summary_table),
+                            ("exclusions", result.exclusions))]  # fmt: skip
+    for var in variables:
+        fig = spaghetti_plot(clinical, order, {"roi": "clinical", "metric": var}, times=months)
+        written.append(writer.write_figure(fig, datatype="group", suffix="clinicalstats",
+                                           desc="spaghetti" + "".join(c for c in var if c.isalnum()),
+                                           extension=".svg"))  # fmt: skip
+        plt.close(fig)
+    if pair is None:
+        return written
+    imaging = []
+    rois, roi_sources = collect_roi_tables(writer.root)
+    if rois is not None:
+        sel = rois[rois["roi"].isin(ASSOCIATION_ROIS)]
+        imaging.append(change_scores(sel, pair, value="median", relative=True).assign(
+            measure=lambda d: "roi " + d["roi"] + " " + d["metric"]))  # fmt: skip
+    summary, _, tract_sources = collect_tract_tables(writer.root)
+    if summary is not None:
+        means = _tract_means_long(summary)
+        means = means[means["profile"] == "plain"]
+        imaging.append(change_scores(means, pair, value="value", by=("bundle", "metric"),
+                                     relative=True).assign(
+            measure=lambda d: "tract " + d["bundle"] + " " + d["metric"]))  # fmt: skip
+    if not imaging:
+        log.warning("group clinical_stats: no ROI or tract tables; no imaging association")
+        return written
+    img = pd.concat(imaging, ignore_index=True)[["subject", "measure", "change"]]
+    cli = change_scores(clinical, pair, value="median")[["subject", "metric", "change"]]
+    assoc = clinical_association(img, cli)
+    ameta = writer.provenance(
+        sources=[*map(str, sources), *map(str, roi_sources), *map(str, tract_sources)],
+        parameters={"compare": list(pair), "imaging_change": "percent change ses-b vs ses-a",
+                    "clinical_change": "difference ses-b - ses-a", "method": "spearman",
+                    "exact": "all n! orderings when n <= 8", "fdr": "Benjamini-Hochberg over "
+                    "every (imaging, clinical) pair of the table"},
+        seed=config.seed,
+        extra={"Description": "correlation of imaging change with clinical change across subjects"},
+    )  # fmt: skip
+    written.append(writer.write_tsv(assoc, meta=ameta, datatype="group", suffix="clinicalstats",
+                                    desc="association"))  # fmt: skip
     return written

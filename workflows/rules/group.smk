@@ -68,3 +68,26 @@ rule nbs:
         cmd=msmri_cmd(config, "group", "nbs"),
     shell:
         "{params.cmd} > {log} 2>&1"
+
+
+rule clinical_stats:
+    input:
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
+            for s, t in DWI_PAIRS
+        ],
+    output:
+        OUT_DIR / "group/desc-tests_clinicalstats.tsv",
+    log:
+        OUT_DIR / "logs/group/clinical_stats.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        cmd=msmri_cmd(config, "group", "clinical_stats"),
+    shell:
+        "{params.cmd} > {log} 2>&1"
