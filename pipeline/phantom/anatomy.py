@@ -518,7 +518,7 @@ def _callosal_lines() -> list[np.ndarray]:
     mid_y = np.array([30, 22, 10, 0, -12, -24, -34, -40])
     mid_z = np.array([8, 18, 22, 23, 23, 20, 14, 8])
     for y0 in np.arange(-40, 30.1, 2.0):
-        z0 = float(np.interp(y0, mid_y, mid_z))
+        z0 = float(np.interp(y0, mid_y[::-1], mid_z[::-1]))  # np.interp needs increasing x
         x = np.arange(-28, 28.01, 0.5)
         u = np.abs(x) / 28.0
         if y0 > 18:  # genu: forceps minor curves forward
@@ -534,15 +534,72 @@ def _callosal_lines() -> list[np.ndarray]:
     return lines
 
 
-def tract_centrelines() -> dict[str, list[np.ndarray]]:
-    """Dense centre-line points of every modelled bundle (MNI mm)."""
-    return {
+#: Search for each bundle's white-matter fit: (direction of the offset, lowest and highest
+#: offset in mm). The callosal body arches over the lateral ventricles (offsets upward);
+#: the optic radiation runs lateral to the atrium (offsets outward).
+_WM_FIT = {
+    "CC": ((0.0, 0.0, 1.0), -4.0, 14.0),
+    "OR_L": ((-1.0, 0.0, 0.0), -2.0, 8.0),
+    "OR_R": ((1.0, 0.0, 0.0), -2.0, 8.0),
+}
+
+
+def fit_to_white_matter(
+    line: np.ndarray,
+    template: Template,
+    direction: Sequence[float],
+    lo: float,
+    hi: float,
+    *,
+    radius_mm: float = 3.0,
+    step_mm: float = 0.5,
+    smooth_mm: float = 3.0,
+) -> np.ndarray:
+    """Shift a centre line along ``direction`` so that its tube lies in template WM.
+
+    The hand-placed centre lines follow atlas anatomy at the scale of centimetres;
+    at the template's 2 mm scale a tube of ``radius_mm`` around them can cut
+    through the ventricles or deep grey matter, where a phantom voxel holds no
+    fibre. For every point the offset in ``[lo, hi]`` mm maximising the WM
+    probability averaged over ``+- radius_mm`` along ``direction`` (minus a small
+    penalty on the offset) is taken; the offsets are then smoothed along the line.
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    d = np.asarray(direction, dtype=float)
+    d /= np.linalg.norm(d)
+    offsets = np.arange(lo, hi + 1e-9, step_mm)
+    pts = line[:, None, :] + offsets[None, :, None] * d
+    wm = sample_template(template.inv_affine, template.maps["wm"], pts.reshape(-1, 3))
+    wm = wm.reshape(len(line), len(offsets))
+    k = max(1, round(radius_mm / step_mm))
+    kernel = np.ones(2 * k + 1) / (2 * k + 1)
+    mean_wm = np.stack([np.convolve(row, kernel, mode="same") for row in wm])
+    best = offsets[np.argmax(mean_wm - 0.01 * np.abs(offsets)[None, :], axis=1)]
+    spacing = float(np.median(np.linalg.norm(np.diff(line, axis=0), axis=1))) or 1.0
+    best = gaussian_filter1d(best, smooth_mm / spacing, mode="nearest")
+    return line + best[:, None] * d
+
+
+def tract_centrelines(template: Template | None = None) -> dict[str, list[np.ndarray]]:
+    """Dense centre-line points of every modelled bundle (MNI mm).
+
+    With ``template``, the callosal and optic-radiation lines are fitted to its
+    white matter (:func:`fit_to_white_matter`).
+    """
+    lines = {
         "CST_L": [_spline(np.asarray(_CST_LEFT, dtype=float))],
         "CST_R": [_spline(_mirror(_CST_LEFT))],
         "OR_L": [_spline(np.asarray(_OR_LEFT, dtype=float))],
         "OR_R": [_spline(_mirror(_OR_LEFT))],
         "CC": _callosal_lines(),
     }
+    if template is not None:
+        for name, (direction, lo, hi) in _WM_FIT.items():
+            lines[name] = [fit_to_white_matter(line, template, direction, lo, hi,
+                                               radius_mm=TRACT_RADIUS_MM[name])
+                           for line in lines[name]]  # fmt: skip
+    return lines
 
 
 @dataclass(frozen=True, eq=False)
@@ -583,7 +640,7 @@ def tract_field(resolution: int = 2, seed: int = 7) -> TractField:
     orientation = bg / np.maximum(np.linalg.norm(bg, axis=1, keepdims=True), 1e-12)
     labels = np.zeros(len(world), dtype=np.uint8)
 
-    lines = tract_centrelines()
+    lines = tract_centrelines(tpl)
     for name in reversed(TRACTS):  # lowest priority first, overwritten by higher ones
         pts = np.concatenate(lines[name])
         tangents = np.concatenate([np.gradient(line, axis=0) for line in lines[name]])
