@@ -15,4 +15,4 @@ lint-imports
 echo "== lint (ruff)"
 ruff check .
 echo "== tests (pytest)"
-exec python -m pytest -n 2 --dist loadfile "$@"
+exec python -m pytest -n 2 --dist loadfile --durations=15 "$@"

@@ -325,8 +325,17 @@ class FuncConfig(Section):
     ``atlas`` is one of :data:`COORDINATE_ATLASES` (spheres of
     ``sphere_radius_mm``) or the path of an MNI label image, which then needs
     ``atlas_labels`` (a TSV with columns ``index`` and ``label`` or ``name``).
+
+    ``input`` chooses where the BOLD comes from: ``raw`` (the BIDS run,
+    preprocessed by this stage) or ``fmriprep`` (fMRIPrep derivatives in
+    ``fmriprep_dir``: ``desc-preproc_bold`` in ``fmriprep_space`` and
+    ``desc-confounds_timeseries.tsv``); ``fmriprep_dir`` is required with
+    ``fmriprep`` and must be null with ``raw``.
     """
 
+    input: Literal["raw", "fmriprep"]
+    fmriprep_dir: str | None = Field(min_length=1)
+    fmriprep_space: Label
     dummy_volumes: int = Field(ge=0, le=100)
     slice_timing: bool
     slice_time_ref: float = Field(ge=0, le=1)
@@ -357,6 +366,14 @@ class FuncConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> FuncConfig:
+        if self.input == "fmriprep" and self.fmriprep_dir is None:
+            raise _KeyedError("fmriprep_dir", "func.input is fmriprep: set func.fmriprep_dir to the "
+                              "fMRIPrep derivatives folder (absolute, or relative to the BIDS "
+                              "directory)", related=("input",))  # fmt: skip
+        if self.input == "raw" and self.fmriprep_dir is not None:
+            raise _KeyedError("fmriprep_dir", f"func.fmriprep_dir ({self.fmriprep_dir!r}) is only "
+                              "used with func.input: fmriprep; func.input is raw",
+                              related=("input",))  # fmt: skip
         band = (self.high_pass, self.low_pass)
         if None not in band and band[0] >= band[1]:
             raise _KeyedError("high_pass", f"func.high_pass ({self.high_pass:g} Hz) must be below "

@@ -374,31 +374,59 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
     """Build and run the resting-state fMRI Nipype workflow of one subject-session.
 
     A run excluded for too little data after censoring is not a failure: its
-    summary and the reason are written and the job succeeds.
+    summary and the reason are written and the job succeeds.  With
+    ``func.input: fmriprep`` the run comes from fMRIPrep derivatives and no
+    structural output is needed.
     """
+    from pipeline.errors import InputError
     from workflows.engine import run_workflow
-    from workflows.func import func_structural_inputs, init_func_wf
+    from workflows.func import (
+        fmriprep_inputs,
+        func_structural_inputs,
+        init_func_fmriprep_wf,
+        init_func_wf,
+    )
 
-    if inputs.bold is None:
+    cfg = config.to_dict()
+    fcfg = cfg["func"]
+    if fcfg["atlas_labels"] is not None:  # a label image: paths relative to the BIDS dir
+        for key in ("atlas", "atlas_labels"):
+            path = Path(fcfg[key])
+            fcfg[key] = str(path if path.is_absolute() else bids_dir / path)
+    if fcfg["input"] == "fmriprep":
+        root = Path(fcfg["fmriprep_dir"])
+        fcfg["fmriprep_dir"] = str(root if root.is_absolute() else bids_dir / root)
+        try:
+            files = fmriprep_inputs(
+                fcfg["fmriprep_dir"], inputs.subject, inputs.session, task=config.bids.bold_task,
+                space=fcfg["fmriprep_space"], raw_bold=inputs.bold, raw_json=inputs.bold_json,
+            )  # fmt: skip
+        except InputError:
+            if inputs.bold is not None:
+                raise
+            log.warning("sub-%s ses-%s: no resting-state BOLD (raw or fMRIPrep); fMRI stage "
+                        "skipped", inputs.subject, inputs.session)  # fmt: skip
+            return
+        wf = init_func_fmriprep_wf(
+            config=cfg, files=files, subject=inputs.subject, session=inputs.session,
+            output_dir=str(out), task=config.bids.bold_task,
+        )  # fmt: skip
+    elif inputs.bold is None:
         log.warning("sub-%s ses-%s: no resting-state BOLD; fMRI stage skipped",
                     inputs.subject, inputs.session)  # fmt: skip
         return
-    cfg = config.to_dict()
-    if cfg["func"]["atlas_labels"] is not None:  # a label image: paths relative to the BIDS dir
-        for key in ("atlas", "atlas_labels"):
-            path = Path(cfg["func"][key])
-            cfg["func"][key] = str(path if path.is_absolute() else bids_dir / path)
-    wf = init_func_wf(
-        config=cfg,
-        bold=str(inputs.bold),
-        bold_json=str(inputs.bold_json) if inputs.bold_json else None,
-        anat=func_structural_inputs(out, inputs.subject, inputs.session),
-        subject=inputs.subject,
-        session=inputs.session,
-        output_dir=str(out),
-        nprocs=nprocs,
-        task=config.bids.bold_task,
-    )
+    else:
+        wf = init_func_wf(
+            config=cfg,
+            bold=str(inputs.bold),
+            bold_json=str(inputs.bold_json) if inputs.bold_json else None,
+            anat=func_structural_inputs(out, inputs.subject, inputs.session),
+            subject=inputs.subject,
+            session=inputs.session,
+            output_dir=str(out),
+            nprocs=nprocs,
+            task=config.bids.bold_task,
+        )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
     summary = out / f"sub-{inputs.subject}/ses-{inputs.session}/func" / (
         f"sub-{inputs.subject}_ses-{inputs.session}_task-{config.bids.bold_task}_desc-summary_bold.json"

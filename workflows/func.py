@@ -37,6 +37,22 @@ need a resampling anyway; one resampling of the data treats both kinds of
 atlas alike.  Confounds (tissue signals, CompCor) are computed on the native
 BOLD grid, where the tissue masks are sharpest.
 
+fMRIPrep input mode (``func.input: fmriprep``).  :func:`fmriprep_inputs` finds
+the run's fMRIPrep files and :func:`init_func_fmriprep_wf` replaces steps 1-6:
+:class:`LoadFmriprep` checks the ``desc-preproc_bold`` (already realigned,
+registered and resampled by fMRIPrep into ``func.fmriprep_space``) and its
+brain mask, and :class:`FmriprepConfounds` reads ``desc-confounds_timeseries.tsv``
+through nilearn's ``load_confounds``
+(:func:`pipeline.func.confounds.fmriprep_confound_set`) with the same strategy,
+scrubbing and dummy-volume keys.  Steps 7-10 are the same interfaces on the
+fMRIPrep grid, so regions, matrices, region table, summary and figures carry
+the same names as in the raw mode; no structural output is read.  fMRIPrep's
+default ``MNI152NLin2009cAsym`` and the ``MNI152NLin2009aSym`` template of the
+raw mode are both ICBM 2009 non-linear averages of the MNI152 subjects in one
+coordinate frame, so coordinate atlases (and label images, resampled through
+world coordinates) are used on either as they are, as nilearn does; the
+sidecars record the input space (``InputSpace``, :data:`SPACE_NOTE`).
+
 Nodes receive only the parameters they use (not the whole configuration), so a
 re-run that changes, e.g., the denoising strategy re-uses the cached
 realignment and registrations.
@@ -46,6 +62,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -64,19 +81,38 @@ from nipype.pipeline import engine as pe
 
 from workflows.nodeio import load_array, save_array, xfm_json
 
-__all__ = ["MEASURE_STATS", "func_structural_inputs", "init_func_wf", "seg_name"]
+__all__ = [
+    "MEASURE_STATS",
+    "SPACE_NOTE",
+    "fmriprep_inputs",
+    "func_structural_inputs",
+    "init_func_fmriprep_wf",
+    "init_func_wf",
+    "seg_name",
+]
 
 log = logging.getLogger("msmri.func")
 
 #: Connectivity measures (``func.measures``) -> (nilearn kind, ``stat-`` entity, description).
 MEASURE_STATS = {
     "correlation": ("correlation", "pearsoncorrelation",
-                    "Pearson correlation of the denoised region time series"),
+                    "Pearson correlation of the denoised region time series (empirical "
+                    "covariance, nilearn ConnectivityMeasure)"),
     "fisher_z": ("fisher_z", "fisherz",
-                 "Fisher z (arctanh) of the Pearson correlation; diagonal set to 0"),
+                 "Fisher z (arctanh) of the correlation matrix; diagonal set to 0"),
     "partial_correlation": ("partial correlation", "partialcorrelation",
                             "partial correlation (Ledoit-Wolf shrunk covariance, nilearn)"),
 }  # fmt: skip
+
+
+#: How the fMRIPrep space is related to the atlases' MNI frame (written to the sidecars).
+SPACE_NOTE = (
+    "fMRIPrep input: the BOLD is in the space of its space- entity (InputSpace); coordinate "
+    "atlases and label images are applied to it in MNI millimetres as they are, treating "
+    "InputSpace and MNI152NLin2009aSym (the template of the raw mode) as one coordinate frame, "
+    "as nilearn does: both are ICBM 2009 non-linear averages of the MNI152 subjects, and their "
+    "differences are small next to the region size"
+)
 
 
 def seg_name(atlas: str, atlas_labels: str | None = None) -> str:
@@ -365,6 +401,139 @@ class BoldConfounds(SimpleInterface):
         return runtime
 
 
+# --------------------------------------------------------------------------- fMRIPrep input
+
+
+class _LoadFmriprepInputSpec(BaseInterfaceInputSpec):
+    bold = File(exists=True, mandatory=True, desc="fMRIPrep desc-preproc_bold (MNI space)")
+    bold_json = File(exists=True, desc="sidecar giving RepetitionTime (fMRIPrep's, else the raw)")
+    mask = File(exists=True, desc="fMRIPrep desc-brain_mask of the run (optional)")
+    params = traits.Dict(mandatory=True, desc="min_volumes, dummy_volumes, space")
+    notes = traits.List(traits.Str(), desc="notes of the file search")
+
+
+class _LoadFmriprepOutputSpec(TraitedSpec):
+    tr = traits.Float()
+    n_volumes = traits.Int(desc="volumes of the file (before dummy removal)")
+    mask = File(exists=True, desc="brain mask on the BOLD grid")
+    boldref = File(exists=True, desc="temporal mean of the kept volumes")
+    parameters = traits.Dict()
+    warnings = traits.List(traits.Str())
+
+
+class LoadFmriprep(SimpleInterface):
+    """Check an fMRIPrep run (:func:`pipeline.validation.validate_bold`), its mask and mean.
+
+    fMRIPrep's ``desc-brain_mask`` must be on the BOLD grid; without one, the
+    mask is the voxels whose temporal mean exceeds 20 % of its 98th percentile.
+    """
+
+    input_spec = _LoadFmriprepInputSpec
+    output_spec = _LoadFmriprepOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.errors import InputError
+        from pipeline.validation import validate_bold
+
+        i = self.inputs
+        p = i.params
+        sidecar = i.bold_json if isdefined(i.bold_json) else None
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            chk = validate_bold(i.bold, sidecar, min_volumes=p["min_volumes"])
+        notes = [*(i.notes if isdefined(i.notes) else []), *(str(w.message) for w in record)]
+        n = int(p["dummy_volumes"])
+        if chk.n_volumes - n < p["min_volumes"]:
+            raise InputError(i.bold, f"{chk.n_volumes} volumes, {chk.n_volumes - n} after "
+                             f"func.dummy_volumes = {n}; at least {p['min_volumes']} needed")  # fmt: skip
+        img = nib.load(i.bold)
+        mean = np.asarray(img.dataobj[..., n:], dtype=np.float32).mean(axis=3)
+        if isdefined(i.mask) and i.mask:
+            mimg = nib.load(i.mask)
+            if mimg.shape[:3] != img.shape[:3] or not np.allclose(mimg.affine, img.affine, atol=1e-3):
+                raise InputError(i.mask, f"brain mask grid {mimg.shape[:3]} differs from the BOLD "
+                                 f"grid {img.shape[:3]} of {Path(i.bold).name} (affines compared "
+                                 "too)")  # fmt: skip
+            brain = np.asanyarray(mimg.dataobj) > 0
+            how = f"fMRIPrep brain mask {Path(i.mask).name}"
+        else:
+            pos = mean[mean > 0]
+            brain = mean > (0.2 * np.percentile(pos, 98) if pos.size else np.inf)
+            how = "no fMRIPrep brain mask: temporal mean > 20 % of its 98th percentile"
+            notes.append(f"{Path(i.bold).name}: {how}")
+        if brain.sum() < 100:
+            raise InputError(i.mask if isdefined(i.mask) else i.bold,
+                             f"brain mask has {int(brain.sum())} voxels")  # fmt: skip
+        cwd = Path(runtime.cwd)
+        ref = nib.Nifti1Image(mean, img.affine)
+        nib.save(ref, cwd / "boldref.nii.gz")
+        self._results.update(
+            tr=chk.repetition_time, n_volumes=chk.n_volumes,
+            mask=save_array(brain, ref, cwd / "mask.nii.gz", np.uint8),
+            boldref=str(cwd / "boldref.nii.gz"), warnings=notes,
+            parameters={
+                "input": "fmriprep", "space": p["space"],
+                "n_dummy_removed": n, "n_volumes": chk.n_volumes - n,
+                "repetition_time_s": chk.repetition_time,
+                "voxel_mm": [float(z) for z in img.header.get_zooms()[:3]],
+                "grid_shape": list(img.shape[:3]), "brain_mask": how,
+                "n_brain_voxels": int(brain.sum()),
+                "preprocessing": "fMRIPrep (realignment, registration and resampling into "
+                                 f"{p['space']}); not redone here",
+            },
+        )  # fmt: skip
+        return runtime
+
+
+class _FmriprepConfInputSpec(BaseInterfaceInputSpec):
+    bold = File(exists=True, mandatory=True, desc="fMRIPrep desc-preproc_bold (nilearn finds "
+                "the confounds from its name)")  # fmt: skip
+    confounds = File(exists=True, mandatory=True, desc="desc-confounds_timeseries.tsv")
+    confounds_json = File(exists=True, desc="its JSON (CompCor masks); hashed, read by nilearn")
+    n_volumes = traits.Int(mandatory=True, desc="volumes of the BOLD file")
+    params = traits.Dict(mandatory=True, desc="strategy, n_compcor, scrubbing, fd_threshold_mm, "
+                         "scrub_before, scrub_after, min_segment, dummy_volumes")  # fmt: skip
+
+
+class _FmriprepConfOutputSpec(TraitedSpec):
+    confounds = File(exists=True, desc="fMRIPrep's whole table, dummies removed")
+    regressors = File(exists=True, desc="the strategy's regressors (nilearn load_confounds)")
+    keep = traits.List(traits.Bool(), desc="volumes kept by nilearn's scrubbing")
+    notes = traits.List(traits.Str())
+
+
+class FmriprepConfounds(SimpleInterface):
+    """fMRIPrep confounds of a strategy (:func:`pipeline.func.confounds.fmriprep_confound_set`)."""
+
+    input_spec = _FmriprepConfInputSpec
+    output_spec = _FmriprepConfOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.errors import InputError
+        from pipeline.func.confounds import fmriprep_confound_set
+
+        i = self.inputs
+        p = i.params
+        cs = fmriprep_confound_set(
+            i.bold, p["strategy"], scrubbing=p["scrubbing"], fd_threshold=p["fd_threshold_mm"],
+            before=p["scrub_before"], after=p["scrub_after"], min_segment=p["min_segment"],
+            n_compcor=p["n_compcor"], n_dummy=p["dummy_volumes"],
+        )  # fmt: skip
+        n_rows = len(cs.table) + int(p["dummy_volumes"])
+        if n_rows != i.n_volumes:
+            raise InputError(cs.source, f"{n_rows} rows, but {Path(i.bold).name} has "
+                             f"{i.n_volumes} volumes")  # fmt: skip
+        if "framewise_displacement" not in cs.table.columns:  # the summary and QC need it
+            raise InputError(cs.source, "missing column 'framewise_displacement'")
+        cwd = Path(runtime.cwd)
+        cs.table.to_csv(cwd / "confounds.tsv", sep="\t", index=False, na_rep="n/a")
+        cs.regressors.to_csv(cwd / "regressors.tsv", sep="\t", index=False, na_rep="n/a")
+        self._results.update(confounds=str(cwd / "confounds.tsv"),
+                             regressors=str(cwd / "regressors.tsv"),
+                             keep=[bool(k) for k in cs.sample_mask], notes=list(cs.notes))  # fmt: skip
+        return runtime
+
+
 # --------------------------------------------------------------------------- MNI
 
 
@@ -443,7 +612,8 @@ def _parcellation(p: dict):
 class _RegionInputSpec(BaseInterfaceInputSpec):
     bold = File(exists=True, mandatory=True, desc="BOLD in MNI space")
     mask = File(exists=True, mandatory=True, desc="BOLD brain mask in MNI space")
-    params = traits.Dict(mandatory=True, desc="atlas, atlas_labels, sphere_radius_mm, min_coverage")
+    params = traits.Dict(mandatory=True, desc="atlas, atlas_labels, sphere_radius_mm, min_coverage "
+                         "(and drop_volumes: leading volumes removed from the time series)")  # fmt: skip
 
 
 class _RegionOutputSpec(TraitedSpec):
@@ -469,7 +639,8 @@ class RegionSignals(SimpleInterface):
             rts = extract_region_timeseries(i.bold, parc, mask_img=nib.load(i.mask),
                                             min_coverage=p["min_coverage"])  # fmt: skip
         cwd = Path(runtime.cwd)
-        rts.timeseries.to_csv(cwd / "timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+        ts = rts.timeseries.iloc[int(p.get("drop_volumes", 0)):]  # dummies of an fMRIPrep run
+        ts.to_csv(cwd / "timeseries.tsv", sep="\t", index=False, na_rep="n/a")
         rts.regions.assign(valid=rts.regions["valid"].astype(int)).to_csv(
             cwd / "regions.tsv", sep="\t", index=False, na_rep="n/a")  # fmt: skip
         invalid = rts.regions.loc[~rts.valid, "label"].tolist()
@@ -497,6 +668,9 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
     confounds = File(exists=True, mandatory=True)
     tr = traits.Float(mandatory=True)
     params = traits.Dict(mandatory=True)
+    regressors = File(exists=True, desc="fMRIPrep mode: the regressors (nilearn load_confounds); "
+                      "otherwise the strategy's columns of confounds are used")  # fmt: skip
+    keep = traits.List(traits.Bool(), desc="fMRIPrep mode: volumes kept (nilearn scrubbing)")
     source = traits.Str(desc="the BOLD run, named in messages", nohash=True)
 
 
@@ -507,26 +681,45 @@ class _DenoiseOutputSpec(TraitedSpec):
 
 
 class DenoiseRegions(SimpleInterface):
-    """Confound regression, filtering and censoring (:func:`pipeline.func.confounds.denoise_with_strategy`)."""
+    """Confound regression, filtering and censoring (:func:`pipeline.func.confounds.denoise_with_strategy`).
+
+    With ``regressors`` and ``keep`` (fMRIPrep mode) the regressors and the
+    sample mask are given and :func:`pipeline.func.confounds.denoise` is called.
+    """
 
     input_spec = _DenoiseInputSpec
     output_spec = _DenoiseOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.func.confounds import denoise_with_strategy, strategy_columns
+        from pipeline.errors import InputError
+        from pipeline.func.confounds import denoise, denoise_with_strategy, strategy_columns
 
         i = self.inputs
         p = i.params
         ts = _read_tsv(i.timeseries)
         table = _read_tsv(i.confounds)
         regions = _read_tsv(i.regions)
-        res = denoise_with_strategy(
-            ts.to_numpy(float), table, p["strategy"], tr=i.tr, scrubbing=p["scrubbing"],
-            fd_threshold=p["fd_threshold_mm"], before=p["scrub_before"], after=p["scrub_after"],
-            min_segment=p["min_segment"], min_duration_s=p["min_duration_s"],
-            high_pass=p["high_pass"], low_pass=p["low_pass"], detrend=p["detrend"],
-            standardize=p["standardize"], n_compcor=p["n_compcor"], source=i.confounds,
-        )  # fmt: skip
+        if isdefined(i.regressors) and i.regressors:
+            reg = _read_tsv(i.regressors)
+            if len(reg) != len(ts) or len(i.keep) != len(ts):
+                raise InputError(i.confounds, f"{len(reg)} confound rows for {len(ts)} volumes")
+            regressors = reg.columns.tolist()
+            res = denoise(
+                ts.to_numpy(float), reg, tr=i.tr, sample_mask=np.asarray(i.keep, dtype=bool),
+                high_pass=p["high_pass"], low_pass=p["low_pass"], detrend=p["detrend"],
+                standardize=p["standardize"], min_duration_s=p["min_duration_s"],
+                strategy=p["strategy"] + ("+scrubbing" if p["scrubbing"] else ""),
+            )  # fmt: skip
+        else:
+            regressors = strategy_columns(p["strategy"], p["n_compcor"])
+            res = denoise_with_strategy(
+                ts.to_numpy(float), table, p["strategy"], tr=i.tr, scrubbing=p["scrubbing"],
+                fd_threshold=p["fd_threshold_mm"], before=p["scrub_before"],
+                after=p["scrub_after"], min_segment=p["min_segment"],
+                min_duration_s=p["min_duration_s"], high_pass=p["high_pass"],
+                low_pass=p["low_pass"], detrend=p["detrend"], standardize=p["standardize"],
+                n_compcor=p["n_compcor"], source=i.confounds,
+            )  # fmt: skip
         excluded, reason = res.excluded, res.reason
         n_valid = int(regions["valid"].astype(bool).sum())
         if not excluded and n_valid < 2:
@@ -536,7 +729,7 @@ class DenoiseRegions(SimpleInterface):
         n_t = len(ts)
         summary = {
             "strategy": res.strategy,
-            "regressors": strategy_columns(p["strategy"], p["n_compcor"]),
+            "regressors": regressors,
             "n_volumes": n_t, "n_kept": res.n_kept, "n_censored": n_t - res.n_kept,
             "duration_kept_s": res.duration_s, "min_duration_s": p["min_duration_s"],
             "dof": None if np.isnan(res.dof) else float(res.dof),
@@ -606,9 +799,12 @@ class _QcInputSpec(BaseInterfaceInputSpec):
     matrices = traits.Dict(mandatory=True)
     regions = File(exists=True, mandatory=True)
     boldref = File(exists=True, mandatory=True)
-    xfm = File(exists=True, mandatory=True)
-    t1w = File(exists=True, mandatory=True)
-    t1w_mask = File(exists=True, mandatory=True)
+    xfm = File(exists=True, desc="raw mode: bold -> T1w")
+    t1w = File(exists=True, desc="raw mode: preprocessed T1w")
+    t1w_mask = File(exists=True, desc="raw mode")
+    regressors = File(exists=True, desc="fMRIPrep mode: the regressors (else from confounds)")
+    drop_volumes = traits.Int(0, usedefault=True, desc="leading volumes of bold not used")
+    space = traits.Str(desc="fMRIPrep mode: the space of bold (MNI; figure boldtoMNI)")
 
 
 class _QcOutputSpec(TraitedSpec):
@@ -616,7 +812,11 @@ class _QcOutputSpec(TraitedSpec):
 
 
 class FuncQC(SimpleInterface):
-    """QC figures: carpet before / after denoising, FD trace, matrix, BOLD reference on T1w."""
+    """QC figures: carpet before / after denoising, FD trace, matrix, BOLD reference on T1w.
+
+    fMRIPrep mode (``space`` set, no T1w): the last figure is ``boldtoMNI``, the
+    BOLD mean with the MNI template's brain outline (the atlases' frame).
+    """
 
     input_spec = _QcInputSpec
     output_spec = _QcOutputSpec
@@ -643,17 +843,24 @@ class FuncQC(SimpleInterface):
             plt.close(fig)
             figs[name] = str(path)
 
-        data = np.asarray(nib.load(i.bold).dataobj, dtype=np.float32)
+        fmriprep = isdefined(i.space) and bool(i.space)
+        data = np.asarray(nib.load(i.bold).dataobj[..., i.drop_volumes:], dtype=np.float32)
         brain = load_array(i.brain) > 0
         table = _read_tsv(i.confounds)
-        fd = table["framewise_displacement"].to_numpy(float)
+        fd = np.nan_to_num(table["framewise_displacement"].to_numpy(float))  # fMRIPrep: n/a first
         keep = np.asarray(i.sample_mask, dtype=bool)
         vox = data[brain].T  # (T, V)
+        del data
         vox = vox[:, :: max(1, vox.shape[1] // 6000)]
-        save(qc.plot_carpet(vox, None, tr=i.tr, fd=fd, title="realigned BOLD (brain voxels)"),
+        what = f"fMRIPrep BOLD, space-{i.space}" if fmriprep else "realigned BOLD"
+        save(qc.plot_carpet(vox, None, tr=i.tr, fd=fd, title=f"{what} (brain voxels)"),
              "carpetraw")  # fmt: skip
         if keep.sum() >= 10:
-            conf = select_confounds(table, p["strategy"], n_compcor=p["n_compcor"], source=i.confounds)
+            if isdefined(i.regressors) and i.regressors:
+                conf = _read_tsv(i.regressors)
+            else:
+                conf = select_confounds(table, p["strategy"], n_compcor=p["n_compcor"],
+                                        source=i.confounds)  # fmt: skip
             den = denoise(vox, conf, tr=i.tr, sample_mask=keep, high_pass=p["high_pass"],
                           low_pass=p["low_pass"], detrend=p["detrend"], standardize=False,
                           min_duration_s=0, strategy=p["strategy"])  # fmt: skip
@@ -672,12 +879,27 @@ class FuncQC(SimpleInterface):
                                            title=f"{measure} (grey: regions without coverage)",
                                            vlim=1.0 if measure != "fisher_z" else None),
                  "connectome")  # fmt: skip
-        t1 = nib.load(i.t1w)
-        ref_in_t1 = Transform.load(i.xfm).resample(nib.load(i.boldref), t1)
-        t1_mask = load_array(i.t1w_mask) > 0
-        save(mosaic(np.asarray(ref_in_t1.dataobj), t1.affine,
-                    [Overlay(t1_mask, "red", "T1w brain mask")],
-                    title="BOLD reference in T1w space", focus=t1_mask), "boldtoT1w")  # fmt: skip
+        if fmriprep:
+            from nilearn.image import resample_to_img
+
+            from pipeline.templates import SPACE, load_mni_template
+
+            ref = nib.load(i.boldref)
+            tpl = load_mni_template(2).image("brain")
+            tpl_mask = np.asarray(resample_to_img(tpl, ref, interpolation="nearest",
+                                                  force_resample=True, copy_header=True).dataobj) > 0  # fmt: skip
+            save(mosaic(np.asarray(ref.dataobj), ref.affine,
+                        [Overlay(tpl_mask, "red", f"{SPACE} template brain (atlas frame)"),
+                         Overlay(brain, "cyan", "BOLD brain mask")],
+                        title=f"fMRIPrep BOLD mean (space-{i.space}) on the atlas frame",
+                        focus=brain), "boldtoMNI")  # fmt: skip
+        else:
+            t1 = nib.load(i.t1w)
+            ref_in_t1 = Transform.load(i.xfm).resample(nib.load(i.boldref), t1)
+            t1_mask = load_array(i.t1w_mask) > 0
+            save(mosaic(np.asarray(ref_in_t1.dataobj), t1.affine,
+                        [Overlay(t1_mask, "red", "T1w brain mask")],
+                        title="BOLD reference in T1w space", focus=t1_mask), "boldtoT1w")  # fmt: skip
         self._results["figures"] = figs
         return runtime
 
@@ -685,8 +907,12 @@ class FuncQC(SimpleInterface):
 # --------------------------------------------------------------------------- derivatives
 
 
-def _confound_columns(columns) -> dict[str, dict[str, str]]:
-    """BIDS column descriptions of the confounds table (expansions described by their suffix)."""
+def _confound_columns(columns, fmriprep: bool = False) -> dict[str, dict[str, str]]:
+    """BIDS column descriptions of the confounds table (expansions described by their suffix).
+
+    ``fmriprep``: the table is fMRIPrep's (tissue signals, DVARS and CompCor as
+    fMRIPrep computed them; its other columns are not described here).
+    """
     base = {
         "trans_x": ("head translation along x (RAS+) relative to the BOLD reference", "mm"),
         "trans_y": ("head translation along y", "mm"),
@@ -702,6 +928,17 @@ def _confound_columns(columns) -> dict[str, dict[str, str]]:
         "std_dvars": ("DVARS standardised by its AR(1) expectation (Nichols 2013)", None),
         "censored": ("1 if the volume was removed by scrubbing (censoring)", None),
     }
+    if fmriprep:
+        base.update({
+            "rot_x": ("head rotation about x (fMRIPrep)", "rad"),
+            "white_matter": ("fMRIPrep: mean signal in its white-matter mask", None),
+            "csf": ("fMRIPrep: mean signal in its CSF mask", None),
+            "global_signal": ("fMRIPrep: mean signal in the brain mask", None),
+            "framewise_displacement": ("Power framewise displacement (fMRIPrep; n/a at the first "
+                                       "volume)", "mm"),
+            "dvars": ("fMRIPrep DVARS", None),
+            "std_dvars": ("fMRIPrep standardised DVARS", None),
+        })  # fmt: skip
     out = {}
     for col in columns:
         root, extra = col, ""
@@ -716,6 +953,9 @@ def _confound_columns(columns) -> dict[str, dict[str, str]]:
             entry = {"Description": extra + desc}
             if unit and not extra.startswith("square"):
                 entry["Units"] = unit
+        elif "_comp_cor_" in col and fmriprep:
+            entry = {"Description": "fMRIPrep CompCor component (its mask and variance are in "
+                                    "fMRIPrep's desc-confounds_timeseries.json)"}  # fmt: skip
         elif "_comp_cor_" in col:
             tissue = {"w": "white-matter", "c": "CSF", "a": "combined"}.get(col[0], "")
             entry = {"Description": f"anatomical CompCor: principal component {col[-2:]} of the "
@@ -757,16 +997,19 @@ class _FuncSinkInputSpec(BaseInterfaceInputSpec):
     config = traits.Dict(mandatory=True)
     sources = traits.List(traits.Str())
     warnings = traits.List(traits.Str())
-    bold_mni = File(exists=True, mandatory=True)
+    input_parameters = traits.Dict(desc="fMRIPrep mode: input, space, files, notes")
+    confound_notes = traits.List(traits.Str(), desc="fMRIPrep mode: notes of the confounds")
+    mni_space = traits.Str(desc="space- entity of mask_mni (default: the template space)")
+    bold_mni = File(exists=True, desc="raw mode: the run in MNI space (func.save_preproc)")
     mask_mni = File(exists=True, mandatory=True)
     mni_parameters = traits.Dict()
-    boldref = File(exists=True, mandatory=True)
-    brain = File(exists=True, mandatory=True)
-    wm = File(exists=True, mandatory=True)
-    csf = File(exists=True, mandatory=True)
+    boldref = File(exists=True, desc="raw mode: BOLD reference (BOLD space)")
+    brain = File(exists=True, desc="raw mode")
+    wm = File(exists=True, desc="raw mode")
+    csf = File(exists=True, desc="raw mode")
     mask_parameters = traits.Dict()
     preproc_parameters = traits.Dict()
-    xfm = File(exists=True, mandatory=True)
+    xfm = File(exists=True, desc="raw mode: bold -> T1w")
     confounds = File(exists=True, mandatory=True)
     timeseries = File(exists=True, mandatory=True)
     regions = File(exists=True, mandatory=True)
@@ -802,41 +1045,59 @@ class FuncDerivatives(SimpleInterface):
         ent = {"sub": i.subject, "ses": i.session, "task": i.task, "datatype": "func"}
         seg = seg_name(fcfg["atlas"], fcfg["atlas_labels"])
         summary = dict(i.summary)
-        params = {"func": fcfg, "preprocessing": i.preproc_parameters, "masks": i.mask_parameters,
-                  "mni": i.mni_parameters, "regions": i.region_parameters, "denoising": summary,
-                  "input_warnings": list(i.warnings)}  # fmt: skip
+        inp = dict(i.input_parameters) if isdefined(i.input_parameters) else {}
+        fmriprep = inp.get("input") == "fmriprep"
+        mni_space = i.mni_space if isdefined(i.mni_space) and i.mni_space else SPACE
+        if isdefined(i.confound_notes) and i.confound_notes:
+            inp["confound_notes"] = list(i.confound_notes)
+        def opt(value, default):
+            return value if isdefined(value) else default
+
+        params = {"func": fcfg, "input": inp or {"input": "raw"},
+                  "preprocessing": i.preproc_parameters, "masks": opt(i.mask_parameters, {}),
+                  "mni": opt(i.mni_parameters, {}), "regions": i.region_parameters,
+                  "denoising": summary, "input_warnings": list(opt(i.warnings, []))}  # fmt: skip
+        mode = ({"Input": "fmriprep", "InputSpace": mni_space, "SpaceNote": SPACE_NOTE}
+                if fmriprep else {"Input": "raw"})  # fmt: skip
         out: list[str] = []
 
         def meta(description, **extra):
             return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
-                                extra={"Description": description, **extra})  # fmt: skip
+                                extra={"Description": description, **mode, **extra})  # fmt: skip
 
         def nifti(path, description, **spec):
             out.append(str(w.write_nifti(nib.load(path), meta=meta(description), **ent, **spec)))
 
         tr = float(i.preproc_parameters["repetition_time_s"])
-        if fcfg.get("save_preproc"):
+        if fcfg.get("save_preproc") and not fmriprep:
             nifti(i.bold_mni, "preprocessed BOLD (dummies removed, realigned) in MNI space; not "
                   "denoised", space=SPACE, desc="preproc", suffix="bold")  # fmt: skip
-        nifti(i.mask_mni, "BOLD brain mask in MNI space (region coverage)", space=SPACE,
-              desc="brain", suffix="mask")  # fmt: skip
-        nifti(i.boldref, "BOLD reference: temporal mean of the realigned run", space="bold",
-              suffix="boldref")  # fmt: skip
-        nifti(i.brain, "brain mask in BOLD space", space="bold", desc="brain", suffix="mask")
-        nifti(i.wm, "white-matter mask in BOLD space (tissue signal, CompCor)", space="bold",
-              label="WM", suffix="mask")  # fmt: skip
-        nifti(i.csf, "CSF mask in BOLD space (tissue signal, CompCor)", space="bold", label="CSF",
-              suffix="mask")  # fmt: skip
-        xfm = Transform.load(i.xfm)
-        out.append(str(w.write_with(xfm.save, meta=meta("rigid BOLD reference -> T1w"), **ent,
-                                    **{"from": "bold", "to": "T1w"}, mode="image", suffix="xfm",
-                                    extension=".json")))  # fmt: skip
+        if fmriprep:
+            nifti(i.mask_mni, f"BOLD brain mask on the fMRIPrep grid (space-{mni_space}; region "
+                  f"coverage): {i.preproc_parameters.get('brain_mask')}", space=mni_space,
+                  desc="brain", suffix="mask")  # fmt: skip
+        else:
+            nifti(i.mask_mni, "BOLD brain mask in MNI space (region coverage)", space=SPACE,
+                  desc="brain", suffix="mask")  # fmt: skip
+            nifti(i.boldref, "BOLD reference: temporal mean of the realigned run", space="bold",
+                  suffix="boldref")  # fmt: skip
+            nifti(i.brain, "brain mask in BOLD space", space="bold", desc="brain", suffix="mask")
+            nifti(i.wm, "white-matter mask in BOLD space (tissue signal, CompCor)", space="bold",
+                  label="WM", suffix="mask")  # fmt: skip
+            nifti(i.csf, "CSF mask in BOLD space (tissue signal, CompCor)", space="bold",
+                  label="CSF", suffix="mask")  # fmt: skip
+            xfm = Transform.load(i.xfm)
+            out.append(str(w.write_with(xfm.save, meta=meta("rigid BOLD reference -> T1w"), **ent,
+                                        **{"from": "bold", "to": "T1w"}, mode="image",
+                                        suffix="xfm", extension=".json")))  # fmt: skip
         keep = np.asarray(i.sample_mask, dtype=bool)
         conf = _read_tsv(i.confounds)
-        conf["censored"] = (~keep).astype(int)
-        out.append(str(w.write_tsv(conf, columns=_confound_columns(conf.columns),
-                                   meta=meta("per-volume confounds (fMRIPrep column names)",
-                                             RepetitionTime=tr),
+        conf = pd.concat([conf.drop(columns="censored", errors="ignore"),
+                          pd.Series((~keep).astype(int), name="censored")], axis=1)  # fmt: skip
+        what = ("per-volume confounds: fMRIPrep's table (dummies removed) with the censored "
+                "column added" if fmriprep else "per-volume confounds (fMRIPrep column names)")  # fmt: skip
+        out.append(str(w.write_tsv(conf, columns=_confound_columns(conf.columns, fmriprep),
+                                   meta=meta(what, RepetitionTime=tr),
                                    **ent, desc="confounds", suffix="timeseries")))  # fmt: skip
         regions = _read_tsv(i.regions).rename(columns={"label": "name"})
         reg_cols = {
@@ -880,6 +1141,21 @@ class FuncDerivatives(SimpleInterface):
                     **ent, seg=seg, stat=stat, suffix="relmat")))  # fmt: skip
             else:
                 stale.append(w.path(**ent, seg=seg, stat=stat, suffix="relmat", extension=".tsv"))
+        # files of the other input mode (an earlier run of this session) would look current
+        other = [dict(space="bold", suffix="boldref"), dict(space="bold", desc="brain", suffix="mask"),
+                 dict(space="bold", label="WM", suffix="mask"),
+                 dict(space="bold", label="CSF", suffix="mask"),
+                 dict(space=SPACE, desc="preproc", suffix="bold"),
+                 dict(space=SPACE, desc="brain", suffix="mask")] if fmriprep else [
+                 dict(space=fcfg.get("fmriprep_space"), desc="brain", suffix="mask")]  # fmt: skip
+        stale += [w.path(**ent, **spec, extension=".nii.gz") for spec in other]
+        if fmriprep:
+            stale.append(w.path(**ent, **{"from": "bold", "to": "T1w"}, mode="image", suffix="xfm",
+                                extension=".json"))  # fmt: skip
+        fig_ent = {"sub": i.subject, "ses": i.session, "task": i.task, "datatype": "figures"}
+        stale += [w.path(**fig_ent, desc=name, suffix="bold", extension=".svg")
+                  for name in ("boldtoT1w", "boldtoMNI") if name not in i.figures]  # fmt: skip
+        stale = [f for f in stale if str(f) not in out]
         for path in stale:  # never leave a matrix of an earlier run that looks current
             for f in (path, path.with_suffix(".json")):
                 if f.exists():
@@ -887,6 +1163,7 @@ class FuncDerivatives(SimpleInterface):
                     f.unlink()
         pre = i.preproc_parameters
         fd = conf["framewise_displacement"].to_numpy(float)
+        fd = fd[np.isfinite(fd)] if np.isfinite(fd).any() else np.zeros(1)  # fMRIPrep: n/a first
         row = {
             "subject": i.subject, "session": i.session, "task": i.task,
             "repetition_time_s": tr, "n_dummy_removed": pre["n_dummy_removed"],
@@ -958,7 +1235,187 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                 "template_resolution": config["anat"]["template_resolution"]},
         "regions": {k: f[k] for k in ("atlas", "atlas_labels", "sphere_radius_mm", "min_coverage")},
         "denoise": {k: f[k] for k in denoise_keys},
+        "fmriprep_load": {"min_volumes": config["validation"]["min_bold_volumes"],
+                          "dummy_volumes": f["dummy_volumes"], "space": f["fmriprep_space"]},
+        "fmriprep_confounds": {k: f[k] for k in ("strategy", "n_compcor", "scrubbing",
+                                                 "fd_threshold_mm", "scrub_before", "scrub_after",
+                                                 "min_segment", "dummy_volumes")},
     }  # fmt: skip
+
+
+_ENTITY = r"_(?:{})-[a-zA-Z0-9]+"
+
+
+def fmriprep_inputs(
+    fmriprep_dir: str | Path,
+    subject: str,
+    session: str,
+    *,
+    task: str = "rest",
+    space: str = "MNI152NLin2009cAsym",
+    raw_bold: str | Path | None = None,
+    raw_json: str | Path | None = None,
+) -> dict[str, Any]:
+    """The fMRIPrep files of one subject-session's resting-state run.
+
+    Looks in ``<fmriprep_dir>/sub-<subject>/ses-<session>/func/`` for
+    ``sub-X_ses-Y_task-<task>[_acq-..][_run-..]_space-<space>[_res-..]_desc-preproc_bold.nii.gz``
+    (the run with the same entities as the raw ``raw_bold`` if there is one,
+    else the first in run order, with a note), then next to it:
+
+    - ``..._desc-confounds_timeseries.tsv`` (required) and its ``.json``
+      (CompCor metadata; nilearn needs it for ``acompcor``);
+    - the BOLD's ``.json``: ``RepetitionTime`` from it, else from the raw
+      sidecar ``raw_json``;
+    - ``..._space-<space>[_res-..]_desc-brain_mask.nii.gz`` (optional).
+
+    Returns
+    -------
+    dict
+        ``bold``, ``bold_json`` (the sidecar that gives the repetition time,
+        or None), ``confounds``, ``confounds_json``, ``mask`` (None when
+        absent), ``sources`` (every file used) and ``notes``.
+
+    Raises
+    ------
+    InputError
+        Naming the expected path of a missing BOLD or confounds file.
+    """
+    from pipeline.errors import InputError
+    from pipeline.func.confounds import fmriprep_confounds_path
+
+    root = Path(fmriprep_dir)
+    if not root.is_dir():
+        raise InputError(root, "func.fmriprep_dir: fMRIPrep derivatives folder not found")
+    func = root / f"sub-{subject}" / f"ses-{session}" / "func"
+    pre = f"sub-{subject}_ses-{session}_task-{task}"
+    middle = _ENTITY.format("acq|ce|rec|dir|run|echo")
+    pattern = re.compile(rf"^{re.escape(pre)}((?:{middle})*)_space-{re.escape(space)}"
+                         rf"((?:{_ENTITY.format('cohort|res|den')})*)_desc-preproc_bold\.nii(?:\.gz)?$")  # fmt: skip
+    want = ""
+    if raw_bold is not None:
+        m = re.match(rf"^{re.escape(pre)}((?:{middle})*)_bold\.nii", Path(raw_bold).name)
+        want = m.group(1) if m else ""
+    found = sorted((f for f in (func.iterdir() if func.is_dir() else ()) if pattern.match(f.name)),
+                   key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])  # fmt: skip
+    notes = []
+    if not found:
+        expected = func / f"{pre}{want}_space-{space}_desc-preproc_bold.nii.gz"
+        raise InputError(expected, "fMRIPrep preprocessed BOLD not found (func.input: fmriprep; "
+                         "check func.fmriprep_dir, func.fmriprep_space and bids.bold_task)")  # fmt: skip
+    same = [f for f in found if pattern.match(f.name).group(1) == want]
+    bold = (same or found)[0]
+    if len(found) > 1:
+        notes.append(f"fMRIPrep BOLD: {len(found)} files match; using {bold.name}")
+    stem = bold.name.split(".nii")[0]
+    tsv = fmriprep_confounds_path(bold)
+    if not tsv.is_file():
+        raise InputError(tsv, f"fMRIPrep confounds file of {bold.name} not found (fMRIPrep writes "
+                         "desc-confounds_timeseries.tsv next to the preprocessed BOLD)")  # fmt: skip
+    conf_json = tsv.with_suffix(".json")
+    side = bold.with_name(stem + ".json")
+    bold_json = None
+    if side.is_file() and "RepetitionTime" in json.loads(side.read_text() or "{}"):
+        bold_json = side
+    elif raw_json is not None and Path(raw_json).is_file():
+        bold_json = Path(raw_json)
+        notes.append(f"RepetitionTime from the raw sidecar {bold_json.name} "
+                     f"({side.name} {'has none' if side.is_file() else 'not found'})")  # fmt: skip
+    elif side.is_file():
+        bold_json = side  # without RepetitionTime: the check names it
+    mask = bold.with_name(stem.replace("_desc-preproc_bold", "_desc-brain_mask") + ".nii.gz")
+    mask = mask if mask.is_file() else None
+    files = {"bold": str(bold), "bold_json": str(bold_json) if bold_json else None,
+             "confounds": str(tsv), "confounds_json": str(conf_json) if conf_json.is_file() else None,
+             "mask": str(mask) if mask else None}  # fmt: skip
+    sources = [v for v in files.values() if v]
+    return {**files, "sources": sources, "notes": notes}
+
+
+def init_func_fmriprep_wf(
+    *,
+    config: dict[str, Any],
+    files: dict[str, Any],
+    subject: str,
+    session: str,
+    output_dir: str,
+    task: str = "rest",
+    name: str = "func_fmriprep_wf",
+) -> pe.Workflow:
+    """Resting-state fMRI workflow of one subject-session from fMRIPrep derivatives.
+
+    Parameters
+    ----------
+    config : dict
+        The whole resolved configuration (``func`` and ``validation`` used;
+        ``func.input`` should be ``fmriprep``).
+    files : dict
+        :func:`fmriprep_inputs`.
+
+    The graph: :class:`LoadFmriprep` and :class:`FmriprepConfounds`, then the
+    raw mode's :class:`RegionSignals`, :class:`DenoiseRegions`,
+    :class:`Connectomes`, :class:`FuncQC` and :class:`FuncDerivatives` on the
+    fMRIPrep grid (no realignment, registration or tissue masks; no
+    structural input).
+    """
+    missing = {"bold", "bold_json", "confounds", "confounds_json", "mask", "sources"} - set(files)
+    if missing:
+        raise ValueError(f"init_func_fmriprep_wf: files {sorted(missing)} missing")
+    p = _node_params(config)
+    f = config["func"]
+    n_dummy = int(f["dummy_volumes"])
+    wf = pe.Workflow(name=name)
+    load = pe.Node(LoadFmriprep(bold=files["bold"], params=p["fmriprep_load"],
+                                notes=list(files.get("notes", []))), name="load")  # fmt: skip
+    if files["bold_json"]:
+        load.inputs.bold_json = files["bold_json"]
+    if files["mask"]:
+        load.inputs.mask = files["mask"]
+    conf = pe.Node(FmriprepConfounds(bold=files["bold"], confounds=files["confounds"],
+                                     params=p["fmriprep_confounds"]), name="confounds")  # fmt: skip
+    if files["confounds_json"]:
+        conf.inputs.confounds_json = files["confounds_json"]
+    wf.connect(load, "n_volumes", conf, "n_volumes")
+    regions = pe.Node(RegionSignals(bold=files["bold"], params={**p["regions"],
+                                                                "drop_volumes": n_dummy}),
+                      name="regions")  # fmt: skip
+    wf.connect(load, "mask", regions, "mask")
+    den = pe.Node(DenoiseRegions(params=p["denoise"], source=files["bold"]), name="denoise")
+    wf.connect([(regions, den, [("timeseries", "timeseries"), ("regions", "regions")]),
+                (conf, den, [("confounds", "confounds"), ("regressors", "regressors"),
+                             ("keep", "keep")]),
+                (load, den, [("tr", "tr")])])  # fmt: skip
+    conn = pe.Node(Connectomes(measures=list(f["measures"])), name="connectomes")
+    wf.connect([(den, conn, [("denoised", "denoised")]), (regions, conn, [("regions", "regions")])])
+    qc = pe.Node(FuncQC(bold=files["bold"], params=p["denoise"], drop_volumes=n_dummy,
+                        space=f["fmriprep_space"]), name="qc")  # fmt: skip
+    wf.connect([(load, qc, [("mask", "brain"), ("boldref", "boldref"), ("tr", "tr")]),
+                (conf, qc, [("confounds", "confounds"), ("regressors", "regressors")]),
+                (den, qc, [("sample_mask", "sample_mask")]), (conn, qc, [("matrices", "matrices")]),
+                (regions, qc, [("regions", "regions")])])  # fmt: skip
+    inputs = {"input": "fmriprep", "fmriprep_dir": f["fmriprep_dir"], "space": f["fmriprep_space"],
+              "files": {k: files[k] for k in ("bold", "bold_json", "confounds", "confounds_json",
+                                              "mask")},
+              "space_note": SPACE_NOTE,
+              "not_used": "func.slice_timing, slice_time_ref, realign_working_mm, mni_voxel_mm, "
+                          "wm_threshold, csf_threshold and save_preproc (fMRIPrep did these "
+                          "steps; the data stay on its grid)"}  # fmt: skip
+    sink = pe.Node(FuncDerivatives(output_dir=output_dir, subject=subject, session=session,
+                                   task=task, config=config, sources=list(files["sources"]),
+                                   input_parameters=inputs, mni_space=f["fmriprep_space"]),
+                   name="derivatives")  # fmt: skip
+    wf.connect([
+        (load, sink, [("warnings", "warnings"), ("parameters", "preproc_parameters"),
+                      ("mask", "mask_mni")]),
+        (conf, sink, [("confounds", "confounds"), ("notes", "confound_notes")]),
+        (regions, sink, [("timeseries", "timeseries"), ("regions", "regions"),
+                         ("parameters", "region_parameters")]),
+        (den, sink, [("denoised", "denoised"), ("sample_mask", "sample_mask"),
+                     ("summary", "summary")]),
+        (conn, sink, [("matrices", "matrices")]),
+        (qc, sink, [("figures", "figures")]),
+    ])  # fmt: skip
+    return wf
 
 
 def init_func_wf(

@@ -10,7 +10,8 @@ same expansions; ``framewise_displacement``, ``std_dvars``; anatomical CompCor
 components ``w_comp_cor_XX`` (white matter), ``c_comp_cor_XX`` (CSF) and
 ``a_comp_cor_XX``.  In native mode :func:`compute_confounds` builds it from the
 realigned data; in fMRIPrep mode :func:`load_fmriprep_confounds` reads fMRIPrep's
-file through :func:`nilearn.interfaces.fmriprep.load_confounds`.
+file through :func:`nilearn.interfaces.fmriprep.load_confounds`
+(:func:`fmriprep_confound_set` for the fMRI stage).
 Derivatives are backward differences with 0 at the first volume (fMRIPrep
 writes n/a there), squares are of the (demeaned for signals) regressor.
 
@@ -61,10 +62,13 @@ __all__ = [
     "MOTION_COLUMNS",
     "STRATEGIES",
     "DenoisedSignals",
+    "FmriprepConfoundSet",
     "compute_confounds",
     "denoise",
     "denoise_with_strategy",
     "expand",
+    "fmriprep_confound_set",
+    "fmriprep_confounds_path",
     "load_fmriprep_confounds",
     "nuisance_masks",
     "scrubbing_mask",
@@ -563,7 +567,22 @@ def _fmriprep_required(strategy: str, scrubbing: bool) -> list[str]:
         cols = [f"{n}{s}" for n in MOTION_COLUMNS for s in ("", "_derivative1")]
     else:
         cols = strategy_columns(strategy)
-    return cols + (["framewise_displacement"] if scrubbing else [])
+    # nilearn's "scrub" reads both columns (std_dvars with an infinite threshold here)
+    return cols + (["framewise_displacement", "std_dvars"] if scrubbing else [])
+
+
+def fmriprep_confounds_path(bold_path: str | PathLike[str]) -> Path:
+    """``<run>_desc-confounds_timeseries.tsv`` of an fMRIPrep BOLD file (same folder).
+
+    fMRIPrep names the confounds of ``sub-X_..._run-1_space-S_res-2_desc-preproc_bold``
+    ``sub-X_..._run-1_desc-confounds_timeseries.tsv``: the ``space``, ``res``,
+    ``den`` and ``desc`` entities are dropped.
+    """
+    bold_path = Path(bold_path)
+    stem = bold_path.name.split(".nii")[0]
+    for entity in ("_space-", "_res-", "_den-", "_desc-"):
+        stem = stem.split(entity)[0]
+    return bold_path.with_name(f"{stem}_desc-confounds_timeseries.tsv")
 
 
 def load_fmriprep_confounds(
@@ -617,11 +636,7 @@ def load_fmriprep_confounds(
     from nilearn.interfaces.fmriprep import load_confounds
 
     bold_path = Path(bold_path)
-    name = bold_path.name
-    stem = name.split(".nii")[0]
-    for entity in ("_space-", "_res-", "_den-", "_desc-"):  # fMRIPrep drops these
-        stem = stem.split(entity)[0]
-    tsv = bold_path.with_name(f"{stem}_desc-confounds_timeseries.tsv")
+    tsv = fmriprep_confounds_path(bold_path)
     if not tsv.is_file():
         raise InputError(tsv, "fMRIPrep confounds file not found next to the BOLD")
     header = pd.read_csv(tsv, sep="\t", nrows=1)
@@ -652,3 +667,93 @@ def load_fmriprep_confounds(
         keep[:] = False
         keep[np.asarray(sample_mask, dtype=int)] = True
     return conf, keep
+
+
+@dataclass(frozen=True, eq=False)
+class FmriprepConfoundSet:
+    """What :func:`fmriprep_confound_set` returns: one fMRIPrep run, ready for :func:`denoise`.
+
+    Attributes
+    ----------
+    table : pandas.DataFrame, shape (T, K_all)
+        fMRIPrep's whole confound table (``n/a`` read as NaN), first ``n_dummy``
+        rows removed.
+    regressors : pandas.DataFrame, shape (T, K)
+        The strategy's regressors as selected by nilearn's ``load_confounds``.
+    sample_mask : numpy.ndarray of bool, shape (T,)
+        Volumes kept: nilearn's scrubbing and fMRIPrep's non-steady-state
+        volumes, plus ``before`` / ``after`` neighbours of high-FD volumes.
+    strategy : str
+        Label, e.g. ``"acompcor+scrubbing"``.
+    source : pathlib.Path
+        The confounds TSV.
+    notes : list of str
+    """
+
+    table: object = field(repr=False)
+    regressors: object = field(repr=False)
+    sample_mask: np.ndarray = field(repr=False)
+    strategy: str
+    source: Path
+    notes: list[str] = field(default_factory=list)
+
+
+def fmriprep_confound_set(
+    bold_path: str | PathLike[str],
+    strategy: str,
+    *,
+    scrubbing: bool = False,
+    fd_threshold: float = 0.5,
+    before: int = 0,
+    after: int = 0,
+    min_segment: int = 5,
+    n_compcor: int = 5,
+    n_dummy: int = 0,
+) -> FmriprepConfoundSet:
+    """Regressors and sample mask of an fMRIPrep run (fMRIPrep input mode of the fMRI stage).
+
+    :func:`load_fmriprep_confounds` (nilearn's ``load_confounds``, same strategy
+    names as the native mode) gives the regressors and, with ``scrubbing``, the
+    sample mask (FD > ``fd_threshold``, segments shorter than ``min_segment``
+    removed).  nilearn has no ``before`` / ``after`` option: when either is set,
+    :func:`scrubbing_mask` on the table's ``framewise_displacement`` is
+    combined with nilearn's mask.  Volumes fMRIPrep flags in
+    ``non_steady_state_outlier_XX`` columns are censored by nilearn (a note
+    says how many).  The first ``n_dummy`` volumes are then removed from
+    every output (``func.dummy_volumes``; the image must be cut the same way).
+
+    Raises
+    ------
+    InputError
+        Naming the confounds TSV (or its JSON for ``acompcor``) when it is
+        missing, lacks columns, or has fewer than ``n_dummy + 1`` rows.
+    """
+    import pandas as pd
+
+    regressors, keep = load_fmriprep_confounds(
+        bold_path, strategy, scrubbing=scrubbing, fd_threshold=fd_threshold,
+        min_segment=min_segment, n_compcor=n_compcor,
+    )  # fmt: skip
+    tsv = fmriprep_confounds_path(bold_path)
+    table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], keep_default_na=False)
+    notes: list[str] = []
+    if len(table) != len(regressors):
+        raise InputError(tsv, f"{len(table)} rows, but nilearn returned {len(regressors)}")
+    nss = [c for c in table.columns if c.startswith("non_steady_state_outlier")]
+    if nss:
+        n_nss = int((table[nss].fillna(0).to_numpy() != 0).any(axis=1).sum())
+        notes.append(f"{n_nss} volume(s) flagged non-steady-state by fMRIPrep are censored")
+    label = strategy
+    if scrubbing:
+        label += "+scrubbing"
+        if before or after:
+            keep = keep & scrubbing_mask(
+                table["framewise_displacement"].to_numpy(float), fd_threshold=fd_threshold,
+                before=before, after=after, min_segment=min_segment,
+            )  # fmt: skip
+    n = int(n_dummy)
+    if n >= len(table):
+        raise InputError(tsv, f"{len(table)} volumes, but func.dummy_volumes removes {n}")
+    table = table.iloc[n:].reset_index(drop=True)
+    regressors = regressors.iloc[n:].reset_index(drop=True)
+    return FmriprepConfoundSet(table, regressors, keep[n:], label, tsv, notes)

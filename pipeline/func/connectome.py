@@ -342,6 +342,11 @@ def extract_region_timeseries(
     source = source or img.get_filename()
     if len(img.shape) != 4:
         raise InputError(source, f"BOLD: expected a 4-D image, got shape {img.shape}")
+    if np.issubdtype(img.get_data_dtype(), np.integer):
+        # nilearn's maskers return region means in the image's dtype: integers would be
+        # truncated (e.g. an fMRIPrep int16 run); floats keep them (and apply any scaling)
+        img = nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float32), img.affine, img.header)
+        img.set_data_dtype(np.float32)
     if mask_img is None:
         mean = np.asarray(img.dataobj, dtype=np.float32).mean(axis=3)
         pos = mean[mean > 0]
@@ -462,6 +467,7 @@ def connectivity(
     """
     import pandas as pd
     from nilearn.connectome import ConnectivityMeasure
+    from sklearn.covariance import EmpiricalCovariance
 
     if kind not in KINDS:
         raise ValueError(f"unknown connectivity kind {kind!r}; expected one of {KINDS}")
@@ -471,7 +477,14 @@ def connectivity(
     out = np.full((n, n), np.nan)
     if ok.sum() >= 2:
         nl_kind = "correlation" if kind == "fisher_z" else kind
-        cm = ConnectivityMeasure(kind=nl_kind, standardize=False)
+        # Pearson correlation and covariance use the empirical covariance: nilearn's default
+        # Ledoit-Wolf estimator shrinks every off-diagonal value towards 0 by a data-dependent
+        # factor (strongly when regions are about as many as volumes), which changes the
+        # values users read as Pearson r and compare across sessions. The partial
+        # correlation keeps Ledoit-Wolf, which it needs to invert the covariance.
+        estimator = None if kind == "partial correlation" else EmpiricalCovariance()
+        cm = ConnectivityMeasure(kind=nl_kind, standardize=False,
+                                 **({"cov_estimator": estimator} if estimator is not None else {}))  # fmt: skip
         sub = cm.fit_transform([x[:, ok]])[0]
         if kind == "fisher_z":
             sub = _fisher(sub)
