@@ -34,7 +34,7 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import load_array, save_array, xfm_json
+from workflows.nodeio import load_array, register_to_t1w, save_array
 
 __all__ = ["TENSOR_MAPS", "init_dwi_wf", "structural_inputs"]
 
@@ -238,15 +238,10 @@ class DwiToT1w(SimpleInterface):
     output_spec = _ToT1wOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.registration import register_rigid
-
-        t1 = nib.load(self.inputs.t1w)
-        mask = nib.load(self.inputs.t1w_mask)
-        brain = nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32)
-                                * (np.asanyarray(mask.dataobj) > 0), t1.affine)  # fmt: skip
-        xfm = register_rigid(brain, nib.load(self.inputs.b0), static_mask=mask,
-                             source="dwi", target="T1w")  # fmt: skip
-        self._results["xfm"] = xfm_json(xfm.save(Path(runtime.cwd) / "dwi_to_T1w_xfm.json"))
+        self._results["xfm"] = register_to_t1w(
+            self.inputs.b0, self.inputs.t1w, self.inputs.t1w_mask, source="dwi",
+            out=Path(runtime.cwd) / "dwi_to_T1w_xfm.json",
+        )
         return runtime
 
 

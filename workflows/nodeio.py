@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["load_array", "save_array", "xfm_json"]
+__all__ = ["load_array", "register_to_t1w", "save_array", "xfm_json"]
 
 
 def save_array(
@@ -29,3 +29,18 @@ def load_array(path: str, dtype=None) -> np.ndarray:
 def xfm_json(files: list[Path]) -> str:
     """The transform JSON among the files :meth:`Transform.save` wrote."""
     return str(next(f for f in files if str(f).endswith(".json")))
+
+
+def register_to_t1w(moving: str, t1w: str, t1w_mask: str, *, source: str, out: Path) -> str:
+    """Rigid ``moving`` -> skull-stripped T1w (Mattes mutual information, DIPY).
+
+    Saves the ``source`` -> T1w transform as ``out`` (JSON) and returns its path.
+    """
+    from pipeline.registration import register_rigid
+
+    t1 = nib.load(t1w)
+    mask = nib.load(t1w_mask)
+    brain = nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32)
+                            * (np.asanyarray(mask.dataobj) > 0), t1.affine)  # fmt: skip
+    xfm = register_rigid(brain, nib.load(moving), static_mask=mask, source=source, target="T1w")
+    return xfm_json(xfm.save(out))
