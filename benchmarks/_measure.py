@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -46,3 +50,46 @@ def run_child(cmd: list[str], *, interval: float = 0.1, env: dict | None = None)
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-3000:]}")
     single = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
     return ChildRun(wall, peak / 2**20, single)
+
+
+@dataclass(frozen=True)
+class TrialSubject:
+    """Subject 01 of the ``trial`` preset in a benchmark folder, run through ``msmri``."""
+
+    root: Path
+    nprocs: int
+
+    @property
+    def out(self) -> Path:
+        return self.root / "derivatives"
+
+    def command(self, session: str, stage: str) -> list[str]:
+        msmri = str(Path(sys.executable).with_name("msmri"))
+        return [msmri, str(self.root / "bids"), str(self.out), "participant",
+                "--participant-label", "01", "--work-dir", str(self.root / "work"),
+                "--nprocs", str(self.nprocs), "--session-label", session, "--stages", stage]  # fmt: skip
+
+    def ensure(self, session: str, stage: str, done: Path) -> None:
+        """Run ``stage`` untimed unless its output ``done`` exists (prerequisites)."""
+        if not done.exists():
+            subprocess.run(self.command(session, stage), check=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+    def timed(self, session: str, stage: str) -> ChildRun:
+        """Run ``stage`` in a child process without Nipype's cached results, measured."""
+        shutil.rmtree(self.root / "work" / f"sub-01_ses-{session}" / f"{stage}_wf",
+                      ignore_errors=True)  # fmt: skip
+        return run_child(self.command(session, stage))
+
+
+def trial_subject(keep: Path | None, prefix: str, nprocs: int) -> TrialSubject:
+    """Write subject 01 of the trial preset into ``keep`` (or a new temporary folder) once."""
+    from pipeline.phantom.trial import PRESETS
+    from workflows.synth import write_trial
+
+    root = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    if not (root / "bids/sub-01").exists():
+        t0 = time.perf_counter()
+        write_trial(root, PRESETS["trial"], subjects=[0])
+        print(f"data: trial preset subject 01 written in {time.perf_counter() - t0:.1f} s -> {root}")
+    return TrialSubject(root, nprocs)

@@ -25,10 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -42,31 +39,18 @@ def main() -> None:
 
     import nibabel as nib
     import pandas as pd
-    from _measure import run_child
+    from _measure import run_child, trial_subject
 
     from pipeline.dwi.rois import build_rois
     from pipeline.phantom.trial import PRESETS
-    from workflows.synth import write_trial
 
     spec = PRESETS["trial"]
     first, last = spec.sessions[0], spec.sessions[-1]
-    root = args.keep or Path(tempfile.mkdtemp(prefix="msmri-bench-dwi-"))
-    if not (root / "bids/sub-01").exists():
-        t0 = time.perf_counter()
-        write_trial(root, spec, subjects=[0])
-        print(f"data: trial preset subject 01 written in {time.perf_counter() - t0:.1f} s -> {root}")
-    bids, out, work = root / "bids", root / "derivatives", root / "work"
-    msmri = str(Path(sys.executable).with_name("msmri"))
-    common = [msmri, str(bids), str(out), "participant", "--participant-label", "01",
-              "--work-dir", str(work), "--nprocs", str(args.nprocs)]  # fmt: skip
+    trial = trial_subject(args.keep, "msmri-bench-dwi-", args.nprocs)
+    root, bids, out = trial.root, trial.root / "bids", trial.out
     for ses in (first, last):
-        if not (out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv").exists():
-            subprocess.run([*common, "--session-label", ses, "--stages", "anat"], check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    runs = {}
-    for ses in (first, last):
-        shutil.rmtree(work / f"sub-01_ses-{ses}" / "dwi_wf", ignore_errors=True)
-        runs[ses] = run_child([*common, "--session-label", ses, "--stages", "dwi"])
+        trial.ensure(ses, "anat", out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv")
+    runs = {ses: trial.timed(ses, "dwi") for ses in (first, last)}
     raw = bids / f"sub-01/ses-{first}/dwi/sub-01_ses-{first}_dwi"
     ref = None
     if shutil.which("dwi2tensor"):

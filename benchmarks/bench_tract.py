@@ -29,11 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +42,7 @@ def main() -> None:
 
     import nibabel as nib
     import pandas as pd
-    from _measure import run_child
+    from _measure import trial_subject
     from dipy.io.stateful_tractogram import Space
     from dipy.io.streamline import load_tractogram
     from dipy.stats.analysis import afq_profile
@@ -55,33 +50,19 @@ def main() -> None:
 
     from pipeline.phantom.trial import PRESETS, make_subject
     from pipeline.tract.bundles import load_bundle_definitions
-    from workflows.synth import write_trial
 
     spec = PRESETS["trial"]
     first, last = spec.sessions[0], spec.sessions[-1]
-    root = args.keep or Path(tempfile.mkdtemp(prefix="msmri-bench-tract-"))
-    if not (root / "bids/sub-01").exists():
-        t0 = time.perf_counter()
-        write_trial(root, spec, subjects=[0])
-        print(f"data: trial preset subject 01 written in {time.perf_counter() - t0:.1f} s -> {root}")
-    bids, out, work = root / "bids", root / "derivatives", root / "work"
-    msmri = str(Path(sys.executable).with_name("msmri"))
-    common = [msmri, str(bids), str(out), "participant", "--participant-label", "01",
-              "--work-dir", str(work), "--nprocs", str(args.nprocs)]  # fmt: skip
+    trial = trial_subject(args.keep, "msmri-bench-tract-", args.nprocs)
+    root, out, work = trial.root, trial.out, trial.root / "work"
 
     def dwi(ses, name):
         return out / f"sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_{name}"
 
     for ses in (first, last):
-        for stage, done in (("anat", out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv"),
-                            ("dwi", dwi(ses, "space-dwi_model-tensor_roistats.tsv"))):  # fmt: skip
-            if not done.exists():
-                subprocess.run([*common, "--session-label", ses, "--stages", stage], check=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    runs = {}
-    for ses in (first, last):  # no cached Nipype results: every node runs
-        shutil.rmtree(work / f"sub-01_ses-{ses}" / "tract_wf", ignore_errors=True)
-        runs[ses] = run_child([*common, "--session-label", ses, "--stages", "tract"])
+        trial.ensure(ses, "anat", out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv")
+        trial.ensure(ses, "dwi", dwi(ses, "space-dwi_model-tensor_roistats.tsv"))
+    runs = {ses: trial.timed(ses, "tract") for ses in (first, last)}  # no cached Nipype results
 
     shape = nib.load(dwi(first, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).shape
     print(f"tract stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, --nprocs {args.nprocs}")
