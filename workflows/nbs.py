@@ -75,8 +75,9 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
                 found[ses] = rel
                 continue
             summ = path(sub, ses, desc="summary", suffix="bold", extension=".tsv")
-            if summ.exists() and int(_read(summ)["excluded"].iloc[0]):
-                reason = f"ses-{ses} run excluded: {_read(summ)['exclusion_reason'].iloc[0]}"
+            row = _read(summ).iloc[0] if summ.exists() else None
+            if row is not None and int(row["excluded"]):
+                reason = f"ses-{ses} run excluded: {row['exclusion_reason']}"
             else:
                 reason = (f"no {stat} matrix for ses-{ses} ({rel.name} missing: the func stage "
                           "did not run or failed, or func.measures does not include "

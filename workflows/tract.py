@@ -21,6 +21,7 @@ NaN values, a status and a reason, and the log says so.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +298,6 @@ class _TractSinkInputSpec(BaseInterfaceInputSpec):
     session = traits.Str(mandatory=True)
     config = traits.Dict(mandatory=True)
     sources = traits.List(traits.Str())
-    fa = File(exists=True, mandatory=True, desc="reference grid of the .trk files")
     tractogram = File(exists=True, mandatory=True)
     tracking_parameters = traits.Dict()
     bundles = traits.Dict()
@@ -358,15 +358,13 @@ class TractDerivatives(SimpleInterface):
         params = {"tract": dict(cfg.get("tract", {})), "tracking": i.tracking_parameters,
                   "tractometry": i.tractometry_parameters}  # fmt: skip
         out: list[str] = []
-        fa_img = nib.load(i.fa)
 
         def meta(description):
             return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
                                 extra={"Description": description})  # fmt: skip
 
-        def trk(src, description, **spec):
-            streamlines = _load_trk(src, fa_img)
-            out.append(str(w.write_with(lambda p: _save_trk(streamlines, fa_img, p),
+        def trk(src, description, **spec):  # the node already wrote the .trk: copy its bytes
+            out.append(str(w.write_with(lambda p: [Path(shutil.copyfile(src, p))],
                                         meta=meta(description), **ent, space="dwi",
                                         model="tensor", suffix="tractography",
                                         extension=".trk", **spec)))  # fmt: skip
@@ -464,8 +462,8 @@ def init_tract_wf(
     qc = pe.Node(TractQC(fa=inputs["fa"], brain=inputs["brain"]), name="qc")
     wf.connect([(metry, qc, [("density", "density"), ("profiles", "profiles")])])
     sink = pe.Node(TractDerivatives(output_dir=output_dir, subject=subject, session=session,
-                                    config=config, fa=inputs["fa"],
-                                    sources=sorted(inputs.values())), name="derivatives")  # fmt: skip
+                                    config=config, sources=sorted(inputs.values())),
+                   name="derivatives")  # fmt: skip
     wf.connect([
         (track, sink, [("tractogram", "tractogram"), ("parameters", "tracking_parameters")]),
         (metry, sink, [("bundles", "bundles"), ("density", "density"),
