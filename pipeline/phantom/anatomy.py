@@ -32,6 +32,7 @@ import numpy as np
 from pipeline.motion import rigid_matrix
 
 __all__ = [
+    "CC_SEGMENTS",
     "LESION_CLASSES",
     "TRACTS",
     "Lesion",
@@ -52,6 +53,18 @@ __all__ = [
 LESION_CLASSES = ("periventricular", "deep", "juxtacortical", "infratentorial")
 #: Bundles modelled by the phantom, in priority order where they overlap.
 TRACTS = ("CST_L", "CST_R", "OR_L", "OR_R", "CC")
+#: Callosal segments (truth of the callosal sub-bundles) by where a fibre crosses the
+#: midline: (name, lowest y, highest y) in MNI mm. The boundaries follow Hofer & Frahm
+#: 2006 (NeuroImage 32:989-994) on the template's callosum, whose midline white matter
+#: spans y = -43 .. +33 mm: region I (anterior sixth, prefrontal: the genu and forceps
+#: minor) from y = 20.3, region V (posterior quarter, parietal / temporal / occipital:
+#: the splenium and forceps major) up to y = -24, regions II-IV (the body) between.
+#: configs/tracts.yaml defines the sub-bundles with the same boundaries.
+CC_SEGMENTS = (
+    ("ForcepsMinor", 20.3, np.inf),
+    ("CC_Body", -24.0, 20.3),
+    ("ForcepsMajor", -np.inf, -24.0),
+)
 
 #: MNI-space point that the scanner isocentre maps to (roughly the brain centre).
 ISOCENTRE_MNI = np.array([0.0, -18.0, 12.0])
@@ -511,13 +524,17 @@ def _spline(control: np.ndarray, step_mm: float = 0.5) -> np.ndarray:
     return cs(np.arange(0.0, s[-1] + 1e-9, step_mm))
 
 
+#: Midline positions (MNI y, mm) of the phantom's callosal fibres, one line each.
+CALLOSAL_Y0 = np.arange(-40, 30.1, 2.0)
+
+
 def _callosal_lines() -> list[np.ndarray]:
     """Left-right fibres of the corpus callosum, one per midline position."""
     lines = []
     # midline profile of the callosum (y, z) from genu to splenium
     mid_y = np.array([30, 22, 10, 0, -12, -24, -34, -40])
     mid_z = np.array([8, 18, 22, 23, 23, 20, 14, 8])
-    for y0 in np.arange(-40, 30.1, 2.0):
+    for y0 in CALLOSAL_Y0:
         z0 = float(np.interp(y0, mid_y[::-1], mid_z[::-1]))  # np.interp needs increasing x
         x = np.arange(-28, 28.01, 0.5)
         u = np.abs(x) / 28.0
@@ -610,11 +627,14 @@ class TractField:
     with earlier bundles in :data:`TRACTS` winning where tubes overlap (a single
     tensor per voxel cannot represent a crossing). ``orientation`` (X, Y, Z, 3)
     is the unit fibre direction in MNI space: the bundle tangent inside
-    bundles, a smooth field elsewhere.
+    bundles, a smooth field elsewhere. ``cc_segment`` holds, in callosal
+    voxels, ``1 + k`` for the segment ``CC_SEGMENTS[k]`` where the voxel's
+    nearest callosal fibre crosses the midline (0 elsewhere).
     """
 
     labels: np.ndarray
     orientation: np.ndarray
+    cc_segment: np.ndarray
 
     def mask(self, name: str) -> np.ndarray:
         return self.labels == TRACTS.index(name) + 1
@@ -641,6 +661,9 @@ def tract_field(resolution: int = 2, seed: int = 7) -> TractField:
     labels = np.zeros(len(world), dtype=np.uint8)
 
     lines = tract_centrelines(tpl)
+    cc_segment = np.zeros(len(world), dtype=np.uint8)
+    y0 = CALLOSAL_Y0
+    line_segment = 1 + np.select([y0 >= lo for _, lo, _ in CC_SEGMENTS], range(3), 2)
     for name in reversed(TRACTS):  # lowest priority first, overwritten by higher ones
         pts = np.concatenate(lines[name])
         tangents = np.concatenate([np.gradient(line, axis=0) for line in lines[name]])
@@ -652,7 +675,13 @@ def tract_field(resolution: int = 2, seed: int = 7) -> TractField:
         inside = np.isfinite(dist)
         labels[box[inside]] = TRACTS.index(name) + 1
         orientation[box[inside]] = tangents[idx[inside]]
+        if name == "CC":
+            line_of_point = np.repeat(np.arange(len(lines[name])), [len(x) for x in lines[name]])
+            cc_segment[box[inside]] = line_segment[line_of_point[idx[inside]]]
+        else:  # a bundle drawn later wins the voxel
+            cc_segment[box[inside]] = 0
     return TractField(
         labels=labels.reshape(shape),
         orientation=orientation.reshape(*shape, 3).astype(np.float32),
+        cc_segment=cc_segment.reshape(shape),
     )

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.motion import rigid_matrix
 from pipeline.phantom.anatomy import (
+    CC_SEGMENTS,
     TRACTS,
     Lesion,
     Template,
@@ -214,7 +215,7 @@ def simulate_dwi(
             s0 = s0 * bias_field.reshape(-1)
         return {"ad": np.where(total > 0, ad, 0.0), "rd": np.where(total > 0, rd, 0.0),
                 "s0": s0, "v1": v1, "weights": weights, "left": left, "labels": labels,
-                "brain": prob["brain"]}  # fmt: skip
+                "brain": prob["brain"], "mni": mni}  # fmt: skip
 
     if noiseless:
         motion = None
@@ -237,6 +238,7 @@ def simulate_dwi(
         data[..., k] = sig.reshape(shape).astype(np.float32)
     ad, rd, s0, v1 = rest["ad"], rest["rd"], rest["s0"], rest["v1"]
     weights, left, labels = rest["weights"], rest["left"], rest["labels"]
+    cc_segment = sample_template(template.inv_affine, tracts.cc_segment, rest["mni"], order=0)
     wm = weights["wm"]
     prob = {"brain": rest["brain"]}
     wm_signal = float(np.median(s0[(wm > 0.9)])) if np.any(wm > 0.9) else float(s0.max())
@@ -267,6 +269,8 @@ def simulate_dwi(
     truth["left"] = left.reshape(shape)
     for i, name in enumerate(TRACTS):
         truth[f"tract_{name}"] = (labels == i + 1).reshape(shape)
+    for k, (name, _, _) in enumerate(CC_SEGMENTS):
+        truth[f"tract_{name}"] = (cc_segment == k + 1).reshape(shape)
     return DwiPhantom(
         data=data,
         affine=np.asarray(grid_affine, dtype=float),
