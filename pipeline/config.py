@@ -290,6 +290,9 @@ class TractConfig(Section):
     """Tractography and tractometry stage (see configs/default.yaml for every key)."""
 
     bundles: str | None
+    model: Literal["tensor", "csa", "csd"]
+    sh_order: int = Field(ge=2, le=12)
+    response_fa_threshold: float = Field(gt=0, lt=1)
     method: Literal["deterministic", "probabilistic"]
     seeds_per_voxel: int = Field(ge=1, le=27)
     step_size_mm: float = Field(gt=0, le=5)
@@ -306,9 +309,16 @@ class TractConfig(Section):
     clean_length_sd: float = Field(gt=0)
     clean_iterations: int = Field(ge=1, le=20)
     save_tractogram: bool
+    tractogram_format: Literal["trk", "trx"]
 
     @model_validator(mode="after")
     def _lengths(self) -> TractConfig:
+        if self.sh_order % 2:
+            raise _KeyedError("sh_order", f"tract.sh_order must be even, got {self.sh_order}")
+        if self.model == "csa" and self.method == "probabilistic":
+            raise _KeyedError("method", "tract.method probabilistic needs a fibre ODF: use "
+                              "tract.model csd (or tensor); CSA's diffusion ODF is too broad "
+                              "to sample directions from", related=("model",))  # fmt: skip
         if self.min_length_mm >= self.max_length_mm:
             raise _KeyedError("min_length_mm", "tract.min_length_mm must be below "
                               "tract.max_length_mm", related=("max_length_mm",))  # fmt: skip

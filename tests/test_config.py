@@ -259,6 +259,21 @@ def test_months_must_match_order_and_increase(tmp_path):
     assert info.value.key == "sessions.order"
 
 
+def test_tract_orientation_model_options(tmp_path):
+    cfg = load_config(overrides={"tract": {"model": "csd", "method": "probabilistic", "sh_order": 8,
+                                           "tractogram_format": "trx"}})  # fmt: skip
+    assert (cfg.tract.model, cfg.tract.sh_order, cfg.tract.tractogram_format) == ("csd", 8, "trx")
+    user = write(tmp_path, "user.yaml", "tract:\n  model: csa\n  method: probabilistic\n")
+    with pytest.raises(ConfigError) as info:
+        load_config([user])
+    assert info.value.key == "tract.method" and "csd" in str(info.value) and info.value.source == str(user)
+    for bad, key in (({"sh_order": 7}, "tract.sh_order"), ({"sh_order": 14}, "tract.sh_order"),
+                     ({"model": "dti"}, "tract.model"), ({"tractogram_format": "tck"}, "tract.tractogram_format")):  # fmt: skip
+        with pytest.raises(ConfigError) as info:
+            load_config(overrides={"tract": bad})
+        assert info.value.key == key, (bad, info.value.key)
+
+
 def test_several_errors_are_all_reported(tmp_path):
     user = write(tmp_path, "user.yaml", "seed: -1\nvalidation:\n  min_bold_volumes: 0\n")
     with pytest.raises(ConfigError) as info:

@@ -19,15 +19,17 @@ from pipeline.tract.profiles import (
     summary_dataframe,
     tractometry,
 )
-from pipeline.tract.tracking import TrackingParams, track_tensor
+from pipeline.tract.tracking import TrackingParams, track_odf, track_tensor, tracking_mask
 
-TRUTH = {"CST_L": "CSTL", "CST_R": "CSTR", "OR_L": "ORL", "OR_R": "ORR", "CC": "CC"}
 #: Dice reached per bundle on the tiny phantom (3 mm DWI), measured: CST_L 0.73,
-#: CST_R 0.77, OR_L 0.39, OR_R 0.60, CC 0.62 (the phantom's callosal and optic-radiation
-#: centre lines are fitted to the template's white matter). The issue's target is 0.5
-#: for every bundle; OR_L at 3 mm stays below it (its streamlines stop early in partial
-#: volume beside the atrium), so its bound guards the current level against regressions.
-MIN_DICE = {"CST_L": 0.5, "CST_R": 0.5, "OR_L": 0.3, "OR_R": 0.5, "CC": 0.5}
+#: CST_R 0.77, OR_L 0.39, OR_R 0.60, CC 0.62, forceps minor 0.64, callosal body 0.58,
+#: forceps major 0.57 (the phantom's callosal and optic-radiation centre lines are fitted
+#: to the template's white matter). The issue's target is 0.5 for every bundle; OR_L at
+#: 3 mm stays below it (its density mask is 3.9 times the truth tube: precision 0.26,
+#: recall 0.76), so its bound guards the current level against regressions.
+MIN_DICE = {"CST_L": 0.5, "CST_R": 0.5, "OR_L": 0.3, "OR_R": 0.5, "CC": 0.5,
+            "ForcepsMinor": 0.5, "CC_Body": 0.5, "ForcepsMajor": 0.5}  # fmt: skip
+CALLOSAL = ("CC", "ForcepsMinor", "CC_Body", "ForcepsMajor")
 PARAMS = TrackingParams(seeds_per_voxel=3, fa_threshold=0.15, seed=1)
 
 
@@ -54,7 +56,18 @@ def _run(session):
     maps = {"fa": tm.fa, "md": tm.md, "ad": tm.ad, "rd": tm.rd}
     res = tractometry(sl, defs, maps, affine, to_mni=to_mni, lesion=lesion)
     return {"sl": sl, "res": res, "defs": defs, "affine": affine, "tm": tm, "lesion": lesion,
-            "to_mni": to_mni, "truth": ti}  # fmt: skip
+            "to_mni": to_mni, "truth": ti, "brain": brain, "wm": wm, "grads": grads,
+            "data": np.asarray(dwi.dataobj, dtype=np.float32)}  # fmt: skip
+
+
+def _dice(run, res) -> dict[str, float]:
+    """Density mask (> 0) of each cleaned bundle vs the phantom's truth bundle mask."""
+    dice = {}
+    for name, r in res.items():
+        truth = _arr(run["truth"][f"space-dwi_bundle-{run['defs'][name].truth_label}_mask"]) > 0
+        dens = bundle_density(r.streamlines, run["affine"], truth.shape) > 0
+        dice[name] = 2 * (dens & truth).sum() / (dens.sum() + truth.sum())
+    return dice
 
 
 @pytest.fixture(scope="module")
@@ -65,17 +78,54 @@ def tracked(tiny_phantom_sessions):
 def test_bundle_dice(tracked):
     """Density mask (> 0) of each cleaned bundle vs the phantom's truth bundle mask."""
     run = tracked[0]
-    dice = {}
-    for name, r in run["res"].items():
-        truth = _arr(run["truth"][f"space-dwi_bundle-{TRUTH[name]}_mask"]) > 0
-        dens = bundle_density(r.streamlines, run["affine"], truth.shape) > 0
-        dice[name] = 2 * (dens & truth).sum() / (dens.sum() + truth.sum())
+    dice = _dice(run, run["res"])
     print("Dice", {k: round(float(v), 3) for k, v in dice.items()})
+    assert set(dice) == set(MIN_DICE)
     for name, d in dice.items():
         assert d >= MIN_DICE[name], (name, dice)
 
 
-@pytest.mark.parametrize("name", ["CST_L", "CST_R", "OR_L", "OR_R", "CC"])
+def test_callosal_segments_partition_the_callosum(tracked):
+    """Every sub-bundle streamline is a CC streamline; no streamline is in two segments."""
+    from pipeline.tract.bundles import recognize_bundles
+
+    run = tracked[0]
+    found = recognize_bundles(run["sl"], run["defs"], run["to_mni"])
+    cc = set(found["CC"].tolist())
+    segments = [set(found[n].tolist()) for n in CALLOSAL[1:]]
+    assert all(seg and seg <= cc for seg in segments)
+    assert sum(len(s) for s in segments) == len(set.union(*segments))
+    assert len(set.union(*segments)) >= 0.95 * len(cc)  # the segments tile the midline
+
+
+@pytest.mark.slow
+def test_csd_deterministic_tracking_recovers_the_bundles(tracked):
+    """CSD (DIPY, response from WM with FA > 0.7) + EuDX on its peaks: same Dice bounds.
+
+    Measured on the tiny phantom: CST_L 0.66, CST_R 0.75, OR_L 0.41, OR_R 0.57, CC 0.58,
+    forceps minor 0.71, callosal body 0.59, forceps major 0.52 (tensor: 0.39 - 0.77).
+    """
+    from pipeline.tract.odf import OdfParams, fit_odf
+
+    run = tracked[0]
+    track = tracking_mask(run["tm"].fa, run["brain"], run["lesion"], PARAMS)
+    odf = fit_odf(run["data"], run["grads"].dipy_gtab(), track, params=OdfParams(model="csd"),
+                  wm=run["wm"], fa=run["tm"].fa)  # fmt: skip
+    # the phantom's tracts have AD 1.65 and RD 0.38 um^2/ms: the response is that tensor
+    evals = np.asarray(odf.response[0])
+    assert abs(evals[0] / 1.65e-3 - 1) < 0.1 and abs(evals[1] / 0.38e-3 - 1) < 0.15, evals
+    sl = track_odf(odf, run["tm"].fa, run["affine"], brain_mask=run["brain"], seed_mask=run["wm"],
+                   lesion=run["lesion"], params=PARAMS)  # fmt: skip
+    maps = {"fa": run["tm"].fa}
+    res = tractometry(sl, run["defs"], maps, run["affine"], to_mni=run["to_mni"],
+                      lesion=run["lesion"])  # fmt: skip
+    dice = _dice(run, res)
+    print("CSD Dice", {k: round(float(v), 3) for k, v in dice.items()})
+    for name, d in dice.items():
+        assert d >= MIN_DICE[name], (name, dice)
+
+
+@pytest.mark.parametrize("name", list(MIN_DICE))
 def test_fa_profile_matches_truth(tracked, name):
     """FA profile within 10 % of the truth FA sampled with the same streamlines and weights."""
     from dipy.tracking.streamline import set_number_of_points, values_from_volume
@@ -101,7 +151,8 @@ def test_orientation_node1_at_start(tracked):
         for name in ("OR_L", "OR_R"):
             mni = res[name].streamlines_mni
             assert all(s[0, 1] > s[-1, 1] for s in mni), name
-        assert all(s[0, 0] < s[-1, 0] for s in res["CC"].streamlines_mni)
+        for name in CALLOSAL:
+            assert all(s[0, 0] < s[-1, 0] for s in res[name].streamlines_mni), name
 
 
 def test_lesion_aware_profile(tracked):

@@ -1,9 +1,12 @@
-"""Tractography and tractometry: tensor tracking, bundle recognition, cleaning, profiles.
+"""Tractography and tractometry: tracking, bundle recognition, cleaning, profiles.
 
 Modules
 -------
+:mod:`pipeline.tract.odf`
+    CSA / CSD fibre orientations (DIPY) on one shell, peaks and SH coefficients.
 :mod:`pipeline.tract.tracking`
-    Deterministic / probabilistic tensor tractography with a lesion-aware stopping rule.
+    Deterministic / probabilistic tractography on tensor or ODF orientations with a
+    lesion-aware stopping rule.
 :mod:`pipeline.tract.bundles`
     Bundle definitions as data (``configs/tracts.yaml``) and waypoint-ROI recognition.
 :mod:`pipeline.tract.clean`

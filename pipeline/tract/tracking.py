@@ -1,14 +1,21 @@
-"""Tensor-based tractography (DIPY ``LocalTracking``) with an explicit lesion policy.
+"""Tractography (DIPY ``LocalTracking``) with an explicit lesion policy.
 
-Directions come from the diffusion tensor's principal eigenvector:
+Directions come from the diffusion tensor's principal eigenvector
+(:func:`track_tensor`) or from a CSA / CSD orientation fit
+(:func:`track_odf`, models in :mod:`pipeline.tract.odf`):
 
 ``"deterministic"``
-    EuDX-style deterministic tracking on the tensor peak (one peak per voxel,
-    DIPY :class:`~dipy.direction.peaks.PeaksAndMetrics` used as direction getter).
+    EuDX-style deterministic tracking on the peaks (DIPY
+    :class:`~dipy.direction.peaks.PeaksAndMetrics` used as direction getter):
+    the tensor's one peak per voxel, or the CSA / CSD peaks (up to
+    ``npeaks``, the one closest to the incoming direction is followed, so
+    crossings are traversed).
 ``"probabilistic"``
-    :class:`~dipy.direction.ProbabilisticDirectionGetter` on a tensor-derived
-    fibre ODF, ``pmf(u) = |u . v1| ** odf_power`` on a sphere (only voxels of the
-    tracking mask are filled, the rest is 0).
+    :class:`~dipy.direction.ProbabilisticDirectionGetter`: for the tensor, on a
+    tensor-derived fibre ODF, ``pmf(u) = |u . v1| ** odf_power`` on a sphere
+    (only voxels of the tracking mask are filled, the rest is 0); for CSA / CSD,
+    on the model's spherical-harmonic ODF (``from_shcoeff``, negative lobes
+    clipped).
 
 Stopping: a binary criterion on the *tracking mask*, ``brain & FA >= fa_threshold``.
 With ``lesion_policy="pass"`` (default) the lesion voxels are added to the
@@ -26,7 +33,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["LESION_POLICIES", "METHODS", "TrackingParams", "track_tensor", "tracking_mask"]
+__all__ = [
+    "LESION_POLICIES",
+    "METHODS",
+    "TrackingParams",
+    "track_odf",
+    "track_tensor",
+    "tracking_mask",
+]
 
 METHODS = ("deterministic", "probabilistic")
 LESION_POLICIES = ("pass", "stop")
@@ -166,6 +180,24 @@ def _probabilistic_getter(
     return ProbabilisticDirectionGetter.from_pmf(pmf, max_angle=max_angle, sphere=sphere)
 
 
+def _peaks_from_odf(odf, max_angle: float):
+    """The ODF fit's peaks as an EuDX direction getter (angle threshold set)."""
+    pam = odf.peaks
+    pam.ang_thr = float(max_angle)
+    pam.qa_thr = 1e-6
+    pam.total_weight = 0.5
+    return pam
+
+
+def _odf_probabilistic_getter(odf, max_angle: float):
+    from dipy.direction import ProbabilisticDirectionGetter
+
+    return ProbabilisticDirectionGetter.from_shcoeff(
+        np.asarray(odf.shm_coeff, dtype=np.float64), max_angle=max_angle, sphere=odf.sphere,
+        pmf_threshold=0.1,
+    )  # fmt: skip
+
+
 def track_tensor(
     v1: np.ndarray,
     fa: np.ndarray,
@@ -200,12 +232,54 @@ def track_tensor(
     dipy.tracking.streamline.Streamlines
         Streamlines in world mm, lengths within ``[min_length_mm, max_length_mm]``.
     """
+    params = params or TrackingParams()
+
+    def getter(track):
+        if params.method == "deterministic":
+            return _peaks_getter(v1, np.nan_to_num(np.asarray(fa, float)), track,
+                                 params.max_angle_deg)  # fmt: skip
+        return _probabilistic_getter(v1, track, params.max_angle_deg, params.odf_power)
+
+    return _track(getter, fa, affine, brain_mask=brain_mask, seed_mask=seed_mask,
+                  lesion=lesion, params=params)  # fmt: skip
+
+
+def track_odf(
+    odf,
+    fa: np.ndarray,
+    affine: np.ndarray,
+    *,
+    brain_mask: np.ndarray,
+    seed_mask: np.ndarray,
+    lesion: np.ndarray | None = None,
+    params: TrackingParams | None = None,
+):
+    """Whole-brain tractography on a CSA / CSD fit (:func:`pipeline.tract.odf.fit_odf`).
+
+    Seeding, stopping (tensor FA and the lesion policy) and length limits are
+    those of :func:`track_tensor`; ``params.odf_power`` does not apply. The fit
+    must cover the tracking mask (fit it there) and be in the voxel-array frame.
+    """
+    params = params or TrackingParams()
+    if odf.shm_coeff.shape[:3] != np.shape(fa):
+        raise ValueError(f"ODF fit grid {odf.shm_coeff.shape[:3]} differs from FA {np.shape(fa)}")
+
+    def getter(track):
+        if params.method == "deterministic":
+            return _peaks_from_odf(odf, params.max_angle_deg)
+        return _odf_probabilistic_getter(odf, params.max_angle_deg)
+
+    return _track(getter, fa, affine, brain_mask=brain_mask, seed_mask=seed_mask,
+                  lesion=lesion, params=params)  # fmt: skip
+
+
+def _track(make_getter, fa, affine, *, brain_mask, seed_mask, lesion, params: TrackingParams):
+    """Seeding, stopping criterion and LocalTracking shared by every direction model."""
     from dipy.tracking import utils
     from dipy.tracking.local_tracking import LocalTracking
     from dipy.tracking.stopping_criterion import BinaryStoppingCriterion
     from dipy.tracking.streamline import Streamlines, length
 
-    params = params or TrackingParams()
     fa = np.nan_to_num(np.asarray(fa, float))
     affine = np.asarray(affine, float)
     track = tracking_mask(fa, brain_mask, lesion, params)
@@ -221,15 +295,11 @@ def track_tensor(
         seed_count_per_voxel=True,
         random_seed=int(params.seed),
     )
-    if params.method == "deterministic":
-        getter = _peaks_getter(v1, fa, track, params.max_angle_deg)
-    else:
-        getter = _probabilistic_getter(v1, track, params.max_angle_deg, params.odf_power)
     criterion = BinaryStoppingCriterion(track.astype(np.uint8))
     vox = float(np.mean(np.sqrt((affine[:3, :3] ** 2).sum(axis=0))))
     maxlen = int(np.ceil(params.max_length_mm / params.step_size_mm)) + 2
     gen = LocalTracking(
-        getter,
+        make_getter(track),
         criterion,
         seeds,
         affine,
