@@ -211,7 +211,7 @@ def test_atlas_rois_from_mni_are_warped_into_dwi_space(dwi_run, tmp_path):
 
 # --------------------------------------------------------------------------- tract stage
 
-BUNDLES = ("CST_L", "CST_R", "OR_L", "OR_R", "CC")
+BUNDLES = ("CST_L", "CST_R", "OR_L", "OR_R", "CC", "ForcepsMinor", "CC_Body", "ForcepsMajor")
 
 
 def _tract_table(out: Path, ses: str, suffix: str) -> pd.DataFrame:
@@ -300,3 +300,59 @@ def test_tract_stage_without_dwi_outputs_names_the_missing_file(dwi_run, tmp_pat
     err = capsys.readouterr().err
     assert "param-fa_dwimap.nii.gz" in err and "run the anat and dwi stages" in err, err
     assert not list((tmp_path / "out").glob("sub-01/ses-*/dwi/*tract*"))
+
+
+@pytest.mark.integration
+def test_tract_stage_with_csd_orientations_writes_trx_bundles(dwi_run, tmp_path):
+    """``tract.model: csd`` + ``tractogram_format: trx`` through the CLI on copied outputs."""
+    from dipy.io.streamline import load_tractogram
+
+    from workflows.cli import main
+
+    root, out = dwi_run
+    work_out = tmp_path / "out"
+    shutil.copytree(out, work_out)
+    for old in work_out.glob("sub-01/ses-*/dwi/*tract*"):
+        old.unlink()
+    cfg = tmp_path / "csd.yaml"
+    cfg.write_text("tract:\n  model: csd\n  tractogram_format: trx\n")
+    assert main([str(root / "bids"), str(work_out), "participant", "--participant-label", "01",
+                 "--session-label", BASE, "--stages", "tract", "--config", str(cfg),
+                 "--work-dir", str(tmp_path / "w")]) == 0  # fmt: skip
+    summ = _tract_table(work_out, BASE, "tractstats")
+    assert list(summ["bundle"]) == list(BUNDLES)
+    meta = json.loads(_dwi(work_out, BASE, "space-dwi_model-tensor_tractstats.json").read_text())
+    odf = meta["Parameters"]["tracking"]["orientation_model"]
+    assert odf["model"] == "csd" and odf["response_voxels"] > 0, odf
+    ad, rd = odf["response_eigenvalues_mm2_s"][:2]
+    assert 1.2e-3 < ad < 2.2e-3 and rd < 0.6e-3, odf  # phantom WM: AD 1.65e-3, RD 0.38e-3
+    ref = str(_dwi(work_out, BASE, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
+    for name in ("CST_L", "CST_R"):
+        ent = name.replace("_", "")
+        trx = _dwi(work_out, BASE, f"space-dwi_model-csd_bundle-{ent}_tractography.trx")
+        assert len(load_tractogram(str(trx), ref, bbox_valid_check=False).streamlines) >= 10
+        dens = np.asanyarray(nib.load(_dwi(work_out, BASE, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
+        truth = _truth(root, BASE, f"space-dwi_bundle-{ent}_mask") > 0
+        dice = 2 * (dens & truth).sum() / (dens.sum() + truth.sum())
+        print(f"CSD {name} Dice {dice:.2f}")
+        assert dice >= 0.5, (name, dice)
+    assert not list(work_out.glob("sub-01/ses-*/dwi/*model-tensor_bundle-*_tractography.*"))
+
+
+@pytest.mark.integration
+def test_csd_without_the_preprocessed_series_names_the_file_and_the_fix(dwi_run, tmp_path, capsys):
+    from workflows.cli import main
+
+    root, out = dwi_run
+    work_out = tmp_path / "out"
+    shutil.copytree(out, work_out)
+    for pre in work_out.glob("sub-01/ses-*/dwi/*desc-preproc_dwi.nii.gz"):
+        pre.unlink()
+    cfg = tmp_path / "csd.yaml"
+    cfg.write_text("tract:\n  model: csd\n")
+    rc = main([str(root / "bids"), str(work_out), "participant", "--participant-label", "01",
+               "--session-label", BASE, "--stages", "tract", "--config", str(cfg),
+               "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "desc-preproc_dwi.nii.gz" in err and "dwi.save_preproc" in err, err

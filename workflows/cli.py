@@ -360,9 +360,10 @@ def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         log.warning("sub-%s ses-%s: no DWI series; tract stage skipped",
                     inputs.subject, inputs.session)  # fmt: skip
         return
+    cfg = config.to_dict()
     wf = init_tract_wf(
-        config=config.to_dict(),
-        inputs=diffusion_inputs(out, inputs.subject, inputs.session),
+        config=cfg,
+        inputs=diffusion_inputs(out, inputs.subject, inputs.session, model=cfg["tract"]["model"]),
         subject=inputs.subject,
         session=inputs.session,
         output_dir=str(out),

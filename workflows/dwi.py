@@ -34,7 +34,7 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import load_array, register_to_t1w, save_array
+from workflows.nodeio import dwi_gradients, load_array, register_to_t1w, save_array
 
 __all__ = ["TENSOR_MAPS", "init_dwi_wf", "structural_inputs"]
 
@@ -49,18 +49,6 @@ TENSOR_MAPS = {
     "s0": "fitted non-diffusion-weighted signal (arbitrary units)",
     "residual": "root-mean-square model-fit error of the signal relative to S0 (unitless)",
 }
-
-
-def _gradients(bval: str, bvec: str, dwi: str, cfg: dict):
-    from pipeline.dwi.gradtable import DwiGradients
-
-    return DwiGradients.from_files(
-        dwi, bval, bvec,
-        b0_threshold=cfg["validation"]["b0_threshold"],
-        shell_tolerance=cfg["validation"]["shell_tolerance"],
-        bvec_norm_tolerance=cfg["validation"]["bvec_norm_tolerance"],
-        min_directions=cfg["validation"]["min_directions"],
-    )  # fmt: skip
 
 
 def _save4d(data: np.ndarray, like, path: Path) -> str:
@@ -98,7 +86,7 @@ class LoadDwi(SimpleInterface):
     output_spec = _LoadOutputSpec
 
     def _run_interface(self, runtime):
-        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config)
+        grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config)
         cwd = Path(runtime.cwd)
         bval, bvec = grads.write(cwd / "dwi.bval", cwd / "dwi.bvec")
         self._results.update(dwi=self.inputs.dwi, bval=str(bval), bvec=str(bvec),
@@ -131,7 +119,7 @@ class Denoise(SimpleInterface):
 
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
-        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
         method = cfg["dwi"]["denoise"]
         out, noise = denoise(data, grads, method=method,
@@ -188,7 +176,7 @@ class MotionCorrect(SimpleInterface):
 
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
-        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
         cwd = Path(runtime.cwd)
         if cfg["dwi"]["motion_correction"]:
@@ -277,7 +265,7 @@ class DwiMask(SimpleInterface):
             mask = to_dwi.resample_mask(nib.load(self.inputs.t1w_mask), ref)
             method = "structural: T1w brain mask through the dwi -> T1w transform (linear, >= 0.5)"
         else:
-            grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+            grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
             mask = dwi_brain_mask(np.asarray(img.dataobj, dtype=np.float32), grads)
             method = "median_otsu of the mean b = 0 image (DIPY)"
         if not mask.any():
@@ -314,7 +302,7 @@ class FitTensor(SimpleInterface):
 
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
-        grads = _gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
         excluded = sorted(set(self.inputs.exclude)) if isdefined(self.inputs.exclude) else []
         excluded = excluded if cfg["dwi"]["exclude_outliers"] else []

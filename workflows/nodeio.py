@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["load_array", "register_to_t1w", "save_array", "xfm_json"]
+__all__ = ["dwi_gradients", "load_array", "register_to_t1w", "save_array", "xfm_json"]
 
 
 def save_array(
@@ -24,6 +24,19 @@ def load_array(path: str, dtype=None) -> np.ndarray:
     """The data array of a NIfTI file (optionally cast)."""
     data = np.asanyarray(nib.load(path).dataobj)
     return data if dtype is None else np.asarray(data, dtype=dtype)
+
+
+def dwi_gradients(bval: str, bvec: str, dwi: str, cfg: dict):
+    """The validated gradient table of a DWI series with the ``validation`` settings of ``cfg``."""
+    from pipeline.dwi.gradtable import DwiGradients
+
+    return DwiGradients.from_files(
+        dwi, bval, bvec,
+        b0_threshold=cfg["validation"]["b0_threshold"],
+        shell_tolerance=cfg["validation"]["shell_tolerance"],
+        bvec_norm_tolerance=cfg["validation"]["bvec_norm_tolerance"],
+        min_directions=cfg["validation"]["min_directions"],
+    )  # fmt: skip
 
 
 def xfm_json(files: list[Path]) -> str:

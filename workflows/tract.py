@@ -4,8 +4,10 @@ Reads the diffusion stage's derivatives (tensor maps, brain / WM / lesion masks
 in DWI space, the dwi -> T1w transform) and the structural T1w -> MNI transform;
 nothing is re-estimated. ``init_tract_wf`` composes:
 
-1. :class:`Track`: whole-brain tensor tractography seeded in white matter and
-   lesions (:func:`pipeline.tract.tracking.track_tensor`, explicit lesion policy).
+1. :class:`Track`: whole-brain tractography seeded in white matter and lesions,
+   on the tensor's principal direction or on a CSA / CSD fit of the
+   preprocessed series (``tract.model``; :func:`pipeline.tract.tracking.track_tensor`,
+   :func:`~pipeline.tract.tracking.track_odf`), explicit lesion policy.
 2. :class:`Tractometry`: bundle recognition with the waypoint ROIs of the bundle
    file in MNI mm (streamlines mapped through dwi -> T1w -> MNI), cleaning,
    oriented 100-node profiles (plain and lesion-masked), density maps in DWI and
@@ -32,11 +34,12 @@ from nipype.interfaces.base import (
     File,
     SimpleInterface,
     TraitedSpec,
+    isdefined,
     traits,
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import load_array, save_array
+from workflows.nodeio import dwi_gradients, load_array, save_array
 
 __all__ = ["bundle_entity", "diffusion_inputs", "init_tract_wf", "tracking_params"]
 
@@ -60,8 +63,8 @@ def tracking_params(config: dict[str, Any]):
     return TrackingParams(**{k: t[k] for k in keys}, seed=int(config["seed"]))
 
 
-def _save_trk(streamlines, reference: nib.Nifti1Image, path: Path) -> list[Path]:
-    """Write streamlines (world RAS mm) as TrackVis .trk on the grid of ``reference``."""
+def _save_tractogram(streamlines, reference: nib.Nifti1Image, path: Path) -> list[Path]:
+    """Write streamlines (world RAS mm) on the grid of ``reference`` (.trk or .trx by suffix)."""
     from dipy.io.stateful_tractogram import Space, StatefulTractogram
     from dipy.io.streamline import save_tractogram
 
@@ -70,7 +73,7 @@ def _save_trk(streamlines, reference: nib.Nifti1Image, path: Path) -> list[Path]
     return [Path(path)]
 
 
-def _load_trk(path: str, reference: nib.Nifti1Image):
+def _load_tractogram(path: str, reference: nib.Nifti1Image):
     from dipy.io.stateful_tractogram import Space
     from dipy.io.streamline import load_tractogram
 
@@ -88,6 +91,10 @@ class _TrackInputSpec(BaseInterfaceInputSpec):
     brain = File(exists=True, mandatory=True)
     wm = File(exists=True, mandatory=True, desc="white-matter mask in DWI space")
     lesion = File(exists=True, mandatory=True, desc="lesion mask in DWI space")
+    dwi = File(exists=True, desc="preprocessed series (tract.model csa / csd)")
+    bval = File(exists=True)
+    bvec = File(exists=True, desc="rotated b-vectors of the preprocessed series")
+    confounds = File(exists=True, desc="per-volume outlier flags of the diffusion stage")
 
 
 class _TrackOutputSpec(TraitedSpec):
@@ -103,29 +110,71 @@ class Track(SimpleInterface):
 
     def _run_interface(self, runtime):
         from pipeline.gradients import affine_rotation
-        from pipeline.tract.tracking import track_tensor
+        from pipeline.tract.tracking import track_odf, track_tensor, tracking_mask
 
-        params = tracking_params(self.inputs.config)
+        cfg = self.inputs.config
+        params = tracking_params(cfg)
         fa_img = nib.load(self.inputs.fa)
         fa = np.asarray(fa_img.dataobj, dtype=np.float32)
-        # the derivative stores v1 in world RAS+; tracking works in voxel-array axes
-        v1 = load_array(self.inputs.v1, np.float32) @ affine_rotation(fa_img.affine)
         lesion = load_array(self.inputs.lesion, np.float32)
         brain = load_array(self.inputs.brain) > 0
-        seed = (load_array(self.inputs.wm) > 0) | (lesion > 0)
-        streamlines = track_tensor(v1, fa, fa_img.affine, brain_mask=brain, seed_mask=seed,
-                                   lesion=lesion, params=params)  # fmt: skip
-        path = Path(runtime.cwd) / "tractogram.trk"
-        _save_trk(streamlines, fa_img, path)
+        wm = load_array(self.inputs.wm) > 0
+        seed = wm | (lesion > 0)
+        model = cfg["tract"]["model"]
+        extra: dict[str, Any] = {}
+        if model == "tensor":
+            # the derivative stores v1 in world RAS+; tracking works in voxel-array axes
+            v1 = load_array(self.inputs.v1, np.float32) @ affine_rotation(fa_img.affine)
+            streamlines = track_tensor(v1, fa, fa_img.affine, brain_mask=brain, seed_mask=seed,
+                                       lesion=lesion, params=params)  # fmt: skip
+            directions = "tensor principal eigenvector"
+        else:
+            odf, excluded = self._fit_odf(cfg, fa, wm, tracking_mask(fa, brain, lesion, params))
+            streamlines = track_odf(odf, fa, fa_img.affine, brain_mask=brain, seed_mask=seed,
+                                    lesion=lesion, params=params)  # fmt: skip
+            directions = {"csa": "CSA q-ball ODF peaks (DIPY CsaOdfModel)",
+                          "csd": "CSD fibre ODF (DIPY ConstrainedSphericalDeconvModel)"}[model]  # fmt: skip
+            extra = {"orientation_model": odf.describe(), "excluded_volumes": excluded}
+        path = Path(runtime.cwd) / f"tractogram.{cfg['tract']['tractogram_format']}"
+        _save_tractogram(streamlines, fa_img, path)
         self._results["tractogram"] = str(path)
         self._results["parameters"] = {
-            **params.to_dict(), "n_streamlines": len(streamlines),
-            "n_seed_voxels": int(seed.sum()),
-            "directions": "tensor principal eigenvector",
+            **params.to_dict(), "model": model, "n_streamlines": len(streamlines),
+            "n_seed_voxels": int(seed.sum()), "directions": directions, **extra,
             "stopping": "binary: brain & FA >= fa_threshold"
                         + (", lesion voxels always allowed" if params.lesion_policy == "pass" else ""),
         }  # fmt: skip
         return runtime
+
+    def _fit_odf(self, cfg: dict, fa: np.ndarray, wm: np.ndarray, mask: np.ndarray):
+        """CSA / CSD fit of the preprocessed series in the tracking mask, outliers left out.
+
+        Returns the fit and the excluded volumes (0-based).
+        """
+        import pandas as pd
+
+        from pipeline.errors import InputError
+        from pipeline.tract.odf import OdfParams, fit_odf
+
+        i = self.inputs
+        img = nib.load(i.dwi)
+        grads = dwi_gradients(i.bval, i.bvec, i.dwi, cfg)
+        excluded: list[int] = []
+        if cfg["dwi"]["exclude_outliers"] and isdefined(i.confounds):
+            conf = pd.read_csv(i.confounds, sep="\t")
+            flags = [c for c in ("motion_outlier", "dropout_outlier") if c in conf]
+            if flags:
+                excluded = [int(k) for k in np.flatnonzero(conf[flags].to_numpy().any(axis=1))]
+        keep = np.setdiff1d(np.arange(grads.n_volumes), excluded)
+        t = cfg["tract"]
+        params = OdfParams(model=t["model"], sh_order=t["sh_order"],
+                           response_fa_threshold=t["response_fa_threshold"])  # fmt: skip
+        data = np.asarray(img.dataobj, dtype=np.float32)[..., keep]
+        try:
+            odf = fit_odf(data, grads.select(keep).dipy_gtab(), mask, params=params, wm=wm, fa=fa)
+        except ValueError as exc:
+            raise InputError(i.dwi, f"tract.model {t['model']}: {exc}") from None
+        return odf, excluded
 
 
 # --------------------------------------------------------------------------- tractometry
@@ -143,7 +192,7 @@ class _TractometryInputSpec(BaseInterfaceInputSpec):
 
 
 class _TractometryOutputSpec(TraitedSpec):
-    bundles = traits.Dict(desc="bundle -> .trk (DWI world mm)")
+    bundles = traits.Dict(desc="bundle -> .trk / .trx (DWI world mm)")
     density = traits.Dict(desc="bundle -> streamline-count map on the DWI grid")
     density_mni = traits.Dict(desc="bundle -> streamline-count map on the MNI template grid")
     profiles = File(exists=True)
@@ -173,7 +222,7 @@ class Tractometry(SimpleInterface):
         cfg = self.inputs.config
         t = cfg["tract"]
         fa_img = nib.load(self.inputs.maps["fa"])
-        streamlines = _load_trk(self.inputs.tractogram, fa_img)
+        streamlines = _load_tractogram(self.inputs.tractogram, fa_img)
         to_mni = Transform.load(self.inputs.xfm).compose(Transform.load(self.inputs.mni_xfm))
         definitions = load_bundle_definitions(t["bundles"])
         maps = {m: load_array(self.inputs.maps[m], np.float32) for m in METRICS}
@@ -195,8 +244,9 @@ class Tractometry(SimpleInterface):
                             self.inputs.subject, self.inputs.session, name, r.status, r.reason)  # fmt: skip
                 continue
             ent = bundle_entity(name)
-            bundles[name] = str(_save_trk(Streamlines(r.streamlines), fa_img,
-                                          cwd / f"bundle_{ent}.trk")[0])  # fmt: skip
+            ext = t["tractogram_format"]
+            bundles[name] = str(_save_tractogram(Streamlines(r.streamlines), fa_img,
+                                                 cwd / f"bundle_{ent}.{ext}")[0])  # fmt: skip
             dens = bundle_density(r.streamlines, fa_img.affine, fa_img.shape[:3])
             density[name] = save_array(dens, fa_img, cwd / f"density_{ent}.nii.gz", np.float32)
             dmni = bundle_density(r.streamlines_mni, tpl_img.affine, tpl_img.shape[:3])
@@ -363,17 +413,20 @@ class TractDerivatives(SimpleInterface):
             return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
                                 extra={"Description": description})  # fmt: skip
 
-        def trk(src, description, **spec):  # the node already wrote the .trk: copy its bytes
+        tcfg = cfg["tract"]
+
+        def tractogram(src, description, **spec):  # the node wrote the file: copy its bytes
             out.append(str(w.write_with(lambda p: [Path(shutil.copyfile(src, p))],
                                         meta=meta(description), **ent, space="dwi",
-                                        model="tensor", suffix="tractography",
-                                        extension=".trk", **spec)))  # fmt: skip
+                                        model=tcfg["model"], suffix="tractography",
+                                        extension=Path(src).suffix, **spec)))  # fmt: skip
 
-        if cfg.get("tract", {}).get("save_tractogram", False):
-            trk(i.tractogram, "whole-brain tensor tractogram (world RAS mm)", desc="wholebrain")
+        if tcfg["save_tractogram"]:
+            tractogram(i.tractogram, f"whole-brain {tcfg['model']} tractogram (world RAS mm)",
+                       desc="wholebrain")  # fmt: skip
         for name, path in i.bundles.items():
-            trk(path, f"bundle {name}, cleaned, oriented (node 1 at its start ROI)",
-                bundle=bundle_entity(name))  # fmt: skip
+            tractogram(path, f"bundle {name}, cleaned, oriented (node 1 at its start ROI)",
+                       bundle=bundle_entity(name))  # fmt: skip
         for space, maps in (("dwi", i.density), (SPACE, i.density_mni)):
             for name, path in maps.items():
                 out.append(str(w.write_nifti(
@@ -399,8 +452,11 @@ class TractDerivatives(SimpleInterface):
 # --------------------------------------------------------------------------- workflow
 
 
-def diffusion_inputs(out: Path, subject: str, session: str) -> dict[str, str]:
+def diffusion_inputs(out: Path, subject: str, session: str, *, model: str = "tensor") -> dict[str, str]:
     """The diffusion and structural outputs of a subject-session the tract stage reads.
+
+    ``model`` csa / csd also needs the preprocessed series, its rotated
+    gradients and the per-volume outlier flags (``dwi.save_preproc`` true).
 
     Raises :class:`~pipeline.errors.InputError` naming the first missing file.
     """
@@ -420,10 +476,19 @@ def diffusion_inputs(out: Path, subject: str, session: str) -> dict[str, str]:
         "mni_xfm": build_path(out, mode="image", suffix="xfm", extension=".json",
                               **{"from": "T1w", "to": SPACE}, **{**dwi, "datatype": "anat"}),
     }  # fmt: skip
-    for path in files.values():
+    if model != "tensor":
+        files.update({
+            key: build_path(out, space="dwi", desc="preproc", suffix="dwi", extension=ext, **dwi)
+            for key, ext in (("dwi", ".nii.gz"), ("bval", ".bval"), ("bvec", ".bvec"))
+        })  # fmt: skip
+        files["confounds"] = build_path(out, desc="confounds", suffix="timeseries",
+                                        extension=".tsv", **dwi)  # fmt: skip
+    for key, path in files.items():
         if not path.exists():
+            hint = (f" (tract.model {model} needs the preprocessed series: dwi.save_preproc true)"
+                    if key in ("dwi", "bval", "bvec") else "")  # fmt: skip
             raise InputError(path, "diffusion or structural output missing: run the anat and dwi "
-                             "stages of this subject-session before the tract stage")  # fmt: skip
+                             "stages of this subject-session before the tract stage" + hint)  # fmt: skip
     return {k: str(v) for k, v in files.items()}
 
 
@@ -445,15 +510,20 @@ def init_tract_wf(
     inputs : dict
         From :func:`diffusion_inputs`: ``fa``, ``md``, ``ad``, ``rd``, ``v1``,
         ``brain``, ``wm``, ``lesion`` (DWI space), ``xfm`` (dwi -> T1w) and
-        ``mni_xfm`` (T1w -> MNI).
+        ``mni_xfm`` (T1w -> MNI); with ``tract.model`` csa / csd also ``dwi``,
+        ``bval``, ``bvec`` (preprocessed series) and ``confounds``.
     """
     required = {*METRICS, "v1", "brain", "wm", "lesion", "xfm", "mni_xfm"}
+    odf_inputs = ("dwi", "bval", "bvec", "confounds")
+    if config["tract"]["model"] != "tensor":
+        required |= set(odf_inputs)
     missing = required - set(inputs)
     if missing:
         raise ValueError(f"init_tract_wf: inputs {sorted(missing)} missing")
     wf = pe.Workflow(name=name)
-    track = pe.Node(Track(config=config, fa=inputs["fa"], v1=inputs["v1"], brain=inputs["brain"],
-                          wm=inputs["wm"], lesion=inputs["lesion"]), name="track")  # fmt: skip
+    track = pe.Node(Track(config=config,
+                          **{k: inputs[k] for k in ("fa", "v1", "brain", "wm", "lesion")},
+                          **{k: inputs[k] for k in odf_inputs if k in inputs}), name="track")  # fmt: skip
     metry = pe.Node(Tractometry(config=config, maps={m: inputs[m] for m in METRICS},
                                 lesion=inputs["lesion"], xfm=inputs["xfm"],
                                 mni_xfm=inputs["mni_xfm"], subject=subject, session=session),
