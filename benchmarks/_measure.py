@@ -75,11 +75,12 @@ class TrialSubject:
             subprocess.run(self.command(session, stage), check=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
 
-    def timed(self, session: str, stage: str) -> ChildRun:
-        """Run ``stage`` in a child process without Nipype's cached results, measured."""
+    def timed(self, session: str, stage: str, extra: tuple[str, ...] = ()) -> ChildRun:
+        """Run ``stage`` (``extra`` CLI arguments appended) in a child process without
+        Nipype's cached results, measured."""
         shutil.rmtree(self.root / "work" / f"sub-01_ses-{session}" / f"{stage}_wf",
                       ignore_errors=True)  # fmt: skip
-        return run_child(self.command(session, stage))
+        return run_child([*self.command(session, stage), *extra])
 
 
 def trial_subject(keep: Path | None, prefix: str, nprocs: int) -> TrialSubject:

@@ -20,9 +20,13 @@ Accuracy against the phantom's truth, for every bundle and session:
 * node-1 consistency: distance (MNI mm) between the mean first points of the
   bundle in the two sessions.
 
+``--model`` picks the fibre-orientation model (tensor, csa or csd; ``tract.model``)
+and ``--format`` the tractogram format (trk or trx), passed to the stage as a
+``--config`` file.
+
 Usage::
 
-    python benchmarks/bench_tract.py [--keep DIR] [--nprocs 2]
+    python benchmarks/bench_tract.py [--keep DIR] [--nprocs 2] [--model csd] [--format trx]
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", type=Path, default=None, help="reuse / keep data in this folder")
     ap.add_argument("--nprocs", type=int, default=2)
+    ap.add_argument("--model", choices=("tensor", "csa", "csd"), default="tensor")
+    ap.add_argument("--format", choices=("trk", "trx"), default="trk")
     args = ap.parse_args()
 
     import nibabel as nib
@@ -62,10 +68,14 @@ def main() -> None:
     for ses in (first, last):
         trial.ensure(ses, "anat", out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv")
         trial.ensure(ses, "dwi", dwi(ses, "space-dwi_model-tensor_roistats.tsv"))
-    runs = {ses: trial.timed(ses, "tract") for ses in (first, last)}  # no cached Nipype results
+    cfg = root / f"bench_tract_{args.model}_{args.format}.yaml"
+    cfg.write_text(f"tract:\n  model: {args.model}\n  tractogram_format: {args.format}\n")
+    extra = ("--config", str(cfg))
+    runs = {ses: trial.timed(ses, "tract", extra) for ses in (first, last)}  # no cached Nipype results
 
     shape = nib.load(dwi(first, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).shape
-    print(f"tract stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, --nprocs {args.nprocs}")
+    print(f"tract stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, --nprocs {args.nprocs}, "
+          f"tract.model {args.model}, .{args.format}")  # fmt: skip
     for ses, r in runs.items():
         print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 180)   peak memory: process tree "
               f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")  # fmt: skip
@@ -79,7 +89,7 @@ def main() -> None:
 
     defs = load_bundle_definitions()
     subject = make_subject(spec, 0)
-    print(f"  {'session':9s} {'bundle':6s} {'status':8s} {'n':>5s} {'Dice':>5s}  "
+    print(f"  {'session':9s} {'bundle':12s} {'status':8s} {'n':>5s} {'Dice':>5s}  "
           "nodes within 10 % of truth (fa md ad rd)")
     starts = {}
     for ses in (first, last):
@@ -99,11 +109,11 @@ def main() -> None:
             ent = row.bundle.replace("_", "")
             tmask = truth(f"space-dwi_bundle-{defs[row.bundle].truth_label}_mask") > 0
             if row.status != "ok":
-                print(f"  {ses:9s} {row.bundle:6s} {row.status:8s} {0:5d} {0:5.2f}  ({row.reason})")
+                print(f"  {ses:9s} {row.bundle:12s} {row.status:8s} {0:5d} {0:5.2f}  ({row.reason})")
                 continue
             dens = np.asarray(nib.load(dwi(ses, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
             dice = 2 * (dens & tmask).sum() / (dens.sum() + tmask.sum())
-            sl = load_tractogram(str(dwi(ses, f"space-dwi_model-tensor_bundle-{ent}_tractography.trk")),
+            sl = load_tractogram(str(dwi(ses, f"space-dwi_model-{args.model}_bundle-{ent}_tractography.{args.format}")),
                                  ref, to_space=Space.RASMM, bbox_valid_check=False).streamlines  # fmt: skip
             fg = set_number_of_points(sl, nb_points=100)
             acc = []
@@ -113,7 +123,7 @@ def main() -> None:
                 ours = ours.sort_values("node")["value"].to_numpy() / (1 if m == "fa" else 1e3)
                 acc.append(float(np.mean(np.abs(ours - tp) <= 0.1 * np.abs(tp))))
             starts[ses, row.bundle] = to_mni(np.array([s[0] for s in sl])).mean(axis=0)
-            print(f"  {ses:9s} {row.bundle:6s} {row.status:8s} {row.n_streamlines:5d} {dice:5.2f}  "
+            print(f"  {ses:9s} {row.bundle:12s} {row.status:8s} {row.n_streamlines:5d} {dice:5.2f}  "
                   + " ".join(f"{a:.2f}" for a in acc))  # fmt: skip
     for name in defs:
         if (first, name) in starts and (last, name) in starts:
@@ -121,6 +131,8 @@ def main() -> None:
             print(f"  node 1 of {name}: {gap:.1f} mm apart (MNI) between ses-{first} and ses-{last}")
     params = json.loads(dwi(first, "space-dwi_model-tensor_tractstats.json").read_text())
     tracking = params.get("Parameters", {}).get("tracking", {})
+    if args.model != "tensor":
+        print(f"  orientation model: {tracking.get('orientation_model')}")
     print(f"  whole-brain streamlines: {tracking.get('n_streamlines')} from "
           f"{tracking.get('n_seed_voxels')} seed voxels x {tracking.get('seeds_per_voxel')}")
 
