@@ -453,6 +453,7 @@ class DwiQC(SimpleInterface):
         import matplotlib.pyplot as plt
         import pandas as pd
 
+        from pipeline.dwi.motion import flagged_volumes
         from pipeline.registration import Transform
         from pipeline.report.figures import Overlay, mosaic
 
@@ -492,7 +493,7 @@ class DwiQC(SimpleInterface):
             ax[0].set_ylabel("mm")
             ax[0].legend(fontsize=7, ncol=3)
             ax[1].plot(conf["framewise_displacement"], color="k")
-            flagged = np.flatnonzero((conf["motion_outlier"] + conf["dropout_outlier"]) > 0)
+            flagged = np.flatnonzero(flagged_volumes(conf))
             ax[1].scatter(flagged, conf["framewise_displacement"].iloc[flagged], color="red",
                           zorder=3, label="flagged volume")  # fmt: skip
             ax[1].set_ylabel("FD (mm)")

@@ -153,6 +153,7 @@ class Track(SimpleInterface):
         """
         import pandas as pd
 
+        from pipeline.dwi.motion import flagged_volumes
         from pipeline.errors import InputError
         from pipeline.tract.odf import OdfParams, fit_odf
 
@@ -162,9 +163,7 @@ class Track(SimpleInterface):
         excluded: list[int] = []
         if cfg["dwi"]["exclude_outliers"] and isdefined(i.confounds):
             conf = pd.read_csv(i.confounds, sep="\t")
-            flags = [c for c in ("motion_outlier", "dropout_outlier") if c in conf]
-            if flags:
-                excluded = [int(k) for k in np.flatnonzero(conf[flags].to_numpy().any(axis=1))]
+            excluded = [int(k) for k in np.flatnonzero(flagged_volumes(conf))]
         keep = np.setdiff1d(np.arange(grads.n_volumes), excluded)
         t = cfg["tract"]
         params = OdfParams(model=t["model"], sh_order=t["sh_order"],

@@ -58,7 +58,7 @@ from pipeline.errors import InputError
 from pipeline.motion import framewise_displacement, rigid_params
 from pipeline.parallel import register_volumes_rigid
 
-__all__ = ["MotionCorrection", "correct_motion", "detect_dropout"]
+__all__ = ["MotionCorrection", "correct_motion", "detect_dropout", "flagged_volumes"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,6 +130,16 @@ class MotionCorrection:
                 "dropout_slices": [" ".join(map(str, s)) for s in self.dropout_slices],
             }
         )
+
+
+def flagged_volumes(confounds) -> np.ndarray:
+    """Volumes flagged as motion or dropout outliers in a :meth:`MotionCorrection.confounds`
+    table (a DataFrame read back from the confounds TSV); none when it has no flag columns
+    (motion correction off)."""
+    flags = [c for c in ("motion_outlier", "dropout_outlier") if c in confounds]
+    if not flags:
+        return np.zeros(len(confounds), bool)
+    return confounds[flags].to_numpy().astype(bool).any(axis=1)
 
 
 # --------------------------------------------------------------------------- dropout
