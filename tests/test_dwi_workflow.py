@@ -243,15 +243,20 @@ def test_tract_tables_have_every_bundle_with_status_and_reason(dwi_run, ses):
     assert figs == {f"sub-01_ses-{ses}_desc-bundles_tract.svg", f"sub-01_ses-{ses}_desc-profiles_tract.svg"}
 
 
+def _bundle_dice(root: Path, out: Path, ses: str, ent: str) -> float:
+    """Dice of a bundle's density mask (> 0) with the phantom's truth mask (DWI grid)."""
+    dens = np.asanyarray(nib.load(_dwi(out, ses, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
+    truth = _truth(root, ses, f"space-dwi_bundle-{ent}_mask") > 0
+    return float(2 * (dens & truth).sum() / (dens.sum() + truth.sum()))
+
+
 @pytest.mark.integration
 def test_cst_density_overlaps_the_truth_bundle(dwi_run):
     """Dice of the CST density mask (> 0) with the phantom's truth CST mask (DWI grid)."""
     root, out = dwi_run
     for name in ("CST_L", "CST_R"):
         ent = name.replace("_", "")
-        dens = np.asanyarray(nib.load(_dwi(out, BASE, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
-        truth = _truth(root, BASE, f"space-dwi_bundle-{ent}_mask") > 0
-        dice = 2 * (dens & truth).sum() / (dens.sum() + truth.sum())
+        dice = _bundle_dice(root, out, BASE, ent)
         print(f"{name} Dice {dice:.2f}")
         assert dice >= 0.5, (name, dice)
 
@@ -302,23 +307,36 @@ def test_tract_stage_without_dwi_outputs_names_the_missing_file(dwi_run, tmp_pat
     assert not list((tmp_path / "out").glob("sub-01/ses-*/dwi/*tract*"))
 
 
-@pytest.mark.integration
-def test_tract_stage_with_csd_orientations_writes_trx_bundles(dwi_run, tmp_path):
-    """``tract.model: csd`` + ``tractogram_format: trx`` through the CLI on copied outputs."""
-    from dipy.io.streamline import load_tractogram
+def _tract_on_a_copy(dwi_run, tmp_path: Path, tract_yaml: str, *, remove: str) -> tuple[Path, int]:
+    """Run the tract stage of the baseline session on a copy of the fixture outputs.
 
+    ``tract_yaml`` goes under ``tract:`` in a ``--config`` file; files of the copy
+    matching ``remove`` are deleted first. Returns the copy and the exit code.
+    """
     from workflows.cli import main
 
     root, out = dwi_run
     work_out = tmp_path / "out"
     shutil.copytree(out, work_out)
-    for old in work_out.glob("sub-01/ses-*/dwi/*tract*"):
+    for old in work_out.glob(f"sub-01/ses-*/dwi/{remove}"):
         old.unlink()
-    cfg = tmp_path / "csd.yaml"
-    cfg.write_text("tract:\n  model: csd\n  tractogram_format: trx\n")
-    assert main([str(root / "bids"), str(work_out), "participant", "--participant-label", "01",
-                 "--session-label", BASE, "--stages", "tract", "--config", str(cfg),
-                 "--work-dir", str(tmp_path / "w")]) == 0  # fmt: skip
+    cfg = tmp_path / "tract.yaml"
+    cfg.write_text(f"tract:\n  {tract_yaml}\n")
+    rc = main([str(root / "bids"), str(work_out), "participant", "--participant-label", "01",
+               "--session-label", BASE, "--stages", "tract", "--config", str(cfg),
+               "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    return work_out, rc
+
+
+@pytest.mark.integration
+def test_tract_stage_with_csd_orientations_writes_trx_bundles(dwi_run, tmp_path):
+    """``tract.model: csd`` + ``tractogram_format: trx`` through the CLI on copied outputs."""
+    from dipy.io.streamline import load_tractogram
+
+    root, _ = dwi_run
+    work_out, rc = _tract_on_a_copy(dwi_run, tmp_path, "model: csd\n  tractogram_format: trx",
+                                    remove="*tract*")  # fmt: skip
+    assert rc == 0
     summ = _tract_table(work_out, BASE, "tractstats")
     assert list(summ["bundle"]) == list(BUNDLES)
     meta = json.loads(_dwi(work_out, BASE, "space-dwi_model-tensor_tractstats.json").read_text())
@@ -331,9 +349,7 @@ def test_tract_stage_with_csd_orientations_writes_trx_bundles(dwi_run, tmp_path)
         ent = name.replace("_", "")
         trx = _dwi(work_out, BASE, f"space-dwi_model-csd_bundle-{ent}_tractography.trx")
         assert len(load_tractogram(str(trx), ref, bbox_valid_check=False).streamlines) >= 10
-        dens = np.asanyarray(nib.load(_dwi(work_out, BASE, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
-        truth = _truth(root, BASE, f"space-dwi_bundle-{ent}_mask") > 0
-        dice = 2 * (dens & truth).sum() / (dens.sum() + truth.sum())
+        dice = _bundle_dice(root, work_out, BASE, ent)
         print(f"CSD {name} Dice {dice:.2f}")
         assert dice >= 0.5, (name, dice)
     assert not list(work_out.glob("sub-01/ses-*/dwi/*model-tensor_bundle-*_tractography.*"))
@@ -341,18 +357,7 @@ def test_tract_stage_with_csd_orientations_writes_trx_bundles(dwi_run, tmp_path)
 
 @pytest.mark.integration
 def test_csd_without_the_preprocessed_series_names_the_file_and_the_fix(dwi_run, tmp_path, capsys):
-    from workflows.cli import main
-
-    root, out = dwi_run
-    work_out = tmp_path / "out"
-    shutil.copytree(out, work_out)
-    for pre in work_out.glob("sub-01/ses-*/dwi/*desc-preproc_dwi.nii.gz"):
-        pre.unlink()
-    cfg = tmp_path / "csd.yaml"
-    cfg.write_text("tract:\n  model: csd\n")
-    rc = main([str(root / "bids"), str(work_out), "participant", "--participant-label", "01",
-               "--session-label", BASE, "--stages", "tract", "--config", str(cfg),
-               "--work-dir", str(tmp_path / "w")])  # fmt: skip
+    _, rc = _tract_on_a_copy(dwi_run, tmp_path, "model: csd", remove="*desc-preproc_dwi.nii.gz")
     assert rc == 1
     err = capsys.readouterr().err
     assert "desc-preproc_dwi.nii.gz" in err and "dwi.save_preproc" in err, err
