@@ -16,6 +16,8 @@ from workflows.snakemake import (
     bold_task,
     discover,
     followups,
+    func_input_mode,
+    func_job_inputs,
     msmri_cmd,
     nbs_output,
     with_modality,
@@ -37,6 +39,7 @@ DWI_PAIRS = with_modality(config, PAIRS, "dwi")
 BOLD_TASK = bold_task(config)
 BOLD_PAIRS = with_modality(config, PAIRS, "bold", task=BOLD_TASK)
 NBS_OUTPUT = nbs_output(config)
+FUNC_INPUT = func_input_mode(config)
 
 
 wildcard_constraints:

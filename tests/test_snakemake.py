@@ -75,3 +75,20 @@ def test_local_run_writes_every_inventory(tiny_bids, tmp_path):
     assert len(list(out.glob("sub-*/ses-*/*_inventory.tsv"))) == 4
     assert (out / "group/inventory.tsv").exists()
     assert (out / "logs/inventory/sub-01_ses-m00.log").exists()
+
+
+@pytest.mark.parametrize("mode", ["raw", "fmriprep"])
+def test_func_job_waits_for_the_structural_job_only_with_raw_bold(mode, tiny_bids, tmp_path):
+    """fMRIPrep BOLD is already in MNI space with its confounds: no structural job is planned."""
+    cfg = tmp_path / "func.yaml"
+    prep = tmp_path / "fmriprep"
+    prep.mkdir()
+    cfg.write_text(f"func:\n  input: {mode}\n  fmriprep_dir: {prep if mode == 'fmriprep' else 'null'}\n")
+    out = tmp_path / "o"
+    target = out / "sub-01/ses-m00/func/sub-01_ses-m00_task-rest_desc-summary_bold.tsv"
+    res = _snakemake("-n", str(target), "--config", f"bids_dir={tiny_bids}", f"output_dir={out}",
+                     f"msmri_config={cfg}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = " ".join((res.stdout + res.stderr).split())
+    assert "func 1" in text and "inventory 1" in text
+    assert ("anat 1" in text) == (mode == "raw"), text

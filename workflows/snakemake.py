@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "followups", "msmri_cmd",
-    "nbs_output", "with_modality",
+    "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "followups",
+    "func_input_mode", "func_job_inputs", "msmri_cmd", "nbs_output", "with_modality",
 ]  # fmt: skip
 
 
@@ -113,6 +113,26 @@ def anat_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> lis
     if mode != "sessionwise":
         inputs.append(out_dir / f"sub-{subject}/anat/sub-{subject}_desc-subjectref_T1w.nii.gz")
     return inputs
+
+
+def func_input_mode(config: Mapping[str, Any]) -> str:
+    """``func.input`` of the pipeline configuration the jobs will use (raw or fmriprep)."""
+    return _msmri_config(config).func.input
+
+
+def func_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> list[Path]:
+    """Inputs of one fMRI job.
+
+    Raw BOLD is registered to the structural stage's T1w and uses its tissue masks,
+    so the job waits for that session's structural job. fMRIPrep derivatives are
+    already in MNI space with their own confounds: the job needs only the
+    session's inventory and runs as soon as it exists.
+    """
+    out_dir = Path(out_dir)
+    ses_dir = out_dir / f"sub-{subject}/ses-{session}"
+    if mode == "fmriprep":
+        return [ses_dir / f"sub-{subject}_ses-{session}_inventory.tsv"]
+    return [ses_dir / f"anat/sub-{subject}_ses-{session}_volumes.tsv"]
 
 
 def followups(

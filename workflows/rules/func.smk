@@ -1,4 +1,7 @@
-"""Resting-state fMRI stage: one job per subject-session with a BOLD run, after its structural job.
+"""Resting-state fMRI stage: one job per subject-session with a BOLD run.
+
+With func.input raw the job runs after the session's structural job (registration
+to its T1w, tissue masks); with func.input fmriprep it needs only the inventory.
 
 The output is the run summary, written for every run, also one excluded for too
 little data after censoring (the reason is in the summary and its sidecar).
@@ -7,8 +10,7 @@ little data after censoring (the reason is in the summary and its sidecar).
 
 rule func:
     input:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+        lambda w: func_job_inputs(OUT_DIR, FUNC_INPUT, w.subject, w.session),
     output:
         OUT_DIR
         / f"sub-{{subject}}/ses-{{session}}/func/sub-{{subject}}_ses-{{session}}_task-{BOLD_TASK}_desc-summary_bold.tsv",
