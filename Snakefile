@@ -20,6 +20,7 @@ from workflows.snakemake import (
     func_job_inputs,
     msmri_cmd,
     nbs_output,
+    qcfc_output,
     with_modality,
 )
 
@@ -39,6 +40,7 @@ DWI_PAIRS = with_modality(config, PAIRS, "dwi")
 BOLD_TASK = bold_task(config)
 BOLD_PAIRS = with_modality(config, PAIRS, "bold", task=BOLD_TASK)
 NBS_OUTPUT = nbs_output(config)
+QCFC_OUTPUT = qcfc_output(config)
 FUNC_INPUT = func_input_mode(config)
 
 
@@ -69,6 +71,7 @@ rule all:
         OUT_DIR / "group/desc-tests_dwistats.tsv",
         OUT_DIR / "group/desc-tests_tractstats.tsv",
         OUT_DIR / NBS_OUTPUT,
+        OUT_DIR / QCFC_OUTPUT,
         OUT_DIR / "group/desc-tests_clinicalstats.tsv",
         expand(
             OUT_DIR

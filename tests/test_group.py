@@ -255,3 +255,52 @@ def test_group_clinical_stats_tests_edss_and_its_association_with_imaging_change
     assert list(zip(hit["imaging"], hit["clinical"], strict=True)) == [("roi NAWM_L rd", "edss")]
     row = hit.iloc[0]
     assert row["r"] == pytest.approx(-1.0) and row["exact"] and row["p"] == pytest.approx(2 / 40320)
+
+
+def test_group_qcfc_shows_motion_coupling_only_without_denoising(tiny_bids, tmp_path):
+    """Raw region series carry a motion signal whose weight grows with the run's mean FD."""
+    from workflows.func import seg_name
+
+    out, rng = tmp_path / "out", np.random.default_rng(5)
+    seg, n_regions, n_vol = seg_name("seitzman", None), 20, 150
+    names = [f"R{k:02d}" for k in range(n_regions)]
+    table = pd.DataFrame({"index": range(1, n_regions + 1), "name": names,
+                          "x": rng.uniform(-60, 60, n_regions), "y": rng.uniform(-90, 60, n_regions),
+                          "z": rng.uniform(-30, 70, n_regions), "coverage": 1.0, "valid": 1})  # fmt: skip
+    fds = {}
+    for s in range(1, 8):
+        for ses in ("baseline", "m06"):
+            sub = f"{s:02d}"
+            folder = out / f"sub-{sub}/ses-{ses}/func"
+            folder.mkdir(parents=True, exist_ok=True)
+            stem = folder / f"sub-{sub}_ses-{ses}_task-rest"
+            skip = (sub, ses) == ("07", "m06")
+            fd = fds[sub, ses] = float(rng.uniform(0.05, 0.6))
+            pd.DataFrame([{"subject": sub, "session": ses, "mean_fd_mm": fd, "excluded": int(skip),
+                           "exclusion_reason": "only 150 s left after censoring (< 240 s)" if skip else ""}]
+                         ).to_csv(f"{stem}_desc-summary_bold.tsv", sep="\t", index=False)  # fmt: skip
+            if skip:
+                continue
+            clean = rng.normal(size=(n_vol, n_regions))
+            motion = rng.normal(size=(n_vol, 1)) * 2.0 * fd
+            pd.DataFrame(800 + clean + motion, columns=names).to_csv(
+                f"{stem}_seg-{seg}_desc-raw_timeseries.tsv", sep="\t", index=False)
+            z = np.arctanh(np.corrcoef(clean.T) - np.eye(n_regions))
+            pd.DataFrame(z, index=names, columns=names).to_csv(
+                f"{stem}_seg-{seg}_stat-fisherz_relmat.tsv", sep="\t")
+            table.to_csv(f"{stem}_seg-{seg}_dseg.tsv", sep="\t", index=False)
+    assert main([str(tiny_bids), str(out), "group", "--stages", "qcfc"]) == 0
+    stem = out / f"group/task-rest_seg-{seg}_stat-fisherz"
+    edges = pd.read_csv(f"{stem}_desc-qcfc_bold.tsv", sep="\t")
+    assert len(edges) == n_regions * (n_regions - 1) // 2 and (edges["n_runs"] == 13).all()
+    # independent check of one edge: the raw correlation's r with mean FD over the 13 runs
+    runs = pd.read_csv(f"{stem}_desc-qcfcruns_bold.tsv", sep="\t", dtype={"subject": str})
+    used = runs[runs["used"]]
+    assert len(used) == 13 and runs.loc[~runs["used"], "reason"].str.contains("150 s").all()
+    assert np.allclose(used["mean_fd_mm"], [fds[s, t] for s, t in zip(used["subject"], used["session"], strict=True)])
+    meta = json.loads(Path(f"{stem}_desc-qcfc_bold.json").read_text())["Parameters"]["summary"]
+    print(meta)
+    assert meta["no_denoising"]["fraction_fdr_below_alpha"] > 0.9  # every edge tracks FD
+    assert meta["denoised"]["fraction_p_below_alpha"] < 0.15
+    assert meta["denoised"]["median_abs_qcfc"] < meta["no_denoising"]["median_abs_qcfc"] - 0.3
+    assert Path(f"{stem}_desc-qcfc_bold.svg").exists()

@@ -28,7 +28,7 @@ PARTICIPANT_STAGES = (
     "inventory", "anat_reference", "anat", "dwi", "tract", "func", "lesion_changes",
 )  # fmt: skip
 #: Stages run at the group level, in order.
-GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats", "nbs", "clinical_stats")
+GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats", "nbs", "qcfc", "clinical_stats")
 
 
 def _bids_parser() -> argparse.ArgumentParser:
@@ -181,6 +181,10 @@ def run_bids_app(args: argparse.Namespace) -> int:
             from workflows.nbs import write_nbs
 
             write_nbs(writer, config)
+        if "qcfc" in stages:
+            from workflows.qcfc import write_qcfc
+
+            write_qcfc(writer, config)
         if "clinical_stats" in stages:
             from workflows.group import write_clinical_stats
 

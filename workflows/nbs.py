@@ -28,7 +28,7 @@ import numpy as np
 from pipeline.config import Config
 from workflows.derivatives import DerivativesWriter, build_path
 
-__all__ = ["collect_nbs_inputs", "write_nbs"]
+__all__ = ["collect_nbs_inputs", "read_table", "write_nbs"]
 
 log = logging.getLogger("msmri.group")
 
@@ -36,7 +36,8 @@ log = logging.getLogger("msmri.group")
 MAX_GRAPHML = 20
 
 
-def _read(path: Path, **kw):
+def read_table(path: Path, **kw):
+    """A derivatives TSV with ``n/a`` as the only missing-value marker."""
     import pandas as pd
 
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"], **kw)
@@ -75,7 +76,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
                 found[ses] = rel
                 continue
             summ = path(sub, ses, desc="summary", suffix="bold", extension=".tsv")
-            row = _read(summ).iloc[0] if summ.exists() else None
+            row = read_table(summ).iloc[0] if summ.exists() else None
             if row is not None and int(row["excluded"]):
                 reason = f"ses-{ses} run excluded: {row['exclusion_reason']}"
             else:
@@ -91,14 +92,14 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
             table_path = path(sub, ses, seg=seg, suffix="dseg", extension=".tsv")
             if not table_path.exists():
                 raise InputError(table_path, f"region table of {rel.name} is missing")
-            table = _read(table_path)
+            table = read_table(table_path)
             names = table["name"].astype(str).tolist()
             if regions is None:
                 regions, ref_path = table, table_path
             elif names != regions["name"].astype(str).tolist():
                 raise InputError(table_path, f"region table differs from {ref_path} (the matrices "
                                  "of all subjects and sessions must share one parcellation)")  # fmt: skip
-            m = _read(rel, index_col=0)
+            m = read_table(rel, index_col=0)
             if [str(c) for c in m.columns] != names or [str(i) for i in m.index] != names:
                 raise InputError(rel, f"row / column labels do not match the region table {table_path.name}")
             mats[ses].append(m.to_numpy(dtype=float))

@@ -9,7 +9,7 @@ from typing import Any
 
 __all__ = [
     "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "followups",
-    "func_input_mode", "func_job_inputs", "msmri_cmd", "nbs_output", "with_modality",
+    "func_input_mode", "func_job_inputs", "msmri_cmd", "nbs_output", "qcfc_output", "with_modality",
 ]  # fmt: skip
 
 
@@ -151,11 +151,20 @@ def followups(
     return out
 
 
-def nbs_output(config: Mapping[str, Any]) -> str:
-    """Path (relative to the output folder) of the group NBS job's last-written table."""
+def _group_func_output(config: Mapping[str, Any], desc: str, suffix: str) -> str:
     from workflows.func import MEASURE_STATS, seg_name
 
     cfg = _msmri_config(config)
     seg = seg_name(cfg.func.atlas, cfg.func.atlas_labels)
     stat = MEASURE_STATS[cfg.nbs.measure][1]
-    return f"group/task-{cfg.bids.bold_task}_seg-{seg}_stat-{stat}_desc-exclusions_nbs.tsv"
+    return f"group/task-{cfg.bids.bold_task}_seg-{seg}_stat-{stat}_desc-{desc}_{suffix}.tsv"
+
+
+def nbs_output(config: Mapping[str, Any]) -> str:
+    """Path (relative to the output folder) of the group NBS job's last-written table."""
+    return _group_func_output(config, "exclusions", "nbs")
+
+
+def qcfc_output(config: Mapping[str, Any]) -> str:
+    """Path (relative to the output folder) of the group QC-FC job's last-written table."""
+    return _group_func_output(config, "qcfcruns", "bold")

@@ -70,6 +70,29 @@ rule nbs:
         "{params.cmd} > {log} 2>&1"
 
 
+rule qcfc:
+    input:
+        [
+            OUT_DIR
+            / f"sub-{s}/ses-{t}/func/sub-{s}_ses-{t}_task-{BOLD_TASK}_desc-summary_bold.tsv"
+            for s, t in BOLD_PAIRS
+        ],
+    output:
+        OUT_DIR / QCFC_OUTPUT,
+    log:
+        OUT_DIR / "logs/group/qcfc.log",
+    conda:
+        "../../configs/envs/msmri.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        cmd=msmri_cmd(config, "group", "qcfc"),
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule clinical_stats:
     input:
         [
