@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,11 +39,29 @@ def _as_list(value: Any, available: list[str]) -> list[str] | None:
     return labels
 
 
+@functools.lru_cache(maxsize=4)
+def _file_index(bids_dir: Path):
+    """One pybids index of the dataset's files (no sidecar metadata) per process.
+
+    The Snakefile is parsed once per Snakemake process, and its DAG needs only
+    which files exist: one index serves every helper, and leaving out the JSON
+    sidecars makes pybids about ten times faster on large datasets
+    (``benchmarks/bench_dag.py``).
+    """
+    from workflows.bids import index_dataset
+
+    return index_dataset(bids_dir, index_metadata=False)
+
+
+def _layout(config: Mapping[str, Any]):
+    return _file_index(Path(config["bids_dir"]).resolve())
+
+
 def discover(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(subject, session) pairs of the BIDS dataset, honouring the label filters."""
-    from workflows.bids import index_dataset, list_subject_sessions
+    from workflows.bids import list_subject_sessions
 
-    layout = index_dataset(Path(config["bids_dir"]))
+    layout = _layout(config)
     pairs = list_subject_sessions(
         layout,
         participant_label=_as_list(config.get("participant_label"), layout.get_subjects()),
@@ -64,13 +83,12 @@ def with_modality(
 
     ``entities`` narrow the query further, e.g. ``task="rest"`` for BOLD runs.
     """
-    from workflows.bids import index_dataset
+    from workflows.bids import subject_session_of
 
-    layout = index_dataset(Path(config["bids_dir"]))
-    found = {
-        (f.entities.get("subject"), f.entities.get("session"))
-        for f in layout.get(suffix=suffix, extension=[".nii", ".nii.gz"], **entities)
-    }
+    layout = _layout(config)
+    files = layout.get(suffix=suffix, extension=[".nii", ".nii.gz"], return_type="filename",
+                       **entities)  # fmt: skip
+    found = {subject_session_of(layout.root, f) for f in files}
     return [p for p in pairs if p in found]
 
 
