@@ -92,8 +92,7 @@ def index_dataset(
         pybids SQLite cache directory (reused if it exists).
     index_metadata : bool
         Index the JSON sidecars too (needed for metadata queries). Off for file
-        discovery alone: on 500 subjects x 3 sessions pybids takes 17 s without
-        and several minutes with it (``benchmarks/bench_dag.py``).
+        discovery alone (the Snakefile), which then skips reading every sidecar.
     """
     root = Path(bids_dir).absolute()
     _check_description(root, derivative=False)

@@ -44,9 +44,8 @@ def _file_index(bids_dir: Path):
     """One pybids index of the dataset's files (no sidecar metadata) per process.
 
     The Snakefile is parsed once per Snakemake process, and its DAG needs only
-    which files exist: one index serves every helper, and leaving out the JSON
-    sidecars makes pybids about ten times faster on large datasets
-    (``benchmarks/bench_dag.py``).
+    which files exist, so one index without the JSON sidecars serves every helper
+    (it was built three times, with sidecars; ``benchmarks/bench_dag.py``).
     """
     from workflows.bids import index_dataset
 
