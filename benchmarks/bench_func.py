@@ -69,17 +69,24 @@ def _matrix(path: Path) -> np.ndarray:
     return pd.read_csv(path, sep="\t", index_col=0).to_numpy(dtype=float)
 
 
-def _truth(truth: Path, sub: str, ses: str):
-    """(population correlation, realised noiseless correlation, planted edges) of a run."""
+def _population(truth: Path, sub: str, ses: str) -> np.ndarray:
+    """The planted population correlation matrix of a run."""
+    folder = truth / f"sub-{sub}/ses-{ses}/func"
+    return _matrix(folder / f"sub-{sub}_ses-{ses}_task-rest_stat-populationcorrelation_relmat.tsv")
+
+
+def _realised(truth: Path, sub: str, ses: str) -> np.ndarray:
+    """Correlation of the noiseless region signals the phantom drew for a run."""
     import pandas as pd
 
-    folder = truth / f"sub-{sub}/ses-{ses}/func"
-    pop = _matrix(folder / f"sub-{sub}_ses-{ses}_task-rest_stat-populationcorrelation_relmat.tsv")
-    ts = pd.read_csv(folder / f"sub-{sub}_ses-{ses}_task-rest_timeseries.tsv", sep="\t")
-    realised = np.corrcoef(ts.to_numpy(dtype=float).T)
+    ts = pd.read_csv(truth / f"sub-{sub}/ses-{ses}/func/sub-{sub}_ses-{ses}_task-rest_timeseries.tsv",
+                     sep="\t")  # fmt: skip
+    return np.corrcoef(ts.to_numpy(dtype=float).T)
+
+
+def _planted_edges(truth: Path, sub: str, ses: str) -> np.ndarray:
     meta = json.loads((truth / f"sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}_truth.json").read_text())
-    edges = np.asarray(meta["bold"]["planted_edges"], dtype=int)
-    return pop, realised, edges
+    return np.asarray(meta["bold"]["planted_edges"], dtype=int)
 
 
 def _nilearn_reference(func: Path, stem: str, cfg) -> tuple[float, np.ndarray]:
@@ -120,11 +127,11 @@ def _group(deriv: Path, truth: Path, sessions: tuple[str, ...]) -> None:
     print(f"\ngroup: {len(subjects)} subjects in {deriv}")
     mats = {ses: np.array([z(s, ses) for s in subjects]) for ses in sessions}
     for ses in sessions:
-        pop, _real, _edges = _truth(truth, subjects[0], ses)
+        pop = _population(truth, subjects[0], ses)
         single = [_r(m, _z(pop)) for m in mats[ses]]
         print(f"  ses-{ses:<9} r(single run, population) {min(single):.2f} .. {max(single):.2f}   "
               f"r(group mean of {len(subjects)}, population) {_r(np.nanmean(mats[ses], 0), _z(pop)):.3f}")  # fmt: skip
-    _pop, _real, edges = _truth(truth, subjects[0], sessions[-1])
+    edges = _planted_edges(truth, subjects[0], sessions[-1])
     diff = mats[sessions[-1]] - mats[sessions[0]]
     rise = diff[:, edges[:, 0], edges[:, 1]].mean(axis=1)
     print(f"  planted-edge mean z rise {sessions[0]} -> {sessions[-1]} per subject: "
@@ -172,7 +179,8 @@ def main() -> None:
         ours = _matrix(func / f"{stem}_seg-seitzman_stat-pearsoncorrelation_relmat.tsv")
         zmat = _matrix(func / f"{stem}_seg-seitzman_stat-fisherz_relmat.tsv")
         ref_s, ref = _nilearn_reference(func, stem, cfg)
-        pop, real, edges = _truth(root / "truth", "01", ses)
+        pop, real = _population(root / "truth", "01", ses), _realised(root / "truth", "01", ses)
+        edges = _planted_edges(root / "truth", "01", ses)
         ok = np.isfinite(_upper(ours))
         d = np.abs(_upper(ours)[ok] - _upper(ref)[ok])
         print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 120)   peak memory: process tree "
