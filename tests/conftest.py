@@ -6,7 +6,11 @@ All fixtures are function-scoped and write into ``tmp_path``; images are
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,16 @@ import pytest
 SHAPE = (8, 8, 6)
 AFFINE = np.diag([2.0, 2.0, 2.5, 1.0])
 AFFINE[:3, 3] = [-8.0, -8.0, -7.5]
+
+# The fMRI settings the tiny phantom needs (its atlas and its short runs); the integration
+# tests that run the fMRI stage on the tiny dataset merge this over the shipped defaults.
+TINY_FUNC_CONFIG = """\
+func:
+  atlas: dosenbach       # the phantom's regions and planted edges are on the Dosenbach atlas
+  min_duration_s: 120    # the tiny runs last 200 s (100 volumes at TR 2 s); default 240 s
+  low_pass: null         # 100 volumes band-passed to 0.01-0.08 Hz leave ~4 residual dof with
+                         # acompcor's 22 regressors; high-pass only keeps ~70
+"""
 
 
 def write_nifti(
@@ -250,3 +264,26 @@ def tiny_phantom_sessions():
     spec = PRESETS["tiny"]
     subject = make_subject(spec, 0)
     return tuple(simulate_session(spec, subject, i) for i in range(len(spec.sessions)))
+
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def run_snakemake(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
+    """Run the project's Snakefile with the test environment's ``snakemake`` and ``msmri``."""
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    return subprocess.run(
+        [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *args],
+        cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout,
+    )  # fmt: skip
+
+
+def tree_checksums(root: Path, *, skip: Iterable[str] = ("logs",)) -> dict[str, str]:
+    """SHA-256 of every file under ``root`` by relative path, leaving out top-level ``skip`` folders."""
+    skip = set(skip)
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).parts[0] not in skip
+    }

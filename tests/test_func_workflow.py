@@ -28,17 +28,11 @@ import pytest
 
 from pipeline.errors import InputError
 from pipeline.phantom.trial import PRESETS
+from tests.conftest import TINY_FUNC_CONFIG as OVERRIDE
 
 SPEC = PRESETS["tiny"]
 BASE, FOLLOW = SPEC.sessions
 TASK = "rest"
-OVERRIDE = """\
-func:
-  atlas: dosenbach       # the phantom's regions and planted edges are on the Dosenbach atlas
-  min_duration_s: 120    # the tiny runs last 200 s (100 volumes at TR 2 s); default 240 s
-  low_pass: null         # 100 volumes band-passed to 0.01-0.08 Hz leave ~4 residual dof with
-                         # acompcor's 22 regressors; high-pass only keeps ~70
-"""
 FIGURES = {"carpetraw", "carpetdenoised", "fd", "connectome", "boldtoT1w"}
 
 

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
-import sys
+import time
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from tests.conftest import REPO, VENV_BIN, run_snakemake, tree_checksums
+
+ROOT = REPO
+BIN = VENV_BIN
+LOCAL = REPO / "configs/profiles/local"
 
 
-def _snakemake(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    return subprocess.run(
-        [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), *args],
-        cwd=cwd, capture_output=True, text=True, env=env,
-    )  # fmt: skip
+_snakemake = run_snakemake
 
 
 def test_dry_run_builds_one_job_per_subject_session(tiny_bids, tmp_path):
@@ -92,3 +91,59 @@ def test_func_job_waits_for_the_structural_job_only_with_raw_bold(mode, tiny_bid
     text = " ".join((res.stdout + res.stderr).split())
     assert "func 1" in text and "inventory 1" in text
     assert ("anat 1" in text) == (mode == "raw"), text
+
+
+def _inventory(out: Path, sub: str, ses: str) -> Path:
+    return out / f"sub-{sub}/ses-{ses}/sub-{sub}_ses-{ses}_inventory.tsv"
+
+
+@pytest.mark.integration
+def test_a_broken_subject_fails_only_its_own_job_and_names_the_file(tiny_bids, tmp_path):
+    bad = tiny_bids / "sub-02/ses-m00/anat/sub-02_ses-m00_T1w.nii.gz"
+    bad.write_bytes(b"\x1f\x8b not an image")
+    out = tmp_path / "out"
+    res = _snakemake("--profile", str(LOCAL), "--cores", "2", "group_inventory",
+                     "--config", f"bids_dir={tiny_bids}", f"output_dir={out}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode != 0  # the run as a whole failed ...
+    for sub, ses in [("01", "m00"), ("01", "m03"), ("02", "m03")]:  # ... but --keep-going
+        assert _inventory(out, sub, ses).exists(), res.stderr[-3000:]  # finished the others
+    assert not _inventory(out, "02", "m00").exists()
+    assert not (out / "group/inventory.tsv").exists()  # depends on the failed job
+    log = (out / "logs/inventory/sub-02_ses-m00.log").read_text()
+    assert str(bad) in log and "unreadable or truncated image" in log
+    assert "sub-02_ses-m00.log" in res.stderr  # Snakemake points at the job log
+
+
+@pytest.mark.integration
+def test_rerun_incomplete_after_a_killed_run_gives_the_uninterrupted_outputs(tiny_bids, tmp_path):
+    """Kill Snakemake and its job while a job runs, rerun, compare every output's checksum."""
+    config = ["--config", f"bids_dir={tiny_bids}"]
+    whole = tmp_path / "whole"
+    res = _snakemake("--profile", str(LOCAL), "--cores", "2", "group_inventory", *config,
+                     f"output_dir={whole}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    out = tmp_path / "killed"
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "1", "group_inventory",
+           *config, f"output_dir={out}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    log, target = out / "logs/inventory/sub-01_ses-m03.log", _inventory(out, "01", "m03")
+    deadline = time.monotonic() + 300
+    while not (log.exists() and not target.exists()) and time.monotonic() < deadline:
+        time.sleep(0.02)  # the job has started (its log exists) and not finished (no output)
+    killed_mid_job = log.exists() and not target.exists()
+    os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and the running msmri job, no clean-up
+    proc.wait()
+    assert killed_mid_job, "the job finished before it could be killed"
+    assert not (out / "group/inventory.tsv").exists()
+
+    # What a user does after a crash: release the kill's stale lock, then rerun (the local
+    # profile sets --rerun-incomplete, so the killed job is redone, not trusted).
+    res = _snakemake("--unlock", *config, f"output_dir={out}", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    res = _snakemake("--profile", str(LOCAL), "--cores", "2", "group_inventory", *config,
+                     f"output_dir={out}", cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert tree_checksums(out) == tree_checksums(whole)
