@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from pipeline.config import (
     resolve_sessions,
 )
 from pipeline.errors import ConfigError
+from workflows.docs import BEGIN, END, ConfigEntry, config_entries, config_reference_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,31 +97,31 @@ def test_models_declare_no_default_values():
 
 def test_every_default_leaf_is_documented():
     """Each `key: value` line of default.yaml carries or follows a comment."""
-    line_re = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z_][\w-]*):(?P<rest>.*)$")
-    stack: list[tuple[int, str]] = []
-    documented: dict[str, bool] = {}
-    previous_is_comment = False
-    for number, line in enumerate(default_config_path().read_text().splitlines(), 1):
-        stripped = line.strip()
-        if stripped.startswith("#") or not stripped:
-            previous_is_comment = stripped.startswith("#")
-            continue
-        match = line_re.match(line)
-        assert match, f"default.yaml:{number}: write each entry as `key: value  # comment`"
-        indent = len(match["indent"])
-        while stack and stack[-1][0] >= indent:
-            stack.pop()
-        key = ".".join([k for _, k in stack] + [match["key"]])
-        value = match["rest"].split("#", 1)[0].strip()
-        if value:
-            documented[key] = "#" in match["rest"] or previous_is_comment
-        else:
-            stack.append((indent, match["key"]))
-        previous_is_comment = False
-    undocumented = sorted(k for k, ok in documented.items() if not ok)
+    entries = config_entries()  # raises on a line that is not `key: value  # comment`
+    undocumented = sorted(e.key for e in entries if not e.description)
     assert undocumented == [], f"default.yaml keys without a comment: {undocumented}"
     # every model parameter is written on a commented one-line leaf
-    assert set(documented) == model_leaves(Config)
+    assert {e.key for e in entries} == model_leaves(Config)
+
+
+def test_readme_configuration_reference_is_generated_from_the_defaults():
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert block.strip() == config_reference_markdown().strip(), "run `python -m workflows.docs`"
+    assert "| `dwi.denoise` | `mppca` | mppca (Marchenko-Pastur PCA)" in block
+
+
+def test_config_reference_reads_trailing_and_preceding_comments(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("# Section one.\na:\n  # above\n  x: 1\n  y: '#no' # kept\n\nb: 2  # top\n")
+    assert config_entries(path) == [
+        ConfigEntry("a.x", "1", "above", "Section one."),
+        ConfigEntry("a.y", "'#no'", "kept"),
+        ConfigEntry("b", "2", "top"),
+    ]
+    path.write_text("a:\n  - 1\n")
+    with pytest.raises(ValueError, match=r"c\.yaml:2"):
+        config_entries(path)
 
 
 # ----------------------------------------------------------------- merging
