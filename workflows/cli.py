@@ -457,6 +457,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _bids_parser().parse_args(argv)
         runner = run_bids_app
     _setup_logging(args.verbose)
+    if os.environ.get("SLURM_JOB_ID"):  # say which cluster job wrote this log
+        log.info("running in SLURM job %s on %s", os.environ["SLURM_JOB_ID"],
+                 os.environ.get("SLURMD_NODENAME", "unknown node"))  # fmt: skip
     try:
         return runner(args)
     except MsmriError as exc:
