@@ -74,6 +74,11 @@ def test_local_run_writes_every_inventory(tiny_bids, tmp_path):
     assert len(list(out.glob("sub-*/ses-*/*_inventory.tsv"))) == 4
     assert (out / "group/inventory.tsv").exists()
     assert (out / "logs/inventory/sub-01_ses-m00.log").exists()
+    # every job leaves a resource record (wall seconds, peak memory) for benchmarks/bench_e2e.py
+    record = (out / "logs/benchmarks/inventory/sub-01_ses-m00.tsv").read_text().splitlines()
+    header, values = record[0].split("\t"), record[-1].split("\t")
+    assert {"s", "max_rss"} <= set(header) and float(values[header.index("s")]) > 0
+    assert (out / "logs/benchmarks/group_inventory/group.tsv").exists()
 
 
 @pytest.mark.parametrize("mode", ["raw", "fmriprep"])

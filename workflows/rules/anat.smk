@@ -10,6 +10,8 @@ rule anat_reference:
         OUT_DIR / "sub-{subject}/anat/sub-{subject}_desc-subjectref_T1w.nii.gz",
     log:
         OUT_DIR / "logs/anat_reference/sub-{subject}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/anat_reference/sub-{subject}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
@@ -30,6 +32,8 @@ rule anat:
         / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
     log:
         OUT_DIR / "logs/anat/sub-{subject}_ses-{session}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/anat/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 2
@@ -54,6 +58,8 @@ rule lesion_changes:
         / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_desc-changes_lesions.tsv",
     log:
         OUT_DIR / "logs/lesion_changes/sub-{subject}_ses-{session}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/lesion_changes/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1

@@ -10,6 +10,8 @@ rule dwi:
         / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_roistats.tsv",
     log:
         OUT_DIR / "logs/dwi/sub-{subject}_ses-{session}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/dwi/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 2

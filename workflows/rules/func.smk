@@ -16,6 +16,8 @@ rule func:
         / f"sub-{{subject}}/ses-{{session}}/func/sub-{{subject}}_ses-{{session}}_task-{BOLD_TASK}_desc-summary_bold.tsv",
     log:
         OUT_DIR / "logs/func/sub-{subject}_ses-{session}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/func/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 2

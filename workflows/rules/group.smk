@@ -12,6 +12,8 @@ rule dwi_stats:
         OUT_DIR / "group/desc-tests_dwistats.tsv",
     log:
         OUT_DIR / "logs/group/dwi_stats.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/dwi_stats/group.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
@@ -35,6 +37,8 @@ rule tract_stats:
         OUT_DIR / "group/desc-tests_tractstats.tsv",
     log:
         OUT_DIR / "logs/group/tract_stats.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/tract_stats/group.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
@@ -58,6 +62,8 @@ rule nbs:
         OUT_DIR / NBS_OUTPUT,
     log:
         OUT_DIR / "logs/group/nbs.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/nbs/group.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
@@ -81,6 +87,8 @@ rule qcfc:
         OUT_DIR / QCFC_OUTPUT,
     log:
         OUT_DIR / "logs/group/qcfc.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/qcfc/group.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
@@ -104,6 +112,8 @@ rule clinical_stats:
         OUT_DIR / "group/desc-tests_clinicalstats.tsv",
     log:
         OUT_DIR / "logs/group/clinical_stats.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/clinical_stats/group.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1

@@ -9,6 +9,8 @@ rule inventory:
         / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
     log:
         OUT_DIR / "logs/inventory/sub-{subject}_ses-{session}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/inventory/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
@@ -35,6 +37,8 @@ rule group_inventory:
         OUT_DIR / "group/inventory.tsv",
     log:
         OUT_DIR / "logs/group/inventory.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/group_inventory/group.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1

@@ -10,6 +10,8 @@ rule tract:
         / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_tractstats.tsv",
     log:
         OUT_DIR / "logs/tract/sub-{subject}_ses-{session}.log",
+    benchmark:
+        OUT_DIR / "logs/benchmarks/tract/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
     threads: 1
