@@ -23,6 +23,7 @@ from workflows.snakemake import (
     qcfc_output,
     with_modality,
 )
+from workflows.report import session_report_inputs
 
 
 configfile: Path(workflow.basedir) / "configs" / "snakemake.yaml"
@@ -55,6 +56,7 @@ include: "workflows/rules/dwi.smk"
 include: "workflows/rules/tract.smk"
 include: "workflows/rules/func.smk"
 include: "workflows/rules/group.smk"
+include: "workflows/rules/report.smk"
 
 
 rule all:
@@ -73,6 +75,13 @@ rule all:
         OUT_DIR / NBS_OUTPUT,
         OUT_DIR / QCFC_OUTPUT,
         OUT_DIR / "group/desc-tests_clinicalstats.tsv",
+        expand(
+            OUT_DIR / "sub-{subject}_ses-{session}.html",
+            zip,
+            subject=SUBJECTS,
+            session=SESSIONS,
+        ),
+        OUT_DIR / "group.html",
         expand(
             OUT_DIR
             / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",

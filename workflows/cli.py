@@ -25,10 +25,12 @@ log = logging.getLogger("msmri")
 
 #: Stages run at the participant level, in order.
 PARTICIPANT_STAGES = (
-    "inventory", "anat_reference", "anat", "dwi", "tract", "func", "lesion_changes",
+    "inventory", "anat_reference", "anat", "dwi", "tract", "func", "lesion_changes", "report",
 )  # fmt: skip
 #: Stages run at the group level, in order.
-GROUP_STAGES = ("inventory", "dwi_stats", "tract_stats", "nbs", "qcfc", "clinical_stats")
+GROUP_STAGES = (
+    "inventory", "dwi_stats", "tract_stats", "nbs", "qcfc", "clinical_stats", "report",
+)  # fmt: skip
 
 
 def _bids_parser() -> argparse.ArgumentParser:
@@ -189,6 +191,10 @@ def run_bids_app(args: argparse.Namespace) -> int:
             from workflows.group import write_clinical_stats
 
             write_clinical_stats(writer, config, bids_dir)
+        if "report" in stages:
+            from workflows.report import write_group_report
+
+            write_group_report(out)
         return 0
 
     derivs = []
@@ -257,6 +263,18 @@ def run_bids_app(args: argparse.Namespace) -> int:
                 write_lesion_changes(writer, subject=sub, session=ses, reference=ref, config=config)
             except Exception as exc:
                 log.error("sub-%s ses-%s lesion changes failed: %s", sub, ses, exc)
+                failures.append((sub, ses, exc))
+    if "report" in stages:  # last: it shows what the other stages wrote
+        from workflows.report import write_session_report
+
+        failed = {(sub, ses) for sub, ses, _ in failures}
+        for sub, ses in pairs:
+            if (sub, ses) in failed or (sub, "*") in failed:
+                continue
+            try:
+                write_session_report(out, sub, ses, task=config.bids.bold_task)
+            except Exception as exc:
+                log.error("sub-%s ses-%s report failed: %s", sub, ses, exc)
                 failures.append((sub, ses, exc))
     if failures:
         for sub, ses, exc in failures:
