@@ -36,6 +36,7 @@ __all__ = [
     "DwiCheck",
     "InputWarning",
     "load_image",
+    "read_json_object",
     "validate_anat",
     "validate_bold",
     "validate_dwi",
@@ -315,13 +316,7 @@ def _read_sidecar(bold_path: Path, json_path: PathT | None) -> tuple[dict, Path]
             f"RepetitionTime is missing: expected a JSON sidecar at {json_path}, "
             "but it does not exist",
         )
-    try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(json_path, f"expected valid JSON, got: {exc}") from exc
-    if not isinstance(meta, dict):
-        raise InputError(json_path, f"expected a JSON object, got {type(meta).__name__}")
-    return meta, json_path
+    return read_json_object(json_path), json_path
 
 
 def validate_bold(
@@ -470,3 +465,21 @@ def validate_mask_grid(
     if not np.any(data):
         raise InputError(mask_path, "expected at least one non-zero voxel, got an empty mask")
     return mask
+
+
+def read_json_object(path: PathT) -> dict:
+    """Read a JSON file that must hold an object (a sidecar, a dataset description).
+
+    Raises
+    ------
+    InputError
+        Naming ``path``, when it cannot be read, is not valid JSON or is not an object.
+    """
+    path = Path(path)
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"expected valid JSON, got: {exc}") from exc
+    if not isinstance(content, dict):
+        raise InputError(path, f"expected a JSON object, got {type(content).__name__}")
+    return content

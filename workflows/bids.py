@@ -9,7 +9,6 @@ This is the only place that knows the BIDS layout: it turns a BIDS dataset
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from os import PathLike
@@ -21,6 +20,7 @@ from bids.exceptions import PyBIDSError
 from bids.layout import Query
 
 from pipeline.errors import InputError
+from pipeline.validation import read_json_object
 
 __all__ = [
     "LESION_SPACES",
@@ -52,12 +52,7 @@ def _check_description(root: Path, *, derivative: bool) -> None:
             f"file not found: expected every {kind} to have a dataset_description.json "
             f"at its root ({root})",
         )
-    try:
-        content = json.loads(desc.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(desc, f"expected valid JSON, got: {exc}") from exc
-    if not isinstance(content, dict):
-        raise InputError(desc, f"expected a JSON object, got {type(content).__name__}")
+    content = read_json_object(desc)
     if derivative:
         names = [g.get("Name") for g in content.get("GeneratedBy", []) or [] if isinstance(g, dict)]
         legacy = (content.get("PipelineDescription") or {}).get("Name")
