@@ -1,8 +1,9 @@
 """Diffusion and tract stages end to end on the tiny phantom (Nipype workflows via the CLI).
 
 One subject, both sessions: structural stage, then the diffusion stage, then
-tractography and tractometry. The
-accuracy checks compare the ROI table with the phantom's truth maps in ROIs
+tractography and tractometry, and the fMRI stage with the tiny phantom's settings
+(``TINY_FUNC_CONFIG``), so the fixture holds a complete participant output that the
+report and notebook tests read. The accuracy checks compare the ROI table with the phantom's truth maps in ROIs
 built from the truth tissue maps (independently of our registrations).
 """
 
@@ -21,6 +22,7 @@ import pytest
 
 from pipeline.dwi.rois import build_rois
 from pipeline.phantom.trial import PRESETS, make_subject
+from tests.conftest import TINY_FUNC_CONFIG
 from workflows.dwi import TENSOR_MAPS
 
 SPEC = PRESETS["tiny"]
@@ -35,9 +37,11 @@ def dwi_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("dwi")
     write_trial(root, SPEC, subjects=[0])
     out = root / "derivatives"
+    cfg = root / "tiny.yaml"
+    cfg.write_text(TINY_FUNC_CONFIG)
     assert main([str(root / "bids"), str(out), "participant", "--participant-label", "01",
-                 "--stages", "inventory", "anat", "dwi", "tract", "--work-dir", str(root / "work"),
-                 "--nprocs", "2"]) == 0  # fmt: skip
+                 "--stages", "inventory", "anat", "dwi", "tract", "func", "--config", str(cfg),
+                 "--work-dir", str(root / "work"), "--nprocs", "2"]) == 0  # fmt: skip
     return root, out
 
 
@@ -361,3 +365,119 @@ def test_csd_without_the_preprocessed_series_names_the_file_and_the_fix(dwi_run,
     assert rc == 1
     err = capsys.readouterr().err
     assert "desc-preproc_dwi.nii.gz" in err and "dwi.save_preproc" in err, err
+
+
+# --- HTML reports
+@pytest.mark.integration
+def test_report_stage_writes_session_reports_that_load_in_chromium(dwi_run, tmp_path):
+    """The participant report stage on the complete tiny run: every figure loads in Chromium."""
+    import time
+    from importlib import metadata
+
+    from tests.test_report import assert_report_is_complete
+    from workflows.cli import main
+    from workflows.report import session_report, session_report_path
+
+    root, out = dwi_run
+    t0 = time.perf_counter()
+    assert main([str(root / "bids"), str(out), "participant", "--participant-label", "01",
+                 "--stages", "report", "--config", str(root / "tiny.yaml")]) == 0  # fmt: skip
+    seconds = time.perf_counter() - t0
+    shots = Path(os.environ.get("MSMRI_SCREENSHOT_DIR", tmp_path / "screenshots"))
+    for ses in (BASE, FOLLOW):
+        page = session_report_path(out, "01", ses)
+        assert page == out / f"sub-01_ses-{ses}.html" and page.exists()
+        status = {s.id: s.status for s in session_report(out, "01", ses).sections}
+        assert status["anat"] == status["dwi"] == "ok", status
+        assert status["tract"] in ("ok", "partial") and status["func"] in ("ok", "excluded"), status
+        text = page.read_text()
+        assert "figure not available" not in text.split('id="func"', 1)[0]  # anat, dwi, tract
+        figures = sorted((out / f"sub-01/ses-{ses}/figures").glob("*.svg"))
+        images = assert_report_is_complete(page, shots / f"sub-01_ses-{ses}.png",
+                                           min_images=len(figures))  # fmt: skip
+        shown = {Path(i["src"]).name for i in images}
+        assert {f.name for f in figures} <= shown, {f.name for f in figures} - shown
+        methods = text.split('<section id="methods">', 1)[1]
+        assert f"dipy {metadata.version('dipy')}" in methods and "Power JD" in methods
+        print(f"report sub-01 ses-{ses}: {page.stat().st_size / 1024:.0f} kB, {len(images)} "
+              f"figures; both pages built in {seconds:.1f} s")  # fmt: skip
+
+
+# --- notebook and results API
+def _read(path: Path, **kw) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"],
+                       dtype={"subject": str, "session": str}, **kw)  # fmt: skip
+
+
+@pytest.mark.integration
+def test_results_api_matches_an_independent_read_of_the_files(dwi_run):
+    """workflows.results on the complete tiny run equals nibabel / pandas reads of the files."""
+    from workflows.results import DerivativesResults, MissingOutputError
+
+    _, out = dwi_run
+    res = DerivativesResults(out)
+    assert res.subjects == ["01"] and res.sessions("01") == [BASE, FOLLOW]
+    for ses in (BASE, FOLLOW):
+        s = res.session("01", ses)
+        assert s.stages == dict.fromkeys(("inventory", "anat", "dwi", "tract", "func"), True)
+        for metric in ("fa", "md", "rd"):
+            img = s.map(metric)
+            ref = nib.load(_dwi(out, ses, f"space-dwi_model-tensor_param-{metric}_dwimap.nii.gz"))
+            np.testing.assert_array_equal(np.asanyarray(img.dataobj), np.asanyarray(ref.dataobj))
+            np.testing.assert_array_equal(img.affine, ref.affine)
+        pd.testing.assert_frame_equal(s.roi_table(), _read(_dwi(out, ses, "space-dwi_model-tensor_roistats.tsv")))
+        for suffix, table in (("tractstats", s.tract_table()), ("tractprofiles", s.tract_profiles())):
+            pd.testing.assert_frame_equal(table, _read(_dwi(out, ses, f"space-dwi_model-tensor_{suffix}.tsv")))
+        anat = out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}"
+        pd.testing.assert_frame_equal(s.volumes(), _read(Path(f"{anat}_volumes.tsv")))
+        func = out / f"sub-01/ses-{ses}/func/sub-01_ses-{ses}_task-rest"
+        summary = _read(Path(f"{func}_desc-summary_bold.tsv"))
+        pd.testing.assert_frame_equal(s.func_summary(), summary)
+        if int(summary["excluded"].iloc[0]):
+            with pytest.raises(MissingOutputError, match="excluded"):
+                s.connectome()
+        else:
+            conn = s.connectome()
+            assert conn.atlas == "dosenbach" and conn.measure == "pearsoncorrelation"
+            labels = _read(Path(f"{func}_seg-dosenbach_dseg.tsv"))
+            matrix = _read(Path(f"{func}_seg-dosenbach_stat-pearsoncorrelation_relmat.tsv"), index_col=0)
+            pd.testing.assert_frame_equal(conn.labels, labels)
+            assert conn.regions == list(labels["name"]) == list(conn.matrix.columns) == list(conn.matrix.index)
+            np.testing.assert_array_equal(conn.to_numpy(), matrix.to_numpy(dtype=float))
+        figures = sorted((out / f"sub-01/ses-{ses}/figures").glob("*.svg"))
+        assert sorted(s.figures().values()) == figures
+        prov = s.provenance(_dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
+        assert prov == json.loads(_dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.json").read_text())
+    rd = res.longitudinal("01", "roi_table", rois=["NAWM_L"], metrics=["rd"])
+    assert rd["session"].tolist() == [BASE, FOLLOW]
+    assert rd["mean"].tolist() == [_table(out, ses).query("roi == 'NAWM_L' and metric == 'rd'")["mean"].item()
+                                   for ses in (BASE, FOLLOW)]  # fmt: skip
+
+
+@pytest.mark.integration
+def test_inspect_subject_notebook_executes_on_the_complete_run(dwi_run, tmp_path):
+    """notebooks/inspect_subject.ipynb top to bottom (nbclient) on the tiny run's outputs."""
+    import re
+
+    from tests.test_results import execute_notebook
+    from workflows.results import DerivativesResults
+
+    _, out = dwi_run
+    nb, text, seconds = execute_notebook(
+        tmp_path, {"MSMRI_OUTPUT_DIR": str(out), "MSMRI_SUBJECT": "01", "MSMRI_SESSION": BASE},
+        timeout=600,
+    )  # fmt: skip
+    print(f"notebook executed in {seconds:.1f} s")
+    assert f"sub-01: sessions {BASE}, {FOLLOW}; showing ses-{BASE}" in text
+    assert f"NAWM tensor metrics, sub-01 ses-{BASE} (mean):" in text
+    assert "stage not run" not in text, text
+    res = DerivativesResults(out)
+    # the printed NAWM RD table: one line per session, values as in the ROI tables
+    block = text.split("NAWM RD (um^2/ms), sub-01:", 1)[1]
+    for ses in (BASE, FOLLOW):
+        line = re.search(rf"^{ses}\s+(.*)$", block, re.M).group(1).split()
+        rd = res.session("01", ses).roi_table(rois=["NAWM_L", "NAWM_R"], metrics="rd")["mean"]
+        np.testing.assert_allclose([float(v) for v in line[1:3]], rd, atol=1e-4)
+    excluded = bool(res.session("01", BASE).func_summary()["excluded"].iloc[0])
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    assert images >= (3 if excluded else 4), images  # FA, tract profiles, [connectome], NAWM RD
