@@ -313,3 +313,16 @@ def test_group_report_renders_in_chromium(group_outputs, tmp_path):
                                        min_images=n_svg)  # fmt: skip
     assert len(images) == n_svg, (len(images), n_svg)
     print(f"group report: {page.stat().st_size / 1024:.0f} kB, {len(images)} figures")
+
+
+def test_chromium_check_catches_an_image_that_does_not_load(tmp_path):
+    """The browser check itself: a figure file that exists but is not an image is reported."""
+    (tmp_path / "good.svg").write_text(SVG)
+    (tmp_path / "bad.svg").write_text("this is not an SVG document\n")
+    page = tmp_path / "page.html"
+    page.write_text('<html><body><img src="good.svg"><img src="bad.svg"></body></html>')
+    images = {Path(i["src"]).name: i for i in render_in_chromium(page, tmp_path / "shot.png")}
+    assert images["good.svg"]["width"] > 0
+    assert images["bad.svg"]["width"] == 0
+    with pytest.raises(AssertionError, match="did not load in Chromium"):
+        assert_report_is_complete(page, tmp_path / "shot2.png")
