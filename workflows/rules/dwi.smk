@@ -14,7 +14,8 @@ rule dwi:
         OUT_DIR / "logs/benchmarks/dwi/sub-{subject}_ses-{session}.tsv"
     conda:
         "../../configs/envs/msmri.yaml"
-    threads: 2
+    # One thread: see the anat rule (measured together; identical outputs).
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
