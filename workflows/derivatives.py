@@ -33,6 +33,7 @@ __all__ = [
     "atomic_write_text",
     "bids_name",
     "build_path",
+    "read_tsv",
     "software_versions",
 ]
 
@@ -132,6 +133,14 @@ def _json_default(obj: Any) -> Any:
 
 def dumps_json(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n"
+
+
+def read_tsv(path: str | os.PathLike[str], **kwargs: Any) -> Any:
+    """Read a TSV this writer wrote: ``n/a`` is missing, ``subject``/``session`` stay strings."""
+    import pandas as pd
+
+    kwargs.setdefault("dtype", {"subject": str, "session": str})
+    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"], **kwargs)
 
 
 def software_versions() -> dict[str, str]:

@@ -36,7 +36,7 @@ from pipeline.report.html import (
     methods_boilerplate,
     render_report,
 )
-from workflows.derivatives import atomic_write_text
+from workflows.derivatives import atomic_write_text, read_tsv
 
 __all__ = [
     "check_derivatives",
@@ -132,12 +132,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 
 def _tsv(path: Path):
-    import pandas as pd
-
-    if not path.is_file():
-        return None
-    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"],
-                       dtype={"subject": str, "session": str})  # fmt: skip
+    return read_tsv(path) if path.is_file() else None
 
 
 def _sidecar(path: Path) -> Path:

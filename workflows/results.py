@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 from pipeline.validation import read_json_object
-from workflows.derivatives import build_path
+from workflows.derivatives import build_path, read_tsv
 
 if TYPE_CHECKING:  # imported lazily: keep `import workflows.results` cheap
     import bids
@@ -135,14 +135,6 @@ class MissingOutputError(InputError):
             f"--stages {stage}`"
         )
         super().__init__(path, f"{what} not found; the '{stage}' stage writes it: {detail}")
-
-
-def read_tsv(path: PathT, **kwargs: Any) -> pd.DataFrame:
-    """Read a derivatives TSV: ``n/a`` is missing, ``subject``/``session`` stay strings."""
-    import pandas as pd
-
-    kwargs.setdefault("dtype", {"subject": str, "session": str})
-    return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"], **kwargs)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
