@@ -2,8 +2,9 @@
 
 Each iteration resamples the streamlines to ``n_points`` nodes, computes for
 every node of every streamline its Mahalanobis distance to the distribution of
-that node across the bundle (DIPY ``gaussian_weights(..., return_mahalnobis=True)``,
-as pyAFQ's ``clean_bundle`` does) and the z-score of its length, and drops
+that node across the bundle (DIPY's ``gaussian_weights(..., return_mahalnobis=True)``
+as pyAFQ's ``clean_bundle`` does, computed by the vectorised equivalent in
+:mod:`pipeline.tract.weights`) and the z-score of its length, and drops
 streamlines with any node farther than ``distance_threshold`` or a length
 z-score beyond ``length_threshold``. Iterations stop when nothing is dropped,
 after ``n_iterations``, or when dropping would leave fewer than
@@ -52,8 +53,9 @@ def clean_bundle(
     ndarray of int
         Sorted indices into ``streamlines``.
     """
-    from dipy.stats.analysis import gaussian_weights
     from dipy.tracking.streamline import Streamlines, length, set_number_of_points
+
+    from pipeline.tract.weights import gaussian_weights
 
     keep = np.arange(len(streamlines))
     if len(keep) <= max(min_streamlines, 2):
@@ -61,12 +63,10 @@ def clean_bundle(
     resampled = set_number_of_points(Streamlines(streamlines), nb_points=n_points)
     lengths = np.asarray(length(streamlines), float)
     for _ in range(int(n_iterations)):
+        # resampled once more inside gaussian_weights, exactly as in pyAFQ / DIPY
         sub = Streamlines([resampled[i] for i in keep])
-        with np.errstate(all="ignore"):
-            dist = np.asarray(
-                gaussian_weights(sub, n_points=n_points, return_mahalnobis=True), float
-            )
-        dist = np.nan_to_num(dist, nan=0.0)
+        dist = gaussian_weights(sub, n_points=n_points, return_mahalanobis=True)
+        dist = np.nan_to_num(np.asarray(dist, float), nan=0.0)
         sd = lengths[keep].std()
         z = np.abs(lengths[keep] - lengths[keep].mean()) / sd if sd > 0 else np.zeros(len(keep))
         ok = (dist.max(axis=1) <= distance_threshold) & (z <= length_threshold)

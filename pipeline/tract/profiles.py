@@ -4,7 +4,8 @@ Pipeline per bundle (:func:`bundle_profiles`): orient the streamlines so that
 node 1 is the end nearest the bundle's ``start`` ROI, clean them
 (:func:`pipeline.tract.clean.clean_bundle`), then sample each metric map at 100
 nodes with DIPY ``afq_profile`` and Gaussian weights from the Mahalanobis
-distance to the bundle core (``gaussian_weights``; Yeatman et al. 2012).
+distance to the bundle core (DIPY's ``gaussian_weights``, vectorised in
+:mod:`pipeline.tract.weights`; Yeatman et al. 2012).
 
 Lesion-aware profile: DIPY's weighted average cannot skip samples, and setting
 lesion voxels to NaN before trilinear sampling would spread NaN to every sample
@@ -195,13 +196,14 @@ def bundle_profiles(
     -------
     BundleProfile
     """
-    from dipy.stats.analysis import gaussian_weights
     from dipy.tracking.streamline import (
         Streamlines,
         orient_by_streamline,
         set_number_of_points,
         values_from_volume,
     )
+
+    from pipeline.tract.weights import gaussian_weights
 
     affine = np.asarray(affine, float)
     n_rec = 0 if streamlines is None else len(streamlines)
