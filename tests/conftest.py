@@ -270,7 +270,9 @@ REPO = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
 
 
-def run_snakemake(*args: str, cwd: Path, timeout: float | None = None) -> subprocess.CompletedProcess:
+def run_snakemake(
+    *args: str, cwd: Path, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """Run the project's Snakefile with the test environment's ``snakemake`` and ``msmri``."""
     env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     return subprocess.run(

@@ -132,13 +132,17 @@ def test_first_reference_puts_every_session_on_one_grid(first_run):
     raw = nib.load(root / f"bids/sub-02/ses-{base}/anat/sub-02_ses-{base}_T1w.nii.gz")
     assert ref.shape == raw.shape and np.allclose(ref.affine, raw.affine)
     for ses in (base, follow):
-        xfm = out / f"sub-02/ses-{ses}/anat/sub-02_ses-{ses}_from-T1w_to-subject_mode-image_xfm.json"
+        xfm = (
+            out / f"sub-02/ses-{ses}/anat/sub-02_ses-{ses}_from-T1w_to-subject_mode-image_xfm.json"
+        )
         assert xfm.exists()
         for name in ("desc-preproc_T1w.nii.gz", "desc-brain_mask.nii.gz", "dseg.nii.gz",
                      "label-lesion_mask.nii.gz"):  # fmt: skip
             img = _img(out, ses, name)
             assert img.shape == ref.shape and np.allclose(img.affine, ref.affine), (ses, name)
-        meta = json.loads((out / f"sub-02/ses-{ses}/anat/sub-02_ses-{ses}_desc-preproc_T1w.json").read_text())
+        meta = json.loads(
+            (out / f"sub-02/ses-{ses}/anat/sub-02_ses-{ses}_desc-preproc_T1w.json").read_text()
+        )
         assert "subject reference (first)" in meta["Parameters"]["grid"]
     # the brain itself does not change in six months: its masks agree voxel by voxel
     masks = [_img(out, s, "desc-brain_mask.nii.gz").get_fdata() > 0 for s in (base, follow)]
@@ -152,7 +156,10 @@ def test_first_reference_carries_t1w_lesion_masks_and_finds_the_new_lesion(first
     subject = make_subject(SPEC, 1)
     ours = _img(out, follow, "label-lesion_mask.nii.gz")
     # truth of ses-m06 brought onto the reference (baseline) grid by the TRUE head movement
-    truth = nib.load(root / f"truth/sub-02/ses-{follow}/anat/sub-02_ses-{follow}_space-T1w_label-lesion_mask.nii.gz")
+    truth = nib.load(
+        root
+        / f"truth/sub-02/ses-{follow}/anat/sub-02_ses-{follow}_space-T1w_label-lesion_mask.nii.gz"
+    )
     pts = nib.affines.apply_affine(ours.affine, np.indices(ours.shape).reshape(3, -1).T)
     src = subject.from_template(follow, "T1w")(subject.to_template(base, "T1w")(pts))
     ijk = nib.affines.apply_affine(np.linalg.inv(truth.affine), src).T
@@ -166,7 +173,13 @@ def test_first_reference_carries_t1w_lesion_masks_and_finds_the_new_lesion(first
                         f"sub-02_ses-{base}_space-T1w_label-lesion_mask.nii.gz")  # fmt: skip
     np.testing.assert_array_equal(_img(out, base, "label-lesion_mask.nii.gz").get_fdata() > 0,
                                   provided.get_fdata() > 0)  # fmt: skip
-    changes = pd.read_csv(out / f"sub-02/ses-{follow}/anat/sub-02_ses-{follow}_desc-changes_lesions.tsv", sep="\t")
+    changes = pd.read_csv(
+        out / f"sub-02/ses-{follow}/anat/sub-02_ses-{follow}_desc-changes_lesions.tsv", sep="\t"
+    )
     assert (changes["status"] == "new").sum() >= 1
-    meta = json.loads((out / f"sub-02/ses-{follow}/anat/sub-02_ses-{follow}_desc-changes_lesions.json").read_text())
+    meta = json.loads(
+        (
+            out / f"sub-02/ses-{follow}/anat/sub-02_ses-{follow}_desc-changes_lesions.json"
+        ).read_text()
+    )
     assert meta["Parameters"]["registration"].startswith("none")

@@ -66,6 +66,22 @@ def test_derivatives_without_generated_by(tiny_bids):
     assert str(desc) in str(exc.value)
 
 
+def test_derivatives_declared_raw_or_a_file_are_rejected(tiny_bids, tmp_path):
+    desc = tiny_bids / "derivatives" / "lesions" / "dataset_description.json"
+    desc.write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0", "DatasetType": "raw",
+                                "GeneratedBy": [{"Name": "manual"}]}))  # fmt: skip
+    with pytest.raises(
+        InputError, match='expected "DatasetType": "derivative", got \'raw\''
+    ) as exc:
+        index_dataset(tiny_bids, derivatives=[desc.parent])
+    assert str(desc) in str(exc.value)
+    not_a_dir = tmp_path / "lesions.txt"
+    not_a_dir.write_text("")
+    with pytest.raises(InputError, match="got a file") as exc:
+        index_dataset(tiny_bids, derivatives=[not_a_dir])
+    assert str(not_a_dir) in str(exc.value)
+
+
 def test_derivatives_not_indexed_by_default(tiny_bids):
     layout = index_dataset(tiny_bids)
     inputs = collect_inputs(layout, "01", "m00")

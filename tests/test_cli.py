@@ -211,7 +211,11 @@ def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_
 
     bids = make_bids()
     stem = bids / "sub-01/ses-m00/dwi/sub-01_ses-m00_dwi"
-    files = {"dwi": Path(f"{stem}.nii.gz"), "bval": Path(f"{stem}.bval"), "bvec": Path(f"{stem}.bvec")}
+    files = {
+        "dwi": Path(f"{stem}.nii.gz"),
+        "bval": Path(f"{stem}.bval"),
+        "bvec": Path(f"{stem}.bvec"),
+    }
     bvals, bvecs = gradient_table()
     if case == "bval_count":
         write_gradients(files["bval"], files["bvec"], bvals[:-1], bvecs[:-1])

@@ -266,7 +266,11 @@ def test_tract_orientation_model_options(tmp_path):
     user = write(tmp_path, "user.yaml", "tract:\n  model: csa\n  method: probabilistic\n")
     with pytest.raises(ConfigError) as info:
         load_config([user])
-    assert info.value.key == "tract.method" and "csd" in str(info.value) and info.value.source == str(user)
+    assert (
+        info.value.key == "tract.method"
+        and "csd" in str(info.value)
+        and info.value.source == str(user)
+    )
     for bad, key in (({"sh_order": 7}, "tract.sh_order"), ({"sh_order": 14}, "tract.sh_order"),
                      ({"model": "dti"}, "tract.model"), ({"tractogram_format": "tck"}, "tract.tractogram_format")):  # fmt: skip
         with pytest.raises(ConfigError) as info:

@@ -30,9 +30,9 @@ def _signal_from_truth(ph, world_dirs: np.ndarray, bvals: np.ndarray) -> np.ndar
     s0 = _truth(ph, "model-tensor_param-s0_dwimap").astype(float)
     v1 = _truth(ph, "model-tensor_param-v1world_dwimap").astype(float)
     proj = np.einsum("xyzc,nc->xyzn", v1, world_dirs)
-    return (s0[..., None] * np.exp(-bvals * (rd[..., None] + (ad - rd)[..., None] * proj**2))).astype(
-        np.float32
-    )
+    return (
+        s0[..., None] * np.exp(-bvals * (rd[..., None] + (ad - rd)[..., None] * proj**2))
+    ).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,9 @@ def baseline(tiny_phantom_sessions):
 
 @pytest.fixture(scope="module")
 def gradients(baseline) -> DwiGradients:
-    return DwiGradients.from_world(baseline.bvals, baseline.bvecs_world, baseline.images["dwi"].affine)
+    return DwiGradients.from_world(
+        baseline.bvals, baseline.bvecs_world, baseline.images["dwi"].affine
+    )
 
 
 # -------------------------------------------------------------------- gradient table

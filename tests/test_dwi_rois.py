@@ -158,7 +158,9 @@ def test_planted_rd_change_with_a_real_fit(tiny_phantom_sessions):
     for ses in med:
         for roi in ("NAWM_L", "NAWM_R"):
             for m in METRICS:
-                report[f"{ses}_{roi}_{m}_relerr"] = med[ses][(roi, m)] / truth_med[ses][(roi, m)] - 1
+                report[f"{ses}_{roi}_{m}_relerr"] = (
+                    med[ses][(roi, m)] / truth_med[ses][(roi, m)] - 1
+                )
     print(report)
     assert abs(report["rd_change_L"] + 0.06) < 0.015
     assert abs(report["rd_change_R"]) < 0.015

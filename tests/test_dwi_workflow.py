@@ -60,7 +60,9 @@ def _table(out: Path, ses: str) -> pd.DataFrame:
 
 def _truth_medians(root: Path, ses: str) -> dict[tuple[str, str], float]:
     """Median truth FA/MD/AD/RD (um^2/ms) in NAWM ROIs built from the truth tissue maps."""
-    aff = nib.load(root / f"truth/sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_space-dwi_desc-brain_mask.nii.gz").affine
+    aff = nib.load(
+        root / f"truth/sub-01/ses-{ses}/dwi/sub-01_ses-{ses}_space-dwi_desc-brain_mask.nii.gz"
+    ).affine
     rois = build_rois(
         _truth(root, ses, "space-dwi_label-WM_probseg"),
         _truth(root, ses, "space-dwi_label-lesion_probseg") >= 0.5,
@@ -112,7 +114,9 @@ def test_nawm_tensor_metrics_match_truth(dwi_run, ses):
     table, truth = _table(out, ses), _truth_medians(root, ses)
     for (roi, metric), true in truth.items():
         rel = _ours(table, roi, metric) / true - 1
-        print(f"ses-{ses} {roi} {metric}: ours {_ours(table, roi, metric):.4f} truth {true:.4f} ({rel:+.1%})")
+        print(
+            f"ses-{ses} {roi} {metric}: ours {_ours(table, roi, metric):.4f} truth {true:.4f} ({rel:+.1%})"
+        )
         assert abs(rel) < 0.05, (roi, metric, rel)
 
 
@@ -120,7 +124,9 @@ def test_nawm_tensor_metrics_match_truth(dwi_run, ses):
 def test_planted_rd_change_is_recovered_only_on_the_left(dwi_run):
     _, out = dwi_run
     base, follow = _table(out, BASE), _table(out, FOLLOW)
-    change = {roi: _ours(follow, roi, "rd") / _ours(base, roi, "rd") - 1 for roi in ("NAWM_L", "NAWM_R")}
+    change = {
+        roi: _ours(follow, roi, "rd") / _ours(base, roi, "rd") - 1 for roi in ("NAWM_L", "NAWM_R")
+    }
     print("RD change", change)
     assert abs(change["NAWM_L"] - SPEC.rd_change[-1]) < 0.015, change
     assert abs(change["NAWM_R"]) < 0.015, change
@@ -166,8 +172,12 @@ def test_mrtrix_agrees_on_the_preprocessed_series(dwi_run, tmp_path):
     subprocess.run(["tensor2metric", "-quiet", "-force", "-mask", str(mask), str(tensor),
                     "-fa", str(tmp_path / "fa.nii"), "-adc", str(tmp_path / "md.nii")], check=True)  # fmt: skip
     m = np.asanyarray(nib.load(mask).dataobj) > 0
-    ours_fa = nib.load(_dwi(out, BASE, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).get_fdata()[m]
-    ours_md = nib.load(_dwi(out, BASE, "space-dwi_model-tensor_param-md_dwimap.nii.gz")).get_fdata()[m]
+    ours_fa = nib.load(
+        _dwi(out, BASE, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")
+    ).get_fdata()[m]
+    ours_md = nib.load(
+        _dwi(out, BASE, "space-dwi_model-tensor_param-md_dwimap.nii.gz")
+    ).get_fdata()[m]
     mr_fa = nib.load(tmp_path / "fa.nii").get_fdata()[m]
     mr_md = nib.load(tmp_path / "md.nii").get_fdata()[m]
     ok = np.isfinite(mr_fa) & np.isfinite(mr_md) & (mr_md > 0)
@@ -244,12 +254,20 @@ def test_tract_tables_have_every_bundle_with_status_and_reason(dwi_run, ses):
             assert _dwi(out, ses, f"space-{space}_bundle-{ent}_desc-density_dwimap.nii.gz").exists()
         assert _dwi(out, ses, f"space-dwi_model-tensor_bundle-{ent}_tractography.trk").exists()
     figs = {p.name for p in (out / f"sub-01/ses-{ses}/figures").glob("*_tract.svg")}
-    assert figs == {f"sub-01_ses-{ses}_desc-bundles_tract.svg", f"sub-01_ses-{ses}_desc-profiles_tract.svg"}
+    assert figs == {
+        f"sub-01_ses-{ses}_desc-bundles_tract.svg",
+        f"sub-01_ses-{ses}_desc-profiles_tract.svg",
+    }
 
 
 def _bundle_dice(root: Path, out: Path, ses: str, ent: str) -> float:
     """Dice of a bundle's density mask (> 0) with the phantom's truth mask (DWI grid)."""
-    dens = np.asanyarray(nib.load(_dwi(out, ses, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
+    dens = (
+        np.asanyarray(
+            nib.load(_dwi(out, ses, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj
+        )
+        > 0
+    )
     truth = _truth(root, ses, f"space-dwi_bundle-{ent}_mask") > 0
     return float(2 * (dens & truth).sum() / (dens.sum() + truth.sum()))
 
@@ -280,11 +298,19 @@ def test_profile_node_one_is_the_same_anatomical_end_in_every_session(dwi_run):
     for ses in (BASE, FOLLOW):
         ok = _tract_table(out, ses, "tractstats").query("status == 'ok'")["bundle"]
         xfm = Transform.load(_dwi(out, ses, "from-dwi_to-T1w_mode-image_xfm.json")).compose(
-            Transform.load(out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json"))
+            Transform.load(
+                out
+                / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.json"
+            )
+        )
         ref = str(_dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
         for name in ok:
-            trk = _dwi(out, ses, f"space-dwi_model-tensor_bundle-{name.replace('_', '')}_tractography.trk")
-            sl = load_tractogram(str(trk), ref, to_space=Space.RASMM, bbox_valid_check=False).streamlines
+            trk = _dwi(
+                out, ses, f"space-dwi_model-tensor_bundle-{name.replace('_', '')}_tractography.trk"
+            )
+            sl = load_tractogram(
+                str(trk), ref, to_space=Space.RASMM, bbox_valid_check=False
+            ).streamlines
             first = xfm.source_to_target(np.array([s[0] for s in sl])).mean(axis=0)
             last = xfm.source_to_target(np.array([s[-1] for s in sl])).mean(axis=0)
             start = defs[name].start_point
@@ -425,9 +451,16 @@ def test_results_api_matches_an_independent_read_of_the_files(dwi_run):
             ref = nib.load(_dwi(out, ses, f"space-dwi_model-tensor_param-{metric}_dwimap.nii.gz"))
             np.testing.assert_array_equal(np.asanyarray(img.dataobj), np.asanyarray(ref.dataobj))
             np.testing.assert_array_equal(img.affine, ref.affine)
-        pd.testing.assert_frame_equal(s.roi_table(), _read(_dwi(out, ses, "space-dwi_model-tensor_roistats.tsv")))
-        for suffix, table in (("tractstats", s.tract_table()), ("tractprofiles", s.tract_profiles())):
-            pd.testing.assert_frame_equal(table, _read(_dwi(out, ses, f"space-dwi_model-tensor_{suffix}.tsv")))
+        pd.testing.assert_frame_equal(
+            s.roi_table(), _read(_dwi(out, ses, "space-dwi_model-tensor_roistats.tsv"))
+        )
+        for suffix, table in (
+            ("tractstats", s.tract_table()),
+            ("tractprofiles", s.tract_profiles()),
+        ):
+            pd.testing.assert_frame_equal(
+                table, _read(_dwi(out, ses, f"space-dwi_model-tensor_{suffix}.tsv"))
+            )
         anat = out / f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}"
         pd.testing.assert_frame_equal(s.volumes(), _read(Path(f"{anat}_volumes.tsv")))
         func = out / f"sub-01/ses-{ses}/func/sub-01_ses-{ses}_task-rest"
@@ -440,14 +473,23 @@ def test_results_api_matches_an_independent_read_of_the_files(dwi_run):
             conn = s.connectome()
             assert conn.atlas == "dosenbach" and conn.measure == "pearsoncorrelation"
             labels = _read(Path(f"{func}_seg-dosenbach_dseg.tsv"))
-            matrix = _read(Path(f"{func}_seg-dosenbach_stat-pearsoncorrelation_relmat.tsv"), index_col=0)
+            matrix = _read(
+                Path(f"{func}_seg-dosenbach_stat-pearsoncorrelation_relmat.tsv"), index_col=0
+            )
             pd.testing.assert_frame_equal(conn.labels, labels)
-            assert conn.regions == list(labels["name"]) == list(conn.matrix.columns) == list(conn.matrix.index)
+            assert (
+                conn.regions
+                == list(labels["name"])
+                == list(conn.matrix.columns)
+                == list(conn.matrix.index)
+            )
             np.testing.assert_array_equal(conn.to_numpy(), matrix.to_numpy(dtype=float))
         figures = sorted((out / f"sub-01/ses-{ses}/figures").glob("*.svg"))
         assert sorted(s.figures().values()) == figures
         prov = s.provenance(_dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
-        assert prov == json.loads(_dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.json").read_text())
+        assert prov == json.loads(
+            _dwi(out, ses, "space-dwi_model-tensor_param-fa_dwimap.json").read_text()
+        )
     rd = res.longitudinal("01", "roi_table", rois=["NAWM_L"], metrics=["rd"])
     assert rd["session"].tolist() == [BASE, FOLLOW]
     assert rd["mean"].tolist() == [_table(out, ses).query("roi == 'NAWM_L' and metric == 'rd'")["mean"].item()

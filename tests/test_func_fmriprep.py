@@ -139,7 +139,9 @@ def write_fmriprep(root: Path, bids: Path, session: str, *, seed: int, moving: b
     else:
         fd[list(SPIKES)] = 1.2
     table, meta = _confounds(rng, fd, confound)
-    table.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    table.to_csv(
+        func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a"
+    )
     (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta))
     return {"confound": confound, "shared": shared}
 
@@ -235,7 +237,9 @@ def test_outputs_have_the_raw_mode_names_and_fmriprep_provenance(fmriprep_run):
     assert row.excluded == 0 and row.n_censored == 4 and row.n_kept == N_VOL - 4
     assert row.repetition_time_s == TR and row.n_regions_valid == row.n_regions == 160
     assert row.mean_fd_mm == pytest.approx(conf["framewise_displacement"].mean())
-    den = pd.read_csv(_func(out, "baseline", "seg-dosenbach_desc-denoised_timeseries.tsv"), sep="\t")
+    den = pd.read_csv(
+        _func(out, "baseline", "seg-dosenbach_desc-denoised_timeseries.tsv"), sep="\t"
+    )
     assert den.shape == (N_VOL - 4, 160)
 
 
@@ -280,8 +284,19 @@ def test_confounds_come_from_the_tsv(fmriprep_run, tmp_path):
     cfg = tmp_path / "24P.yaml"
     cfg.write_text(CONFIG + "  strategy: 24P\n")
     out2 = tmp_path / "derivatives"
-    code = _cli(bids, out2, "participant", "--session-label", "baseline", "--stages", "func",
-                "--config", cfg, "--work-dir", root / "work")  # regions from Nipype's cache
+    code = _cli(
+        bids,
+        out2,
+        "participant",
+        "--session-label",
+        "baseline",
+        "--stages",
+        "func",
+        "--config",
+        cfg,
+        "--work-dir",
+        root / "work",
+    )  # regions from Nipype's cache
     assert code == 0
     regions = pd.read_csv(_func(out, "baseline", "seg-dosenbach_dseg.tsv"), sep="\t")
     far = _far_pairs(regions)
@@ -332,7 +347,10 @@ def test_missing_fmriprep_files_name_the_expected_path(fmriprep_run, tmp_path, c
     code = _cli(bids, tmp_path / "out", "participant", "--session-label", "baseline",
                 "--stages", "func", "--config", cfg, "--work-dir", tmp_path / "work")  # fmt: skip
     err = capsys.readouterr().err
-    expected = prep / "sub-01/ses-baseline/func/sub-01_ses-baseline_task-rest_desc-confounds_timeseries.tsv"
+    expected = (
+        prep
+        / "sub-01/ses-baseline/func/sub-01_ses-baseline_task-rest_desc-confounds_timeseries.tsv"
+    )
     assert code == 1 and str(expected) in err and "confounds file" in err, err
     with pytest.raises(InputError, match=r"sub-01_ses-m06_task-rest_space-MNI152NLin2009cAsym_"
                                          r"desc-preproc_bold\.nii\.gz.*not found"):  # fmt: skip
@@ -352,7 +370,9 @@ def test_fmriprep_confound_set_dummies_and_neighbours(tmp_path):
     fd[30] = 1.0
     table, meta = _confounds(rng, fd, rng.standard_normal(60))
     stem = "sub-01_ses-baseline_task-rest"
-    table.to_csv(func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
+    table.to_csv(
+        func / f"{stem}_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a"
+    )
     (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta))
     bold = func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz"
     cs = fmriprep_confound_set(bold, "acompcor", scrubbing=True, after=2, min_segment=0,

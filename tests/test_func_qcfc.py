@@ -133,7 +133,9 @@ def cohort():
 def test_default_denoising_lowers_qcfc(cohort):
     fd = np.array(cohort["fd"])
     assert fd.max() / fd.min() > 8  # the cohort spans a wide range of motion
-    res = {k: qc_fc(fd, np.array(cohort[k]), coordinates=cohort["coords"]) for k in ("raw", "denoised")}
+    res = {
+        k: qc_fc(fd, np.array(cohort[k]), coordinates=cohort["coords"]) for k in ("raw", "denoised")
+    }
     for k, r in res.items():
         print(k, {a: round(b, 3) for a, b in r.summary().items() if isinstance(b, float)})
     raw, den = res["raw"], res["denoised"]

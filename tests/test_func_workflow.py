@@ -114,8 +114,14 @@ def test_outputs_exist_with_provenance(func_run):
                      "seg-dosenbach_stat-fisherz_relmat.tsv", "desc-summary_bold.tsv"):  # fmt: skip
             assert _func(out, ses, name).exists(), (ses, name)
         assert not _func(out, ses, "space-MNI152NLin2009aSym_desc-preproc_bold.nii.gz").exists()
-        meta = json.loads(_func(out, ses, "seg-dosenbach_stat-pearsoncorrelation_relmat.json").read_text())
-        assert meta["Sources"] and meta["RandomSeed"] == 20251125 and "nilearn" in meta["SoftwareVersions"]
+        meta = json.loads(
+            _func(out, ses, "seg-dosenbach_stat-pearsoncorrelation_relmat.json").read_text()
+        )
+        assert (
+            meta["Sources"]
+            and meta["RandomSeed"] == 20251125
+            and "nilearn" in meta["SoftwareVersions"]
+        )
         assert meta["Parameters"]["func"]["strategy"] == "acompcor"
         assert meta["NodeFile"] == f"sub-01_ses-{ses}_task-rest_seg-dosenbach_dseg.tsv"
         assert meta["Strategy"] == "acompcor+scrubbing"
@@ -124,7 +130,9 @@ def test_outputs_exist_with_provenance(func_run):
         figures = {p.name.split("_desc-")[1].split("_")[0]
                    for p in (out / f"sub-01/ses-{ses}/figures").glob("*_task-rest_*_bold.svg")}  # fmt: skip
         assert figures == FIGURES, figures
-        conf = pd.read_csv(_func(out, ses, "desc-confounds_timeseries.tsv"), sep="\t", na_values="n/a")
+        conf = pd.read_csv(
+            _func(out, ses, "desc-confounds_timeseries.tsv"), sep="\t", na_values="n/a"
+        )
         assert len(conf) == SPEC.bold_volumes and conf.notna().all().all()
         assert {"trans_x", "rot_z", "white_matter", "csf", "global_signal", "w_comp_cor_04",
                 "c_comp_cor_00", "framewise_displacement", "std_dvars", "censored"} <= set(conf)  # fmt: skip
@@ -133,7 +141,9 @@ def test_outputs_exist_with_provenance(func_run):
               f"{row.minutes_kept:.2f} min kept, dof {row.dof:.1f}, "
               f"{row.n_regions_valid}/{row.n_regions} regions")  # fmt: skip
         assert row.excluded == 0 and pd.isna(row.exclusion_reason)
-        assert row.n_kept == SPEC.bold_volumes - row.n_censored == int((conf["censored"] == 0).sum())
+        assert (
+            row.n_kept == SPEC.bold_volumes - row.n_censored == int((conf["censored"] == 0).sum())
+        )
         assert row.minutes_kept == pytest.approx(row.n_kept * SPEC.bold_tr / 60)
         den = pd.read_csv(_func(out, ses, "seg-dosenbach_desc-denoised_timeseries.tsv"), sep="\t",
                           na_values="n/a")  # fmt: skip
@@ -156,7 +166,9 @@ def test_matrix_is_a_labelled_correlation_matrix(func_run, ses):
     assert np.isnan(a[~valid]).all() and np.isnan(a[:, ~valid]).all()
     assert np.isfinite(a[np.ix_(valid, valid)]).all()
     np.testing.assert_allclose(np.diag(a)[valid], 1.0, atol=1e-6)
-    assert (regions.loc[~valid, "coverage"] < 0.5).all() and (regions.loc[valid, "coverage"] >= 0.5).all()
+    assert (regions.loc[~valid, "coverage"] < 0.5).all() and (
+        regions.loc[valid, "coverage"] >= 0.5
+    ).all()
     z = _matrix(out, ses, "fisherz").to_numpy()
     np.testing.assert_allclose(np.diag(z)[valid], 0.0)
     off = ~np.eye(len(a), dtype=bool) & np.outer(valid, valid)
@@ -329,7 +341,9 @@ def test_slice_timing_mismatch_names_the_sidecar(func_run, tmp_path):
     side = tmp_path / "sub-01_ses-baseline_task-rest_bold.json"
     n_slices = nib.load(bold).shape[2]
     side.write_text(json.dumps({"RepetitionTime": 2.0, "SliceTiming": [0.1] * (n_slices - 1)}))
-    node = LoadBold(bold=str(bold), bold_json=str(side), params={"min_volumes": 50, "slice_timing": True})
+    node = LoadBold(
+        bold=str(bold), bold_json=str(side), params={"min_volumes": 50, "slice_timing": True}
+    )
     with pytest.raises(InputError, match=rf"{side.name}.*SliceTiming has {n_slices - 1} entries"):
         node.run(cwd=str(tmp_path))
     side.write_text(json.dumps({"RepetitionTime": 2.0, "SliceTiming": [0.1] * n_slices,
@@ -384,7 +398,11 @@ def test_label_image_atlas(func_run, tmp_path):
     regions = pd.read_csv(res.regions, sep="\t")
     assert regions["label"].tolist() == ["L", "R", "out"] and regions["valid"].tolist() == [1, 1, 0]
     ts = pd.read_csv(res.timeseries, sep="\t", na_values="n/a")
-    assert ts.shape == (SPEC.bold_volumes, 3) and ts["out"].isna().all() and ts[["L", "R"]].notna().all().all()
+    assert (
+        ts.shape == (SPEC.bold_volumes, 3)
+        and ts["out"].isna().all()
+        and ts[["L", "R"]].notna().all().all()
+    )
     assert seg_name(params["atlas"], params["atlas_labels"]) == "myatlas"
 
 

@@ -47,9 +47,15 @@ def test_group_dwi_stats_finds_the_planted_change_and_states_its_limits(tiny_bid
     lmm = tests[tests["test"] == "lmm"]
     hits = lmm[lmm["p_fdr"] < 0.05]
     assert {"NAWM_L/rd"} <= set(hits["roi"] + "/" + hits["metric"]) <= {"NAWM_L/rd", "NAWM/rd"}
-    wil = tests[(tests["test"] == "wilcoxon") & (tests["roi"] == "NAWM_L") & (tests["metric"] == "rd")]
+    wil = tests[
+        (tests["test"] == "wilcoxon") & (tests["roi"] == "NAWM_L") & (tests["metric"] == "rd")
+    ]
     # four complete pairs: exact Wilcoxon cannot go below 2/16 two-sided, and the table says so
-    assert wil["min_p"].item() == 0.125 and wil["p"].item() == 0.125 and not wil["can_reach_alpha"].item()
+    assert (
+        wil["min_p"].item() == 0.125
+        and wil["p"].item() == 0.125
+        and not wil["can_reach_alpha"].item()
+    )
     excl = pd.read_csv(out / "group/desc-exclusions_dwistats.tsv", sep="\t", dtype={"subject": str})
     assert "05" in set(excl["subject"])
     meta = json.loads((out / "group/desc-tests_dwistats.json").read_text())
@@ -85,20 +91,28 @@ def _write_tract_tables(out, rng, n_subjects=6, lost=()):
                 for metric, base in BUNDLE_BASE.items():
                     prof = base * shape * (1 + offset[metric]) * (1 + rng.normal(0, 0.004, 100))
                     if bundle == "CST_L" and metric == "rd":
-                        prof = prof * np.where((nodes >= 40) & (nodes <= 60), 1 - 0.08 * months / 6, 1)
+                        prof = prof * np.where(
+                            (nodes >= 40) & (nodes <= 60), 1 - 0.08 * months / 6, 1
+                        )
                     if not found:
                         prof = np.full(100, np.nan)
                     for masked in (False, True):
                         prof_rows += [{"subject": sub, "session": ses, "bundle": bundle, "node": n,
                                        "metric": metric, "value": v, "lesion_masked": masked}
                                       for n, v in zip(nodes, prof, strict=True)]  # fmt: skip
-                        summ[f"mean_{metric}" + ("_lesion_masked" if masked else "")] = np.mean(prof)
+                        summ[f"mean_{metric}" + ("_lesion_masked" if masked else "")] = np.mean(
+                            prof
+                        )
                 summ_rows.append(summ)
             folder = out / f"sub-{sub}/ses-{ses}/dwi"
             folder.mkdir(parents=True, exist_ok=True)
             stem = folder / f"sub-{sub}_ses-{ses}_space-dwi_model-tensor"
-            pd.DataFrame(prof_rows).to_csv(f"{stem}_tractprofiles.tsv", sep="\t", index=False, na_rep="n/a")
-            pd.DataFrame(summ_rows).to_csv(f"{stem}_tractstats.tsv", sep="\t", index=False, na_rep="n/a")
+            pd.DataFrame(prof_rows).to_csv(
+                f"{stem}_tractprofiles.tsv", sep="\t", index=False, na_rep="n/a"
+            )
+            pd.DataFrame(summ_rows).to_csv(
+                f"{stem}_tractstats.tsv", sep="\t", index=False, na_rep="n/a"
+            )
 
 
 def test_group_tract_stats_localises_the_planted_profile_change(tiny_bids, tmp_path):
@@ -112,11 +126,15 @@ def test_group_tract_stats_localises_the_planted_profile_change(tiny_bids, tmp_p
     assert hit["node"].between(40, 60).all() and len(hit) >= 15
     assert (hit["mean_difference"] < 0).all()
     ranges = pd.read_csv(out / "group/desc-plainRanges_tractprofiletests.tsv", sep="\t")
-    assert len(ranges) == 1 and ranges["start_node"].item() >= 40 and ranges["stop_node"].item() <= 60
+    assert (
+        len(ranges) == 1 and ranges["start_node"].item() >= 40 and ranges["stop_node"].item() <= 60
+    )
     # 6 subjects: 64 sign patterns, enumerated exactly; the missing CC is an exclusion with its reason
     meta = json.loads((out / "group/desc-plainNodes_tractprofiletests.json").read_text())
     assert "64" in json.dumps(meta["Parameters"])
-    excl = pd.read_csv(out / "group/desc-plainExclusions_tractprofiletests.tsv", sep="\t", dtype={"subject": str})
+    excl = pd.read_csv(
+        out / "group/desc-plainExclusions_tractprofiletests.tsv", sep="\t", dtype={"subject": str}
+    )
     assert set(excl.loc[excl["bundle"] == "CC", "subject"]) == {"03"}
     tests = pd.read_csv(out / "group/desc-tests_tractstats.tsv", sep="\t")
     lmm = tests[(tests["test"] == "lmm") & (tests["profile"] == "plain")]
@@ -167,7 +185,8 @@ def _write_func_outputs(out, rng, n_subjects=6, planted=6, n_regions=20, exclude
                 t.loc[3, "name"] = "renamed"
             t.to_csv(f"{stem}_seg-{seg}_dseg.tsv", sep="\t", index=False)
             pd.DataFrame(m, index=t["name"], columns=t["name"]).to_csv(
-                f"{stem}_seg-{seg}_stat-fisherz_relmat.tsv", sep="\t")
+                f"{stem}_seg-{seg}_stat-fisherz_relmat.tsv", sep="\t"
+            )
     return seg
 
 
@@ -180,7 +199,10 @@ def test_group_nbs_finds_the_planted_component_and_states_exactness(tiny_bids, t
     sig = edges[edges["significant"]]
     found = {frozenset((i, j)) for i, j in zip(sig["i"], sig["j"], strict=True)}
     planted = {frozenset((i, j)) for i in range(6) for j in range(i + 1, 6)}
-    precision, recall = len(found & planted) / max(len(found), 1), len(found & planted) / len(planted)
+    precision, recall = (
+        len(found & planted) / max(len(found), 1),
+        len(found & planted) / len(planted),
+    )
     print(f"NBS precision {precision:.2f} recall {recall:.2f}")
     assert precision >= 0.8 and recall >= 0.8
     assert (sig["statistic"] > 0).all() and {"label_i", "x_i", "z_j"} <= set(edges.columns)
@@ -284,10 +306,12 @@ def test_group_qcfc_shows_motion_coupling_only_without_denoising(tiny_bids, tmp_
             clean = rng.normal(size=(n_vol, n_regions))
             motion = rng.normal(size=(n_vol, 1)) * 2.0 * fd
             pd.DataFrame(800 + clean + motion, columns=names).to_csv(
-                f"{stem}_seg-{seg}_desc-raw_timeseries.tsv", sep="\t", index=False)
+                f"{stem}_seg-{seg}_desc-raw_timeseries.tsv", sep="\t", index=False
+            )
             z = np.arctanh(np.corrcoef(clean.T) - np.eye(n_regions))
             pd.DataFrame(z, index=names, columns=names).to_csv(
-                f"{stem}_seg-{seg}_stat-fisherz_relmat.tsv", sep="\t")
+                f"{stem}_seg-{seg}_stat-fisherz_relmat.tsv", sep="\t"
+            )
             table.to_csv(f"{stem}_seg-{seg}_dseg.tsv", sep="\t", index=False)
     assert main([str(tiny_bids), str(out), "group", "--stages", "qcfc"]) == 0
     stem = out / f"group/task-rest_seg-{seg}_stat-fisherz"
@@ -297,7 +321,10 @@ def test_group_qcfc_shows_motion_coupling_only_without_denoising(tiny_bids, tmp_
     runs = pd.read_csv(f"{stem}_desc-qcfcruns_bold.tsv", sep="\t", dtype={"subject": str})
     used = runs[runs["used"]]
     assert len(used) == 13 and runs.loc[~runs["used"], "reason"].str.contains("150 s").all()
-    assert np.allclose(used["mean_fd_mm"], [fds[s, t] for s, t in zip(used["subject"], used["session"], strict=True)])
+    assert np.allclose(
+        used["mean_fd_mm"],
+        [fds[s, t] for s, t in zip(used["subject"], used["session"], strict=True)],
+    )
     meta = json.loads(Path(f"{stem}_desc-qcfc_bold.json").read_text())["Parameters"]["summary"]
     print(meta)
     assert meta["no_denoising"]["fraction_fdr_below_alpha"] > 0.9  # every edge tracks FD

@@ -246,15 +246,15 @@ def test_bad_output_folder_gives_a_clear_error_naming_the_path(tmp_path):
     raw = tmp_path / "bids"
     raw.mkdir()
     (raw / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}')
-    with pytest.raises(InputError, match="DatasetType 'derivative'") as err:
+    with pytest.raises(InputError, match='"DatasetType": "derivative"') as err:
         session_report(raw, "01", "m00")
     assert str(raw / "dataset_description.json") in str(err.value)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(InputError, match=r"no dataset_description\.json") as err:
+    with pytest.raises(InputError, match=r"dataset_description\.json at its root") as err:
         write_group_report(empty)
     assert str(empty) in str(err.value) and not group_report_path(empty).exists()
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="directory not found"):
         session_report(tmp_path / "nowhere", "01", "m00")
     out = _derivatives(tmp_path / "out")
     with pytest.raises(InputError, match="no outputs for sub-01 ses-m00") as err:

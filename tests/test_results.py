@@ -126,12 +126,10 @@ def test_subjects_and_sessions_in_configured_time_order(deriv):
 
 
 def test_not_a_derivatives_dataset_names_the_folder(tmp_path, deriv):
-    with pytest.raises(InputError, match="derivatives folder not found") as exc:
+    with pytest.raises(InputError, match="BIDS derivatives dataset directory not found") as exc:
         DerivativesResults(tmp_path / "nowhere")
     assert exc.value.path == str(tmp_path / "nowhere")
-    with pytest.raises(
-        InputError, match="not a derivatives dataset: no dataset_description"
-    ) as exc:
+    with pytest.raises(InputError, match=r"dataset_description\.json at its root") as exc:
         DerivativesResults(tmp_path)
     assert str(tmp_path) in str(exc.value)
     raw = tmp_path / "raw"

@@ -105,7 +105,11 @@ def slurm_cluster(tmp_path_factory):
     SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
     SLURM_CONF.write_text(_slurm_conf(root, node))
     daemons: list[subprocess.Popen] = []
-    logs = [root / f"{name}.{ext}" for name in ("munged", "slurmctld", "slurmd") for ext in ("log", "out")]
+    logs = [
+        root / f"{name}.{ext}"
+        for name in ("munged", "slurmctld", "slurmd")
+        for ext in ("log", "out")
+    ]
     try:
         munge = [f"--socket={root}/munge.socket", f"--key-file={key}", f"--pid-file={root}/munged.pid",
                  f"--log-file={logs[0]}", f"--seed-file={root}/munged.seed"]  # fmt: skip

@@ -87,7 +87,9 @@ def test_func_job_waits_for_the_structural_job_only_with_raw_bold(mode, tiny_bid
     cfg = tmp_path / "func.yaml"
     prep = tmp_path / "fmriprep"
     prep.mkdir()
-    cfg.write_text(f"func:\n  input: {mode}\n  fmriprep_dir: {prep if mode == 'fmriprep' else 'null'}\n")
+    cfg.write_text(
+        f"func:\n  input: {mode}\n  fmriprep_dir: {prep if mode == 'fmriprep' else 'null'}\n"
+    )
     out = tmp_path / "o"
     target = out / "sub-01/ses-m00/func/sub-01_ses-m00_task-rest_desc-summary_bold.tsv"
     res = _snakemake("-n", str(target), "--config", f"bids_dir={tiny_bids}", f"output_dir={out}",

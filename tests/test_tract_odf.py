@@ -39,7 +39,9 @@ def _voxels(gtab, angles, n: int, *, snr: float | None = 40, seed: int = 1):
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
-        sig, _ = multi_tensor(gtab, EVALS[: len(angles)], S0=100, angles=sticks, fractions=frac, snr=None)
+        sig, _ = multi_tensor(
+            gtab, EVALS[: len(angles)], S0=100, angles=sticks, fractions=frac, snr=None
+        )
         if snr:
             sigma = 100 / snr
             sig = np.hypot(sig + rng.normal(0, sigma, sig.shape), rng.normal(0, sigma, sig.shape))
@@ -48,7 +50,9 @@ def _voxels(gtab, angles, n: int, *, snr: float | None = 40, seed: int = 1):
 
 
 def _angle(u: np.ndarray, v: np.ndarray) -> float:
-    return float(np.degrees(np.arccos(min(1.0, abs(np.dot(u, v)) / np.linalg.norm(u) / np.linalg.norm(v)))))
+    return float(
+        np.degrees(np.arccos(min(1.0, abs(np.dot(u, v)) / np.linalg.norm(u) / np.linalg.norm(v))))
+    )
 
 
 def _block(gtab, *, crossing_angle: float, seed: int = 1):
@@ -67,10 +71,14 @@ def _block(gtab, *, crossing_angle: float, seed: int = 1):
 def test_csd_resolves_crossing_fibres(crossing_angle):
     gtab = _gtab()
     data, wm, fa = _block(gtab, crossing_angle=crossing_angle)
-    fit = fit_odf(data, gtab, wm, params=OdfParams(model="csd", min_response_voxels=8), wm=wm, fa=fa)
+    fit = fit_odf(
+        data, gtab, wm, params=OdfParams(model="csd", min_response_voxels=8), wm=wm, fa=fa
+    )
     assert fit.response_voxels == 16
     evals = fit.response[0]
-    assert evals[0] == pytest.approx(1.7e-3, rel=0.15) and evals[1] == pytest.approx(0.3e-3, rel=0.35)
+    assert evals[0] == pytest.approx(1.7e-3, rel=0.15) and evals[1] == pytest.approx(
+        0.3e-3, rel=0.35
+    )
     truth = (_direction(0.0), _direction(crossing_angle))
     errors = []
     for idx in np.ndindex(4, 4):
@@ -79,7 +87,9 @@ def test_csd_resolves_crossing_fibres(crossing_angle):
         found = dirs[vals > 0]
         assert len(found) >= 2, (idx, vals)
         errors += [min(_angle(t, d) for d in found[:2]) for t in truth]
-    print(f"crossing {crossing_angle:.0f} deg: median peak error {np.median(errors):.1f} deg, max {max(errors):.1f}")
+    print(
+        f"crossing {crossing_angle:.0f} deg: median peak error {np.median(errors):.1f} deg, max {max(errors):.1f}"
+    )
     assert np.median(errors) < 8.0 and max(errors) < 20.0
     # single-fibre voxels: one dominant peak along x
     for idx in np.ndindex(4, 4):
@@ -125,7 +135,9 @@ def test_response_falls_back_to_the_most_anisotropic_voxels():
     gtab = _gtab()
     data, wm, fa = _block(gtab, crossing_angle=90.0)
     fa = fa * 0.5  # nothing above 0.7
-    fit = fit_odf(data, gtab, wm, params=OdfParams(model="csd", min_response_voxels=16), wm=wm, fa=fa)
+    fit = fit_odf(
+        data, gtab, wm, params=OdfParams(model="csd", min_response_voxels=16), wm=wm, fa=fa
+    )
     assert fit.response_voxels == 16 and "highest FA" in fit.response_selection
     assert fit.response[0][0] == pytest.approx(1.7e-3, rel=0.15)  # still the single-fibre voxels
 

@@ -20,7 +20,7 @@ from bids.exceptions import PyBIDSError
 from bids.layout import Query
 
 from pipeline.errors import InputError
-from pipeline.validation import read_json_object
+from workflows.derivatives import read_dataset_description
 
 __all__ = [
     "LESION_SPACES",
@@ -39,30 +39,6 @@ LESION_SPACES = ("T1w", "FLAIR")
 
 
 # ------------------------------------------------------------------ indexing
-def _check_description(root: Path, *, derivative: bool) -> None:
-    kind = "BIDS derivatives dataset" if derivative else "BIDS dataset"
-    if not root.exists():
-        raise InputError(root, f"{kind} directory not found")
-    if not root.is_dir():
-        raise InputError(root, f"expected a {kind} directory, got a file")
-    desc = root / "dataset_description.json"
-    if not desc.is_file():
-        raise InputError(
-            desc,
-            f"file not found: expected every {kind} to have a dataset_description.json "
-            f"at its root ({root})",
-        )
-    content = read_json_object(desc)
-    if derivative:
-        names = [g.get("Name") for g in content.get("GeneratedBy", []) or [] if isinstance(g, dict)]
-        legacy = (content.get("PipelineDescription") or {}).get("Name")
-        if not any(names) and not legacy:
-            raise InputError(
-                desc,
-                'expected a derivatives description with "GeneratedBy": [{"Name": ...}], got none',
-            )
-
-
 def index_dataset(
     bids_dir: PathT,
     *,
@@ -90,11 +66,11 @@ def index_dataset(
         discovery alone (the Snakefile), which then skips reading every sidecar.
     """
     root = Path(bids_dir).absolute()
-    _check_description(root, derivative=False)
+    read_dataset_description(root, derivative=False)
     deriv_paths: list[Path] = []
     for d in derivatives:
         p = Path(d).absolute()
-        _check_description(p, derivative=True)
+        read_dataset_description(p, derivative=True)
         if p not in deriv_paths:
             deriv_paths.append(p)
     kwargs: dict[str, Any] = {"validate": validate}

@@ -298,7 +298,9 @@ def _subject_references(layout, pairs, config, writer) -> list:
                 t1w = collect_inputs(layout, sub, ses, bold_task=config.bids.bold_task,
                                      lesion_label=config.bids.lesion_label).t1w  # fmt: skip
                 if t1w is None:
-                    log.warning("sub-%s ses-%s has no T1w: left out of the subject reference", sub, ses)
+                    log.warning(
+                        "sub-%s ses-%s has no T1w: left out of the subject reference", sub, ses
+                    )
                     continue
                 t1ws[ses] = t1w
             write_subject_reference(writer, subject=sub, t1ws=t1ws, config=config)
@@ -451,8 +453,12 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
             task=config.bids.bold_task,
         )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
-    summary = out / f"sub-{inputs.subject}/ses-{inputs.session}/func" / (
-        f"sub-{inputs.subject}_ses-{inputs.session}_task-{config.bids.bold_task}_desc-summary_bold.json"
+    summary = (
+        out
+        / f"sub-{inputs.subject}/ses-{inputs.session}/func"
+        / (
+            f"sub-{inputs.subject}_ses-{inputs.session}_task-{config.bids.bold_task}_desc-summary_bold.json"
+        )
     )
     if summary.exists():
         import json

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__
+from pipeline.errors import InputError
+from pipeline.validation import read_json_object
 
 __all__ = [
     "ENTITY_ORDER",
@@ -33,6 +35,7 @@ __all__ = [
     "atomic_write_text",
     "bids_name",
     "build_path",
+    "read_dataset_description",
     "read_tsv",
     "software_versions",
 ]
@@ -141,6 +144,61 @@ def read_tsv(path: str | os.PathLike[str], **kwargs: Any) -> Any:
 
     kwargs.setdefault("dtype", {"subject": str, "session": str})
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"], **kwargs)
+
+
+OUTPUT_HINT = (
+    "give the msmri OUTPUT_DIR (run the participant stages first), not the raw BIDS folder"
+)
+
+
+def read_dataset_description(
+    root: str | os.PathLike[str], *, derivative: bool, outputs: bool = False
+) -> dict[str, Any]:
+    """Check a dataset's root and return its ``dataset_description.json``.
+
+    The one check behind every entry point that opens a dataset: the BIDS input
+    (``derivative=False``), an input derivatives folder such as the lesion masks
+    or fMRIPrep outputs (``derivative=True``), and msmri's own output folder read
+    back by the reports and the results API (``outputs=True``, which also needs
+    ``"DatasetType": "derivative"``).
+
+    Raises
+    ------
+    InputError
+        Naming the folder or its description file: missing folder, a file instead
+        of a folder, no description, unreadable JSON, a derivatives description
+        without ``GeneratedBy`` (or legacy ``PipelineDescription``) naming the
+        pipeline, or ``DatasetType`` other than ``derivative``.
+    """
+    root = Path(root)
+    derivative = derivative or outputs
+    kind = "BIDS derivatives dataset" if derivative else "BIDS dataset"
+    hint = f" ({OUTPUT_HINT})" if outputs else ""
+    if not root.exists():
+        raise InputError(root, f"{kind} directory not found{hint}")
+    if not root.is_dir():
+        raise InputError(root, f"expected a {kind} directory, got a file{hint}")
+    desc = root / "dataset_description.json"
+    if not desc.is_file():
+        raise InputError(desc, f"file not found: expected every {kind} to have a "
+                         f"dataset_description.json at its root ({root}){hint}")  # fmt: skip
+    content = read_json_object(desc)
+    if not derivative:
+        return content
+    dtype = content.get("DatasetType")
+    if (outputs or dtype is not None) and dtype != "derivative":
+        raise InputError(desc, f'not a derivatives dataset: expected "DatasetType": "derivative", '
+                         f"got {dtype!r}{hint}")  # fmt: skip
+    generated = content.get("GeneratedBy") or []
+    names = [g.get("Name") for g in generated if isinstance(g, Mapping)] if isinstance(
+        generated, list) else []  # fmt: skip
+    legacy = content.get("PipelineDescription")
+    if not any(names) and not (isinstance(legacy, Mapping) and legacy.get("Name")):
+        raise InputError(
+            desc, 'expected a derivatives description with "GeneratedBy": [{"Name": ...}] '
+            "naming the pipeline, got none"
+        )  # fmt: skip
+    return content
 
 
 def software_versions() -> dict[str, str]:

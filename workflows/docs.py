@@ -112,7 +112,9 @@ def config_reference_markdown(path: Path | None = None) -> str:
         if section != current:
             current = section
             out.append("")
-            out.append(f"**`{section}`**" + (f": {entry.section_note}" if entry.section_note else ""))
+            out.append(
+                f"**`{section}`**" + (f": {entry.section_note}" if entry.section_note else "")
+            )
             out.append("")
             out.append("| key | default | meaning |")
             out.append("| --- | --- | --- |")

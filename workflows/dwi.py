@@ -86,7 +86,9 @@ class LoadDwi(SimpleInterface):
     output_spec = _LoadOutputSpec
 
     def _run_interface(self, runtime):
-        grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config)
+        grads = dwi_gradients(
+            self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config
+        )
         cwd = Path(runtime.cwd)
         bval, bvec = grads.write(cwd / "dwi.bval", cwd / "dwi.bvec")
         self._results.update(dwi=self.inputs.dwi, bval=str(bval), bvec=str(bvec),
@@ -227,7 +229,10 @@ class DwiToT1w(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results["xfm"] = register_to_t1w(
-            self.inputs.b0, self.inputs.t1w, self.inputs.t1w_mask, source="dwi",
+            self.inputs.b0,
+            self.inputs.t1w,
+            self.inputs.t1w_mask,
+            source="dwi",
             out=Path(runtime.cwd) / "dwi_to_T1w_xfm.json",
         )
         return runtime
@@ -370,7 +375,9 @@ def _atlas(cfg: dict) -> tuple[Any, dict[int, str]]:
     table = pd.read_csv(tsv, sep="\t")
     if not {"index", "name"} <= set(table.columns):
         raise InputError(tsv, f"needs columns 'index' and 'name', has {list(table.columns)}")
-    return nib.load(img_path), {int(i): str(n) for i, n in zip(table["index"], table["name"], strict=True)}
+    return nib.load(img_path), {
+        int(i): str(n) for i, n in zip(table["index"], table["name"], strict=True)
+    }
 
 
 class DwiRois(SimpleInterface):
@@ -484,7 +491,10 @@ class DwiQC(SimpleInterface):
         overlays = [Overlay(roi[k], c, k, filled=True, alpha=0.35)
                     for k, c in (("NAWM_L", "tab:blue"), ("NAWM_R", "tab:green"),
                                  ("lesion", "tab:red"), ("perilesion", "tab:orange")) if k in roi]  # fmt: skip
-        save(mosaic(fa, fa_img.affine, overlays, title="NAWM and lesion ROIs on FA", focus=mask), "rois")
+        save(
+            mosaic(fa, fa_img.affine, overlays, title="NAWM and lesion ROIs on FA", focus=mask),
+            "rois",
+        )
         conf = pd.read_csv(self.inputs.confounds, sep="\t")
         if "framewise_displacement" in conf:
             fig, ax = plt.subplots(2, 1, figsize=(8, 4), sharex=True)
@@ -646,8 +656,14 @@ def structural_inputs(out: Path, subject: str, session: str) -> dict[str, str]:
         "wm": build_path(out, suffix="probseg", extension=".nii.gz", label="WM", **ent),
         "lesion": build_path(out, suffix="mask", extension=".nii.gz", label="lesion", **ent),
         "hemisphere": build_path(out, suffix="dseg", extension=".nii.gz", desc="hemi", **ent),
-        "mni_xfm": build_path(out, suffix="xfm", extension=".json", mode="image",
-                              **{"from": "T1w", "to": SPACE}, **ent),
+        "mni_xfm": build_path(
+            out,
+            suffix="xfm",
+            extension=".json",
+            mode="image",
+            **{"from": "T1w", "to": SPACE},
+            **ent,
+        ),
     }
     for path in files.values():
         if not path.exists():

@@ -286,7 +286,10 @@ class BoldToT1w(SimpleInterface):
 
     def _run_interface(self, runtime):
         self._results["xfm"] = register_to_t1w(
-            self.inputs.boldref, self.inputs.t1w, self.inputs.t1w_mask, source="bold",
+            self.inputs.boldref,
+            self.inputs.t1w,
+            self.inputs.t1w_mask,
+            source="bold",
             out=Path(runtime.cwd) / "bold_to_T1w_xfm.json",
         )
         return runtime
@@ -445,7 +448,9 @@ class LoadFmriprep(SimpleInterface):
         mean = np.asarray(img.dataobj[..., n:], dtype=np.float32).mean(axis=3)
         if isdefined(i.mask) and i.mask:
             mimg = nib.load(i.mask)
-            if mimg.shape[:3] != img.shape[:3] or not np.allclose(mimg.affine, img.affine, atol=1e-3):
+            if mimg.shape[:3] != img.shape[:3] or not np.allclose(
+                mimg.affine, img.affine, atol=1e-3
+            ):
                 raise InputError(i.mask, f"brain mask grid {mimg.shape[:3]} differs from the BOLD "
                                  f"grid {img.shape[:3]} of {Path(i.bold).name} (affines compared "
                                  "too)")  # fmt: skip
@@ -634,7 +639,7 @@ class RegionSignals(SimpleInterface):
             rts = extract_region_timeseries(i.bold, parc, mask_img=nib.load(i.mask),
                                             min_coverage=p["min_coverage"])  # fmt: skip
         cwd = Path(runtime.cwd)
-        ts = rts.timeseries.iloc[int(p.get("drop_volumes", 0)):]  # dummies of an fMRIPrep run
+        ts = rts.timeseries.iloc[int(p.get("drop_volumes", 0)) :]  # dummies of an fMRIPrep run
         ts.to_csv(cwd / "timeseries.tsv", sep="\t", index=False, na_rep="n/a")
         rts.regions.assign(valid=rts.regions["valid"].astype(int)).to_csv(
             cwd / "regions.tsv", sep="\t", index=False, na_rep="n/a")  # fmt: skip
@@ -839,7 +844,7 @@ class FuncQC(SimpleInterface):
             figs[name] = str(path)
 
         fmriprep = isdefined(i.space) and bool(i.space)
-        data = np.asarray(nib.load(i.bold).dataobj[..., i.drop_volumes:], dtype=np.float32)
+        data = np.asarray(nib.load(i.bold).dataobj[..., i.drop_volumes :], dtype=np.float32)
         brain = load_array(i.brain) > 0
         table = _read_tsv(i.confounds)
         fd = np.nan_to_num(table["framewise_displacement"].to_numpy(float))  # fMRIPrep: n/a first
@@ -975,7 +980,9 @@ SUMMARY_COLUMNS = {
     "n_kept": {"Description": "volumes kept"},
     "minutes_kept": {"Description": "data kept after censoring", "Units": "min"},
     "strategy": {"Description": "denoising strategy (func.strategy [+scrubbing])"},
-    "dof": {"Description": "approximate residual degrees of freedom after filtering and regression"},
+    "dof": {
+        "Description": "approximate residual degrees of freedom after filtering and regression"
+    },
     "atlas": {"Description": "parcellation (seg- entity of the matrices)"},
     "n_regions": {"Description": "regions of the parcellation (matrix size)"},
     "n_regions_valid": {"Description": "regions with enough coverage (the others are NaN)"},
@@ -1045,6 +1052,7 @@ class FuncDerivatives(SimpleInterface):
         mni_space = i.mni_space if isdefined(i.mni_space) and i.mni_space else SPACE
         if isdefined(i.confound_notes) and i.confound_notes:
             inp["confound_notes"] = list(i.confound_notes)
+
         def opt(value, default):
             return value if isdefined(value) else default
 
@@ -1123,7 +1131,9 @@ class FuncDerivatives(SimpleInterface):
                 "in the confounds table)", RepetitionTime=tr, Strategy=summary["strategy"]),
                 **ent, seg=seg, desc="denoised", suffix="timeseries")))  # fmt: skip
         else:
-            stale.append(w.path(**ent, seg=seg, desc="denoised", suffix="timeseries", extension=".tsv"))
+            stale.append(
+                w.path(**ent, seg=seg, desc="denoised", suffix="timeseries", extension=".tsv")
+            )
         for measure, (_, stat, description) in MEASURE_STATS.items():
             if measure in i.matrices:
                 m = _read_tsv(i.matrices[measure]).set_index("label")

@@ -46,7 +46,9 @@ def collect_roi_tables(out: Path):
     """All participant ROI tables of a derivatives folder in one long DataFrame."""
     import pandas as pd
 
-    paths = sorted(Path(out).glob("sub-*/ses-*/dwi/sub-*_ses-*_space-dwi_model-tensor_roistats.tsv"))
+    paths = sorted(
+        Path(out).glob("sub-*/ses-*/dwi/sub-*_ses-*_space-dwi_model-tensor_roistats.tsv")
+    )
     if not paths:
         return None, []
     tables = [pd.read_csv(p, sep="\t", dtype={"subject": str, "session": str}) for p in paths]
@@ -81,7 +83,9 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         return []
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
-    tests = LongitudinalTests(order, months, compare=compare if set(compare) <= set(order) else None)
+    tests = LongitudinalTests(
+        order, months, compare=compare if set(compare) <= set(order) else None
+    )
     result = tests.fit(df, value="median", by=("roi", "metric"))
     meta = writer.provenance(
         sources=sources,
@@ -101,7 +105,11 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         for roi in FIGURE_ROIS:
             where = {"roi": roi, "metric": metric}
             for kind, plot in (("spaghetti", spaghetti_plot), ("box", box_plot_by_session)):
-                fig = plot(df, order, where) if kind == "box" else plot(df, order, where, times=months)
+                fig = (
+                    plot(df, order, where)
+                    if kind == "box"
+                    else plot(df, order, where, times=months)
+                )
                 written.append(writer.write_figure(
                     fig, datatype="group", suffix="dwistats",
                     desc=f"{kind}{roi.replace('_', '')}{metric}", extension=".svg"))  # fmt: skip
@@ -138,7 +146,9 @@ def _tract_means_long(summary):
     for metric in FIGURE_METRICS:
         for profile, column in (("plain", f"mean_{metric}"),
                                 ("lesion_masked", f"mean_{metric}_lesion_masked")):  # fmt: skip
-            part = summary[["subject", "session", "bundle", column]].rename(columns={column: "value"})
+            part = summary[["subject", "session", "bundle", column]].rename(
+                columns={column: "value"}
+            )
             rows.append(part.assign(metric=metric, profile=profile))
     return pd.concat(rows, ignore_index=True)
 
@@ -166,7 +176,9 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
     means = _tract_means_long(summary)
-    tests = LongitudinalTests(order, months, compare=compare if set(compare) <= set(order) else None)
+    tests = LongitudinalTests(
+        order, months, compare=compare if set(compare) <= set(order) else None
+    )
     result = tests.fit(means, value="value", by=("bundle", "metric", "profile"))
     written: list[Path] = []
     meta = writer.provenance(sources=sources, parameters=result.parameters, seed=config.seed,
@@ -199,7 +211,11 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         for bundle in sorted(part["bundle"].unique()):
             for metric in FIGURE_METRICS:
                 where = {"bundle": bundle, "metric": metric}
-                if part.loc[(part["bundle"] == bundle) & (part["metric"] == metric), "value"].isna().all():
+                if (
+                    part.loc[(part["bundle"] == bundle) & (part["metric"] == metric), "value"]
+                    .isna()
+                    .all()
+                ):
                     continue
                 fig = profile_plot(part, list(compare), where, result=res)
                 written.append(writer.write_figure(

@@ -56,9 +56,7 @@ def order_sessions(config: Config, sessions_table: list[dict], available: list[s
     except ConfigError as exc:  # sessions unknown to the configuration: fall back to label order
         log.warning("session order unknown (%s); using label order %s", exc, sorted(available))
         ordered = []
-    return [s for s in ordered if s in available] + sorted(
-        s for s in available if s not in ordered
-    )
+    return [s for s in ordered if s in available] + sorted(s for s in available if s not in ordered)
 
 
 def reference_session(config: Config, sessions_table: list[dict], available: list[str]) -> str:
@@ -80,8 +78,10 @@ def _fingerprint(t1ws: dict[str, Path], config: Config) -> dict:
     return {
         "mode": config.anat.anatomical_reference,
         "iterations": config.anat.reference_iterations,
-        "inputs": {ses: [Path(p).name, Path(p).stat().st_size, int(Path(p).stat().st_mtime)]
-                   for ses, p in t1ws.items()},
+        "inputs": {
+            ses: [Path(p).name, Path(p).stat().st_size, int(Path(p).stat().st_mtime)]
+            for ses, p in t1ws.items()
+        },
     }
 
 
@@ -108,9 +108,12 @@ def write_subject_reference(
     ref_path = reference_paths(out, subject)
     stamp = _fingerprint(t1ws, config)
     sidecar = ref_path.with_name(ref_path.name.replace(".nii.gz", ".json"))
-    if ref_path.exists() and sidecar.exists() and all(
-        reference_paths(out, subject, ses).exists() for ses in t1ws
-    ) and json.loads(sidecar.read_text()).get("Fingerprint") == stamp:
+    if (
+        ref_path.exists()
+        and sidecar.exists()
+        and all(reference_paths(out, subject, ses).exists() for ses in t1ws)
+        and json.loads(sidecar.read_text()).get("Fingerprint") == stamp
+    ):
         log.info("sub-%s: subject reference up to date (%s)", subject, ref_path)
         return ref_path
     images, masks = {}, {}
@@ -195,7 +198,8 @@ def write_lesion_changes(
         sources=sources,
         parameters={
             "reference_session": reference,
-            "registration": "none: sessions share the subject reference grid" if shared
+            "registration": "none: sessions share the subject reference grid"
+            if shared
             else "rigid, mutual information (DIPY)",
             "lesion_min_volume_mm3": min_vol,
             "definitions": "pipeline.anat.lesions.compare_lesions",

@@ -101,7 +101,9 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
                                  "of all subjects and sessions must share one parcellation)")  # fmt: skip
             m = read_table(rel, index_col=0)
             if [str(c) for c in m.columns] != names or [str(i) for i in m.index] != names:
-                raise InputError(rel, f"row / column labels do not match the region table {table_path.name}")
+                raise InputError(
+                    rel, f"row / column labels do not match the region table {table_path.name}"
+                )
             mats[ses].append(m.to_numpy(dtype=float))
             sources += [str(rel), str(table_path)]
         used.append(sub)

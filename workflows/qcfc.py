@@ -60,14 +60,22 @@ def collect_qcfc_inputs(out: Path, config: Config) -> dict:
 
         row = read_table(summ).iloc[0]
         if int(row["excluded"]):
-            skipped.append({"subject": sub, "session": ses, "reason": f"run excluded: {row['exclusion_reason']}"})
+            skipped.append(
+                {
+                    "subject": sub,
+                    "session": ses,
+                    "reason": f"run excluded: {row['exclusion_reason']}",
+                }
+            )
             continue
         rel = path(seg=seg, stat=stat, suffix="relmat", extension=".tsv")
         ts = path(seg=seg, desc="raw", suffix="timeseries", extension=".tsv")
         table_path = path(seg=seg, suffix="dseg", extension=".tsv")
         missing = [p.name for p in (rel, ts, table_path) if not p.exists()]
         if missing:
-            skipped.append({"subject": sub, "session": ses, "reason": f"missing {', '.join(missing)}"})
+            skipped.append(
+                {"subject": sub, "session": ses, "reason": f"missing {', '.join(missing)}"}
+            )
             continue
         table = read_table(table_path)
         names = table["name"].astype(str).tolist()

@@ -36,7 +36,7 @@ from pipeline.report.html import (
     methods_boilerplate,
     render_report,
 )
-from workflows.derivatives import atomic_write_text, read_tsv
+from workflows.derivatives import atomic_write_text, read_dataset_description, read_tsv
 
 __all__ = [
     "check_derivatives",
@@ -98,29 +98,9 @@ def session_report_inputs(
 
 
 def check_derivatives(out: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``dataset_description.json`` of an msmri derivatives folder.
-
-    Raises
-    ------
-    InputError
-        Naming the folder when it does not exist, has no
-        ``dataset_description.json``, or is not a derivative dataset.
-    """
-    out = Path(out)
-    desc = out / "dataset_description.json"
-    if not out.is_dir():
-        raise InputError(out, "output folder does not exist; run the participant stages first")
-    if not desc.is_file():
-        raise InputError(out, "not a BIDS-Derivatives dataset: no dataset_description.json "
-                         "(give the msmri OUTPUT_DIR, not the raw BIDS folder)")  # fmt: skip
-    try:
-        meta = json.loads(desc.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(desc, f"not valid JSON ({exc})") from exc
-    if meta.get("DatasetType") != "derivative":
-        raise InputError(desc, f"expected DatasetType 'derivative', got "
-                         f"{meta.get('DatasetType')!r}: this is not a derivatives dataset")  # fmt: skip
-    return meta
+    """``dataset_description.json`` of an msmri output folder (see
+    :func:`workflows.derivatives.read_dataset_description`)."""
+    return read_dataset_description(out, derivative=True, outputs=True)
 
 
 def _json(path: Path) -> dict[str, Any]:

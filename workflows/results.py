@@ -34,14 +34,14 @@ import contextlib
 import functools
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.errors import InputError
 from pipeline.validation import read_json_object
-from workflows.derivatives import build_path, read_tsv
+from workflows.derivatives import build_path, read_dataset_description, read_tsv
 
 if TYPE_CHECKING:  # imported lazily: keep `import workflows.results` cheap
     import bids
@@ -583,7 +583,7 @@ class DerivativesResults:
         database_path: PathT | None = None,
     ):
         self.root = Path(output_dir).expanduser().absolute()
-        self.description = _check_derivatives(self.root)
+        self.description = read_dataset_description(self.root, derivative=True, outputs=True)
         self.config = self._read_config()
         wanted = [participant_label] if isinstance(participant_label, str) else participant_label
         self._wanted = None if wanted is None else [_strip(s, "sub-") for s in wanted]
@@ -835,24 +835,3 @@ class DerivativesResults:
         if not side.is_file():
             raise InputError(side, f"provenance sidecar of {p.name} not found")
         return _read_json(side)
-
-
-def _check_derivatives(root: Path) -> dict[str, Any]:
-    """``dataset_description.json`` of a derivatives folder, or an error naming the problem."""
-    if not root.is_dir():
-        raise InputError(root, "derivatives folder not found" if not root.exists()
-                         else "expected a derivatives folder, got a file")  # fmt: skip
-    desc = root / "dataset_description.json"
-    if not desc.is_file():
-        raise InputError(root, "not a derivatives dataset: no dataset_description.json at its "
-                         "root (expected the output folder of an msmri run)")  # fmt: skip
-    content = _read_json(desc)
-    if content.get("DatasetType") != "derivative":
-        raise InputError(desc, 'not a derivatives dataset: expected "DatasetType": "derivative", '
-                         f"got {content.get('DatasetType')!r} (is this the raw BIDS folder?)")  # fmt: skip
-    names = [g.get("Name") for g in content.get("GeneratedBy") or [] if isinstance(g, Mapping)]
-    if not any(names):
-        raise InputError(
-            desc, 'expected "GeneratedBy": [{"Name": ...}] naming the pipeline, got none'
-        )
-    return content

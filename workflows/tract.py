@@ -436,8 +436,13 @@ class TractDerivatives(SimpleInterface):
             (i.profiles, PROFILE_COLUMNS, "tractprofiles", "tract profiles (long format)"),
             (i.summary, SUMMARY_COLUMNS, "tractstats", "per-bundle status, counts and means"),
         ):
-            table = pd.read_csv(src, sep="\t", na_values="n/a", keep_default_na=False,
-                                dtype={"subject": str, "session": str})
+            table = pd.read_csv(
+                src,
+                sep="\t",
+                na_values="n/a",
+                keep_default_na=False,
+                dtype={"subject": str, "session": str},
+            )
             out.append(str(w.write_tsv(table, columns=columns, meta=meta(description), **ent,
                                        space="dwi", model="tensor", suffix=suffix)))  # fmt: skip
         for name, path in i.figures.items():
@@ -451,7 +456,9 @@ class TractDerivatives(SimpleInterface):
 # --------------------------------------------------------------------------- workflow
 
 
-def diffusion_inputs(out: Path, subject: str, session: str, *, model: str = "tensor") -> dict[str, str]:
+def diffusion_inputs(
+    out: Path, subject: str, session: str, *, model: str = "tensor"
+) -> dict[str, str]:
     """The diffusion and structural outputs of a subject-session the tract stage reads.
 
     ``model`` csa / csd also needs the preprocessed series, its rotated
