@@ -150,11 +150,20 @@ def _jobs() -> dict[str, dict[str, str]]:
     return jobs
 
 
-def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny_bids, tmp_path):
-    config = ["--config", f"bids_dir={tiny_bids}"]
+def _target(target: str, out: Path) -> str:
+    return str(out / target) if "/" in target else target
+
+
+def _run_both(slurm_cluster, tmp_path: Path, target: str, config: list[str], n_jobs: int):
+    """Run ``target`` with the local profile, then through the cluster; check the SLURM side.
+
+    ``target`` is a rule name or a file path relative to the output folder. Returns the
+    local and the SLURM output folders.
+    """
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     res = run_snakemake("--profile", str(REPO / "configs/profiles/local"), "--cores", "2",
-                        "group_inventory", *config, f"output_dir={local}", cwd=tmp_path)  # fmt: skip
+                        _target(target, local), *config, f"output_dir={local}",
+                        cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
 
     before = set(_jobs())
@@ -162,7 +171,7 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny
     run_dir.mkdir()
     res = run_snakemake("--profile", str(REPO / "configs/profiles/slurm"),
                         "--slurm-init-seconds-before-status-checks", "1",  # test speed only
-                        "group_inventory", *config, f"output_dir={cluster}",
+                        _target(target, cluster), *config, f"output_dir={cluster}",
                         cwd=run_dir, timeout=900)  # fmt: skip
     root = slurm_cluster["root"]
     assert res.returncode == 0, res.stderr[-4000:] + (root / "slurmctld.log").read_text()[-2000:]
@@ -170,19 +179,43 @@ def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny
     # Every rule's job was a SLURM batch job that completed on the cluster's node ...
     new = {k: v for k, v in _jobs().items() if k not in before}
     logs = sorted((cluster / "logs").rglob("*.log"))
-    assert len(logs) == 5  # 4 inventory jobs + the group inventory
+    assert len(logs) == n_jobs, [str(p) for p in logs]
     ran_in = {}
     for log in logs:
         found = re.search(r"running in SLURM job (\d+) on (\S+)", log.read_text())
         assert found, f"{log} was not written inside a SLURM job"
         ran_in[log.name] = found.group(1)
         assert found.group(2) == slurm_cluster["node"]
-    assert len(set(ran_in.values())) == 5, ran_in
+    assert len(set(ran_in.values())) == n_jobs, ran_in
     for job in ran_in.values():
         assert new[job]["JobState"] == "COMPLETED", new[job]
     submitted = re.findall(r"submitted with SLURM jobid (\d+)", res.stdout + res.stderr)
     assert sorted(submitted) == sorted(ran_in.values())
-    # ... the plugin kept each job's SLURM log (slurm-keep-successful-logs in the profile) ...
-    assert len(list((run_dir / "logs/slurm").rglob("*.log"))) == 5
-    # ... and the outputs are the local run's, byte for byte.
-    assert tree_checksums(cluster) == tree_checksums(local)
+    # ... and the plugin kept each job's SLURM log (slurm-keep-successful-logs in the profile).
+    assert len(list((run_dir / "logs/slurm").rglob("*.log"))) == n_jobs
+    return local, cluster
+
+
+def test_workflow_runs_as_slurm_jobs_and_matches_a_local_run(slurm_cluster, tiny_bids, tmp_path):
+    config = ["--config", f"bids_dir={tiny_bids}"]
+    # 4 inventory jobs + the group inventory
+    local, cluster = _run_both(slurm_cluster, tmp_path, "group_inventory", config, n_jobs=5)
+    assert tree_checksums(cluster) == tree_checksums(local)  # byte for byte
+
+
+def test_a_nipype_stage_runs_as_a_slurm_job_with_the_local_outputs(slurm_cluster, tmp_path):
+    """The structural stage (Nipype workflow: registration, segmentation, lesions, figures) of
+    one tiny-phantom session through the cluster gives the local run's files, byte for byte."""
+    from pipeline.phantom.trial import PRESETS
+    from workflows.synth import write_trial
+
+    spec = PRESETS["tiny"]
+    write_trial(tmp_path / "data", spec, subjects=[0])
+    ses = spec.sessions[0]
+    target = f"sub-01/ses-{ses}/anat/sub-01_ses-{ses}_volumes.tsv"
+    config = ["--config", f"bids_dir={tmp_path / 'data/bids'}"]
+    local, cluster = _run_both(slurm_cluster, tmp_path, target, config, n_jobs=2)  # inventory, anat
+    assert (cluster / target).is_file()
+    sums = tree_checksums(cluster)
+    assert sums == tree_checksums(local)
+    assert sum(k.endswith(".nii.gz") for k in sums) >= 10 and any(k.endswith(".svg") for k in sums)

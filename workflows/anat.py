@@ -384,10 +384,9 @@ class AnatQC(SimpleInterface):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         from pipeline.registration import Transform
-        from pipeline.report.figures import Overlay, mosaic
+        from pipeline.report.figures import Overlay, mosaic, save_figure
         from pipeline.templates import load_mni_template
 
         cwd = Path(runtime.cwd)
@@ -400,10 +399,7 @@ class AnatQC(SimpleInterface):
         figs = {}
 
         def save(fig, name):
-            path = cwd / f"{name}.svg"
-            fig.savefig(path, bbox_inches="tight")
-            plt.close(fig)
-            figs[name] = str(path)
+            figs[name] = save_figure(fig, cwd / f"{name}.svg")
 
         save(mosaic(data, t1.affine, [Overlay(mask, "red", "brain mask"),
                                       Overlay(dseg == 2, "lime", "GM"),

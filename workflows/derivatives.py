@@ -400,7 +400,9 @@ class DerivativesWriter:
         """Save a matplotlib figure (``extension`` .svg or .png)."""
         spec.setdefault("extension", ".svg")
         path = self.path(**spec)
+        from pipeline.report.figures import save_figure
+
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, bbox_inches="tight")
+            save_figure(fig, tmp, close=False)
         self._sidecar(path, meta)
         return path

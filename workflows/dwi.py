@@ -462,7 +462,7 @@ class DwiQC(SimpleInterface):
 
         from pipeline.dwi.motion import flagged_volumes
         from pipeline.registration import Transform
-        from pipeline.report.figures import Overlay, mosaic
+        from pipeline.report.figures import Overlay, mosaic, save_figure
 
         cwd = Path(runtime.cwd)
         fa_img = nib.load(self.inputs.maps["fa"])
@@ -471,10 +471,7 @@ class DwiQC(SimpleInterface):
         figs = {}
 
         def save(fig, name):
-            path = cwd / f"{name}.svg"
-            fig.savefig(path, bbox_inches="tight")
-            plt.close(fig)
-            figs[name] = str(path)
+            figs[name] = save_figure(fig, cwd / f"{name}.svg")
 
         save(mosaic(fa, fa_img.affine, [Overlay(mask, "yellow", "DWI brain mask")],
                     title="FA", focus=mask), "fa")  # fmt: skip

@@ -825,12 +825,11 @@ class FuncQC(SimpleInterface):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
         from pipeline.func import qc
         from pipeline.func.confounds import denoise, select_confounds
         from pipeline.registration import Transform
-        from pipeline.report.figures import Overlay, mosaic
+        from pipeline.report.figures import Overlay, mosaic, save_figure
 
         i = self.inputs
         p = i.params
@@ -838,10 +837,7 @@ class FuncQC(SimpleInterface):
         figs = {}
 
         def save(fig, name):
-            path = cwd / f"{name}.svg"
-            fig.savefig(path, bbox_inches="tight")
-            plt.close(fig)
-            figs[name] = str(path)
+            figs[name] = save_figure(fig, cwd / f"{name}.svg")
 
         fmriprep = isdefined(i.space) and bool(i.space)
         data = np.asarray(nib.load(i.bold).dataobj[..., i.drop_volumes :], dtype=np.float32)

@@ -303,7 +303,7 @@ class TractQC(SimpleInterface):
         import matplotlib.pyplot as plt
         import pandas as pd
 
-        from pipeline.report.figures import Overlay, mosaic
+        from pipeline.report.figures import Overlay, mosaic, save_figure
 
         cwd = Path(runtime.cwd)
         fa_img = nib.load(self.inputs.fa)
@@ -314,9 +314,7 @@ class TractQC(SimpleInterface):
         figs = {}
         fig = mosaic(np.asarray(fa_img.dataobj, dtype=np.float32), fa_img.affine, overlays,
                      title="recognised bundles (streamline density > 0) on FA", focus=brain)  # fmt: skip
-        figs["bundles"] = str(cwd / "bundles.svg")
-        fig.savefig(figs["bundles"], bbox_inches="tight")
-        plt.close(fig)
+        figs["bundles"] = save_figure(fig, cwd / "bundles.svg")
         prof = pd.read_csv(self.inputs.profiles, sep="\t", na_values="n/a")
         units = {"fa": "FA", "md": "MD (um^2/ms)", "ad": "AD (um^2/ms)", "rd": "RD (um^2/ms)"}
         fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
@@ -331,9 +329,7 @@ class TractQC(SimpleInterface):
             ax.set_ylabel(units[metric])
         axes[0].legend(fontsize=7)
         fig.suptitle("tract profiles (dotted: lesion samples excluded)")
-        figs["profiles"] = str(cwd / "profiles.svg")
-        fig.savefig(figs["profiles"], bbox_inches="tight")
-        plt.close(fig)
+        figs["profiles"] = save_figure(fig, cwd / "profiles.svg")
         self._results["figures"] = figs
         return runtime
 

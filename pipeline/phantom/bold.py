@@ -8,26 +8,32 @@ Generative model
 Regions.  A coordinate atlas gives ``M`` regions (MNI mm) with a network label
 each.  Region ``i`` at session ``s`` has the time series
 
-    x_i(t) = a_i f_net(i)(t) + c_i g(t) + e_s * sum_{planted (i, j)} h_ij(t) + b_is eps_i(t)
+    x_i(t) = a_i f_net(i)(t) + d_i u_sys(i)(t) + c_i g(t)
+             + e_s * sum_{planted (i, j)} h_ij(t) + b_is eps_i(t)
 
-where ``f_n`` (one per network), ``g`` (global), ``h_ij`` (one per planted edge) and
-``eps_i`` (private) are independent, band-limited (``BAND_HZ`` = 0.01-0.1 Hz, capped
-at the Nyquist frequency) stationary Gaussian processes of unit variance.  The
-loadings ``a_i ~ sqrt(within - global_)`` and ``c_i ~ sqrt(global_)`` (each times
-``U(1 - jitter, 1 + jitter)``; regions labelled ``"unassigned"`` have ``a_i = 0``)
-come from :func:`network_loadings`, ``e_s`` is the planted effect of the session
-(0 at baseline, larger at follow-up) and ``b_is`` is chosen so that every region
-has unit variance at every session:
+where ``f_n`` (one per network), ``u_k`` (one per large-scale system of
+:data:`SYSTEMS`: sensorimotor, control, default), ``g`` (global), ``h_ij`` (one per
+planted edge) and ``eps_i`` (private) are independent, band-limited (``BAND_HZ`` =
+0.01-0.1 Hz, capped at the Nyquist frequency) stationary Gaussian processes of unit
+variance.  The loadings ``a_i ~ sqrt(within - system - global_)`` (``sqrt(within -
+global_)`` for a network in no system), ``d_i ~ sqrt(system)`` and ``c_i ~
+sqrt(global_)`` (each times ``U(1 - jitter, 1 + jitter)``; regions labelled
+``"unassigned"`` have ``a_i = d_i = 0``) come from :func:`network_loadings`
+(defaults ``within`` 0.6, ``system`` 0.25, ``global_`` 0.05: a graded matrix, as
+resting-state matrices are, Power et al. 2011), ``e_s`` is the planted effect of the
+session (0 at baseline, larger at follow-up) and ``b_is`` is chosen so that every
+region has unit variance at every session:
 
-    b_is**2 = 1 - a_i**2 - c_i**2 - deg_i * e_s**2,
+    b_is**2 = 1 - a_i**2 - d_i**2 - c_i**2 - deg_i * e_s**2,
 
 ``deg_i`` being the number of planted edges at region ``i``.  The population
 covariance is therefore known exactly, is a correlation matrix and is positive
 definite (as long as ``b_is**2 >= PRIVATE_VARIANCE_FLOOR``, see
 :func:`max_planted_effect`):
 
-* same network:      ``r_ij = a_i a_j + c_i c_j``   (about ``within``)
-* different networks: ``r_ij = c_i c_j``            (about ``global_``)
+* same network:                ``r_ij = a_i a_j + d_i d_j + c_i c_j`` (about ``within``)
+* other network, same system:  ``r_ij = d_i d_j + c_i c_j``  (about ``system + global_``)
+* otherwise:                   ``r_ij = c_i c_j``            (about ``global_``)
 * planted edge:      the above ``+ e_s**2``; every other entry (including pairs of
   planted regions that are not a planted edge) is identical at all sessions.
 
@@ -93,6 +99,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BAND_HZ",
     "PRIVATE_VARIANCE_FLOOR",
+    "SYSTEMS",
     "BoldPhantom",
     "CoordinateAtlas",
     "band_limited_noise",
@@ -101,6 +108,7 @@ __all__ = [
     "load_mni_tissue_maps",
     "max_planted_effect",
     "network_loadings",
+    "network_system",
     "population_correlation",
     "simulate_bold",
     "simulate_region_timeseries",
@@ -259,15 +267,39 @@ def load_mni_tissue_maps(
 # --------------------------------------------------------------- population model
 
 
+#: Large-scale systems grouping the atlases' networks (keywords of the normalised
+#: network names; Power et al. 2011, Seitzman et al. 2020, Dosenbach et al. 2010):
+#: networks of one system correlate more with each other than with the rest.
+SYSTEMS: dict[str, tuple[str, ...]] = {
+    "sensorimotor": ("visual", "occipital", "somatomotor", "sensorimotor", "auditory"),
+    "control": ("frontoparietal", "cinguloopercular", "salience", "attention"),
+    "default": ("defaultmode", "default", "medialtemporal", "parietomedial"),
+}
+
+
+def network_system(network: str) -> str | None:
+    """The :data:`SYSTEMS` entry a network belongs to (None: reward, cerebellum, ...)."""
+    key = "".join(ch for ch in network.lower() if ch.isalpha())
+    for system, words in SYSTEMS.items():
+        if any(w in key for w in words):
+            return system
+    return None
+
+
 def network_loadings(
     atlas: CoordinateAtlas,
     *,
-    within: float = 0.5,
-    global_: float = 0.1,
+    within: float = 0.6,
+    system: float = 0.25,
+    global_: float = 0.05,
     jitter: float = 0.1,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Network and global factor loadings of every region.
+    """Network, system and global factor loadings of every region.
+
+    Three nested levels, so that the population matrix is graded as in real
+    resting-state data (strong within networks, intermediate between networks of
+    one large-scale system, weak elsewhere) rather than two-valued.
 
     Parameters
     ----------
@@ -275,24 +307,33 @@ def network_loadings(
         Regions and their networks.
     within : float
         Typical population correlation of two regions of the same network.
+    system : float
+        Extra correlation shared by the networks of one :data:`SYSTEMS` entry: two
+        regions of different networks of one system correlate at about
+        ``system + global_``. 0 gives the two-level model.
     global_ : float
-        Typical population correlation of two regions of different networks.
+        Typical population correlation of two regions of unrelated networks.
     jitter : float
         Each loading is multiplied by ``U(1 - jitter, 1 + jitter)`` (region
-        heterogeneity); 0 gives exactly ``within`` / ``global_``.
+        heterogeneity); 0 gives exactly the values above.
     rng : numpy.random.Generator
         Source of the jitter.
 
     Returns
     -------
-    numpy.ndarray, shape (M, K + 1)
+    numpy.ndarray, shape (M, K + S + 1)
         Column ``k < K`` is the loading on network ``atlas.network_names[k]``
-        (``sqrt(within - global_)`` times jitter for its regions, else 0); the last
-        column is the global loading (``sqrt(global_)`` times jitter).  Regions'
-        private variance at baseline is ``1 - (row ** 2).sum()``.
+        (``sqrt(within - system - global_)`` for networks in a system, else
+        ``sqrt(within - global_)``, times jitter); the next ``S`` columns the
+        system loadings (``sqrt(system)``) in :data:`SYSTEMS` order; the last
+        column the global loading (``sqrt(global_)``).  Regions' private variance
+        at baseline is ``1 - (row ** 2).sum()``.
     """
-    if not 0.0 <= global_ <= within < 1.0:
-        raise ValueError(f"need 0 <= global_ <= within < 1, got {global_=}, {within=}")
+    if not (global_ >= 0.0 and system >= 0.0 and global_ + system <= within < 1.0):
+        raise ValueError(
+            f"need 0 <= global_, 0 <= system, global_ + system <= within < 1, got "
+            f"{global_=}, {system=}, {within=}"
+        )
     if not 0.0 <= jitter < 1.0:
         raise ValueError(f"jitter must be in [0, 1), got {jitter}")
     if within * (1.0 + jitter) ** 2 > 1.0 - 2 * PRIVATE_VARIANCE_FLOOR:
@@ -301,13 +342,19 @@ def network_loadings(
             "lower within or jitter"
         )
     names = atlas.network_names
-    n_reg = atlas.n_regions
-    loadings = np.zeros((n_reg, len(names) + 1))
-    u = rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n_reg, 2))
+    systems = list(SYSTEMS)
+    n_reg, n_net = atlas.n_regions, len(names)
+    loadings = np.zeros((n_reg, n_net + len(systems) + 1))
+    u = rng.uniform(1.0 - jitter, 1.0 + jitter, size=(n_reg, 3))
     col = {n: k for k, n in enumerate(names)}
     for i, net in enumerate(atlas.networks):
-        if net in col:
-            loadings[i, col[net]] = math.sqrt(within - global_) * u[i, 0]
+        if net not in col:
+            continue
+        sys_name = network_system(net)
+        own = within - global_ - (system if sys_name is not None else 0.0)
+        loadings[i, col[net]] = math.sqrt(own) * u[i, 0]
+        if sys_name is not None:
+            loadings[i, n_net + systems.index(sys_name)] = math.sqrt(system) * u[i, 2]
     loadings[:, -1] = math.sqrt(global_) * u[:, 1]
     return loadings
 
@@ -351,7 +398,7 @@ def max_planted_effect(loadings: ArrayLike, edges: Sequence[Edge]) -> float:
 
     Parameters
     ----------
-    loadings : array-like, shape (M, K + 1)
+    loadings : array-like, shape (M, F)
         From :func:`network_loadings`.
     edges : sequence of (int, int)
         Planted edges.
@@ -378,7 +425,7 @@ def population_correlation(loadings: ArrayLike, edges: Sequence[Edge], effect: f
 
     Parameters
     ----------
-    loadings : array-like, shape (M, K + 1)
+    loadings : array-like, shape (M, F)
         From :func:`network_loadings`.
     edges : sequence of (int, int)
         Planted edges.
@@ -735,7 +782,7 @@ def simulate_bold(
     noiseless : bool
         Drop noise, drift, WM/CSF/GM physiological signals and motion (``motion``
         is ignored and reported as zeros).
-    loadings : array-like, shape (M, K + 1), optional
+    loadings : array-like, shape (M, F), optional
         Region factor loadings; default :func:`network_loadings` ``(atlas)`` with a
         fixed seed, i.e. the same population for every subject and session.
 

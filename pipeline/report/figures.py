@@ -12,7 +12,33 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Overlay", "mosaic"]
+__all__ = ["Overlay", "mosaic", "save_figure"]
+
+#: Salt of matplotlib's SVG element ids: fixed so the same figure gives the same bytes.
+SVG_HASHSALT = "msmri"
+
+
+def save_figure(fig, path, *, close: bool = True) -> str:
+    """Save a matplotlib figure reproducibly (no date stamp, fixed SVG ids); return the path.
+
+    Matplotlib by default writes the creation date into SVG / PDF / PNG metadata
+    and random SVG element ids, so re-running a job would change every figure's
+    bytes; with these settings identical inputs give identical files, which the
+    crash-recovery and SLURM tests compare by checksum.
+    """
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    path = str(path)
+    fmt = path.rsplit(".", 1)[-1].lower()
+    meta = {"Date": None} if fmt in ("svg", "pdf") else {}
+    if fmt == "png":
+        meta = {"Software": None}
+    with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}):
+        fig.savefig(path, bbox_inches="tight", metadata=meta)
+    if close:
+        plt.close(fig)
+    return path
 
 
 @dataclass(frozen=True)
