@@ -180,8 +180,13 @@ def test_population_correlation_is_valid_and_planted(atlas, edges, loadings):
         assert np.linalg.eigvalsh(corr).min() > 0  # positive definite
         assert np.all(np.abs(corr[off]) < 1)
         assert corr[same & off].mean() > corr[~same].mean() + 0.2
-    assert base[same & off].mean() == pytest.approx(0.5, abs=0.05)
-    assert base[~same].mean() == pytest.approx(0.1, abs=0.02)
+    # three graded levels: same network, same large-scale system, unrelated
+    system = np.array([bold.network_system(n) if n in atlas.network_names else None
+                       for n in atlas.networks], dtype=object)  # fmt: skip
+    kin = (system[:, None] == system[None, :]) & (system[:, None] != None) & ~same  # noqa: E711
+    assert base[same & off].mean() == pytest.approx(0.6, abs=0.05)
+    assert base[kin].mean() == pytest.approx(0.3, abs=0.03)
+    assert base[~same & ~kin].mean() == pytest.approx(0.05, abs=0.02)
     planted = np.zeros_like(same)
     for i, j in edges:
         planted[i, j] = planted[j, i] = True

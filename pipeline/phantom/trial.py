@@ -48,6 +48,7 @@ __all__ = [
     "rng_for",
     "simulate_acquisition",
     "simulate_session",
+    "simulate_session_bold",
     "simulate_structural",
 ]
 
@@ -454,11 +455,68 @@ def bold_design(spec: PhantomSpec) -> BoldDesign:
     )
 
 
+def simulate_session_bold(
+    spec: PhantomSpec, subject: SubjectModel, session_index: int
+) -> tuple[nib.Nifti1Image, dict, dict]:
+    """The resting-state BOLD run of one subject-session: image, truth and truth tables.
+
+    Drawn from its own random stream (``rng_for(..., "bold")``), so it does not depend
+    on the structural and diffusion images of the session.
+    """
+    import pandas as pd
+
+    from pipeline.phantom.bold import simulate_bold
+
+    ses = spec.sessions[session_index]
+    tpl = load_template(spec.template_resolution)
+    brng = rng_for(spec.seed, subject.index, session_index, "bold")
+    design = bold_design(spec)
+    shape, aff = acquisition_grid(FOV["bold"], spec.bold_voxel_mm, ORIENTATION["bold"])
+    motion = simulate_motion_trace(spec.bold_volumes, rng=brng)
+    effect = spec.bold_effect[session_index] * design.max_effect
+    bold = simulate_bold(
+        grid_shape=shape,
+        grid_affine=aff,
+        to_template=subject.to_template(ses, "bold"),
+        template_affine=tpl.affine,
+        gm=tpl.maps["gm"],
+        wm=tpl.maps["wm"],
+        csf=tpl.maps["csf"],
+        atlas=design.atlas,
+        edges=design.edges,
+        effect=effect,
+        n_volumes=spec.bold_volumes,
+        tr=spec.bold_tr,
+        rng=brng,
+        motion=motion,
+        loadings=design.loadings,
+    )
+    atlas, edges = design.atlas, design.edges
+    truth = {
+        "atlas": atlas.name,
+        "planted_edges": [[int(i), int(j)] for i, j in edges],
+        "planted_edge_labels": [[atlas.labels[i], atlas.labels[j]] for i, j in edges],
+        "effect": effect,
+        "effect_fraction_of_max": spec.bold_effect[session_index],
+        "planted_correlation_rise": effect**2,
+        "motion_params": np.asarray(bold.motion).tolist(),
+        "framewise_displacement": np.asarray(bold.fd).tolist(),
+    }
+    tables = {
+        "bold_region_timeseries": pd.DataFrame(bold.region_timeseries, columns=list(atlas.labels)),
+        "bold_population_correlation": pd.DataFrame(
+            bold.population_correlation, index=list(atlas.labels), columns=list(atlas.labels)
+        ),
+    }
+    return bold.image, truth, tables
+
+
 def simulate_session(
     spec: PhantomSpec, subject: SubjectModel, session_index: int
 ) -> SessionPhantom:
     """Images and ground truth of one subject-session."""
-    from pipeline.phantom.bold import simulate_bold
+    import pandas as pd
+
     from pipeline.phantom.dwi import gradient_scheme, simulate_dwi
 
     ses = spec.sessions[session_index]
@@ -558,48 +616,8 @@ def simulate_session(
     }
 
     # ---- resting-state BOLD
-    brng = rng_for(spec.seed, sidx, session_index, "bold")
-    design = bold_design(spec)
-    shape, aff = acquisition_grid(FOV["bold"], spec.bold_voxel_mm, ORIENTATION["bold"])
-    motion = simulate_motion_trace(spec.bold_volumes, rng=brng)
-    effect = spec.bold_effect[session_index] * design.max_effect
-    bold = simulate_bold(
-        grid_shape=shape,
-        grid_affine=aff,
-        to_template=subject.to_template(ses, "bold"),
-        template_affine=tpl.affine,
-        gm=tpl.maps["gm"],
-        wm=tpl.maps["wm"],
-        csf=tpl.maps["csf"],
-        atlas=design.atlas,
-        edges=design.edges,
-        effect=effect,
-        n_volumes=spec.bold_volumes,
-        tr=spec.bold_tr,
-        rng=brng,
-        motion=motion,
-        loadings=design.loadings,
-    )
-    atlas, edges = design.atlas, design.edges
-    images["bold"] = bold.image
-    truth["bold"] = {
-        "atlas": atlas.name,
-        "planted_edges": [[int(i), int(j)] for i, j in edges],
-        "planted_edge_labels": [[atlas.labels[i], atlas.labels[j]] for i, j in edges],
-        "effect": effect,
-        "effect_fraction_of_max": spec.bold_effect[session_index],
-        "planted_correlation_rise": effect**2,
-        "motion_params": np.asarray(bold.motion).tolist(),
-        "framewise_displacement": np.asarray(bold.fd).tolist(),
-    }
-    import pandas as pd
-
-    tables = {
-        "bold_region_timeseries": pd.DataFrame(bold.region_timeseries, columns=list(atlas.labels)),
-        "bold_population_correlation": pd.DataFrame(
-            bold.population_correlation, index=list(atlas.labels), columns=list(atlas.labels)
-        ),
-    }
+    images["bold"], truth["bold"], bold_tables = simulate_session_bold(spec, subject, session_index)
+    tables = dict(bold_tables)
     lesion_rows = []
     for i, les in enumerate(subject.lesions):
         if les.first_session > session_index:
