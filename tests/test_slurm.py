@@ -184,7 +184,7 @@ def _run_both(slurm_cluster, tmp_path: Path, target: str, config: list[str], n_j
     for log in logs:
         found = re.search(r"running in SLURM job (\d+) on (\S+)", log.read_text())
         assert found, f"{log} was not written inside a SLURM job"
-        ran_in[log.name] = found.group(1)
+        ran_in[str(log.relative_to(cluster))] = found.group(1)  # stages share file names
         assert found.group(2) == slurm_cluster["node"]
     assert len(set(ran_in.values())) == n_jobs, ran_in
     for job in ran_in.values():
