@@ -29,6 +29,7 @@ import pytest
 from pipeline.errors import InputError
 from pipeline.phantom.trial import PRESETS
 from tests.conftest import TINY_FUNC_CONFIG as OVERRIDE
+from workflows.nodeio import SERIES_EXT
 
 SPEC = PRESETS["tiny"]
 BASE, FOLLOW = SPEC.sessions
@@ -190,7 +191,7 @@ def test_regions_outside_the_field_of_view_are_nan_not_dropped(func_run, tmp_pat
     cut = tmp_path / "mask.nii.gz"
     nib.save(nib.Nifti1Image(data, mask.affine), cut)
     params = _node_params(load_config([root / "tiny.yaml"]).to_dict())
-    reg = RegionSignals(bold=str(node / "bold_mni.nii.gz"), mask=str(cut),
+    reg = RegionSignals(bold=str(node / f"bold_mni{SERIES_EXT}"), mask=str(cut),
                         params=params["regions"]).run(cwd=str(tmp_path)).outputs  # fmt: skip
     regions = pd.read_csv(reg.regions, sep="\t")
     invalid = (regions["valid"] == 0).to_numpy()
@@ -393,7 +394,7 @@ def test_label_image_atlas(func_run, tmp_path):
     pd.DataFrame({"index": [1, 2, 7], "name": ["L", "R", "out"]}).to_csv(tsv, sep="\t", index=False)
     params = {"atlas": str(tmp_path / "atlas.nii.gz"), "atlas_labels": str(tsv),
               "sphere_radius_mm": 5.0, "min_coverage": 0.5}  # fmt: skip
-    res = RegionSignals(bold=str(node / "bold_mni.nii.gz"), mask=str(node / "mask_mni.nii.gz"),
+    res = RegionSignals(bold=str(node / f"bold_mni{SERIES_EXT}"), mask=str(node / "mask_mni.nii.gz"),
                         params=params).run(cwd=str(tmp_path)).outputs  # fmt: skip
     regions = pd.read_csv(res.regions, sep="\t")
     assert regions["label"].tolist() == ["L", "R", "out"] and regions["valid"].tolist() == [1, 1, 0]

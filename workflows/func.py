@@ -79,7 +79,7 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import load_array, register_to_t1w, save_array
+from workflows.nodeio import SERIES_EXT, load_array, register_to_t1w, save_array
 
 __all__ = [
     "MEASURE_STATS",
@@ -242,13 +242,13 @@ class PreprocessBold(SimpleInterface):
             n_procs=i.nprocs,
         )  # fmt: skip
         cwd = Path(runtime.cwd)
-        nib.save(pre.image(), cwd / "realigned.nii.gz")
+        nib.save(pre.image(), cwd / f"realigned{SERIES_EXT}")
         nib.save(pre.mean_image(), cwd / "boldref.nii.gz")
         nib.save(pre.mask_image(), cwd / "mask.nii.gz")
         pre.confounds().to_csv(cwd / "motion.tsv", sep="\t", index=False, na_rep="n/a")
         fd = pre.framewise_displacement
         self._results.update(
-            bold=str(cwd / "realigned.nii.gz"), boldref=str(cwd / "boldref.nii.gz"),
+            bold=str(cwd / f"realigned{SERIES_EXT}"), boldref=str(cwd / "boldref.nii.gz"),
             mask=str(cwd / "mask.nii.gz"), motion=str(cwd / "motion.tsv"),
             parameters={
                 "n_dummy_removed": pre.n_dummy, "n_volumes": pre.n_volumes,
@@ -581,9 +581,9 @@ class BoldToMni(SimpleInterface):
         out = to_mni.resample(img, grid, order=1)
         mask = to_mni.resample_mask(nib.load(i.brain), grid)
         cwd = Path(runtime.cwd)
-        nib.save(out, cwd / "bold_mni.nii.gz")
+        nib.save(out, cwd / f"bold_mni{SERIES_EXT}")
         self._results.update(
-            bold=str(cwd / "bold_mni.nii.gz"),
+            bold=str(cwd / f"bold_mni{SERIES_EXT}"),
             mask=save_array(mask, out, cwd / "mask_mni.nii.gz", np.uint8),
             parameters={"space": SPACE, "voxel_mm": voxel, "grid_shape": list(grid[0]),
                         "resampling": "trilinear, bold -> T1w (rigid) composed with T1w -> "

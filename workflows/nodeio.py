@@ -7,7 +7,14 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["dwi_gradients", "load_array", "register_to_t1w", "save_array", "xfm_json"]
+__all__ = ["SERIES_EXT", "dwi_gradients", "load_array", "register_to_t1w", "save_array", "xfm_json"]
+
+#: Extension of the 4-D series (DWI, BOLD) nodes hand to each other in their working
+#: folders: uncompressed, because gzip does not shrink noisy float32 data much and is
+#: slow: for one trial-preset DWI series (78 x 98 x 81 x 66) a .nii.gz took 12.2 s to
+#: save and 3.8 s to load, a .nii 1.8 s and 0.0 s (memory map). The derivatives writer
+#: compresses what it publishes.
+SERIES_EXT = ".nii"
 
 
 def save_array(
