@@ -264,6 +264,7 @@ class DwiConfig(Section):
 
     denoise: Literal["mppca", "patch2self", "none"]
     denoise_patch_radius: int = Field(ge=1, le=5)
+    denoise_mask: bool
     gibbs: bool
     motion_correction: bool
     fd_threshold_mm: float = Field(gt=0, le=10)

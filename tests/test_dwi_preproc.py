@@ -165,6 +165,25 @@ def test_mppca_lowers_fa_error_and_estimates_sigma(baseline, gradients):
         denoise(noisy, gradients, method="nlmeans")
 
 
+def test_head_mask_holds_the_brain_and_leaves_denoising_unchanged_inside(baseline, gradients):
+    """The denoising head mask covers the true brain, not the whole field of view, and
+    MP-PCA within it gives the same brain voxels as over the whole field of view."""
+    from pipeline.dwi.preprocess import denoise, head_mask
+
+    data = np.asarray(baseline.images["dwi"].dataobj, dtype=np.float32)
+    head = head_mask(data, gradients)
+    truth = _truth(baseline, "desc-brain_mask") > 0
+    assert head[truth].all()
+    assert head.mean() < 0.8
+    slab = (slice(None), slice(None), slice(20, 34))
+    full, _ = denoise(data[slab], gradients)
+    masked, noise = denoise(data[slab], gradients, mask=head[slab])
+    np.testing.assert_allclose(masked[truth[slab]], full[truth[slab]], rtol=1e-5, atol=1e-3)
+    outside = ~head[slab]
+    np.testing.assert_array_equal(masked[outside], data[slab][outside])
+    assert np.all(noise[outside] == 0)
+
+
 def test_gibbs_removal_reduces_overshoot():
     """A disc imaged with truncated k-space (64 of 256 samples) rings; removal damps it."""
     from pipeline.dwi.preprocess import remove_gibbs

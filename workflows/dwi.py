@@ -34,7 +34,7 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import dwi_gradients, load_array, register_to_t1w, save_array
+from workflows.nodeio import SERIES_EXT, dwi_gradients, load_array, register_to_t1w, save_array
 
 __all__ = ["TENSOR_MAPS", "init_dwi_wf", "structural_inputs"]
 
@@ -117,20 +117,24 @@ class Denoise(SimpleInterface):
     output_spec = _DenoiseOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.dwi.preprocess import denoise
+        from pipeline.dwi.preprocess import denoise, head_mask
 
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
         grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
         method = cfg["dwi"]["denoise"]
-        out, noise = denoise(data, grads, method=method,
+        within = bool(cfg["dwi"].get("denoise_mask", False)) and method == "mppca"
+        mask = head_mask(data, grads) if within else None
+        out, noise = denoise(data, grads, mask=mask, method=method,
                              patch_radius=cfg["dwi"]["denoise_patch_radius"])  # fmt: skip
         cwd = Path(runtime.cwd)
+        params = {"method": method, "patch_radius": cfg["dwi"]["denoise_patch_radius"],
+                  "mask": "median-Otsu head mask dilated by 4 voxels" if within else "none"}  # fmt: skip
         self._results.update(
-            dwi=_save4d(out, img, cwd / "denoised.nii.gz"), bval=self.inputs.bval,
+            dwi=_save4d(out, img, cwd / f"denoised{SERIES_EXT}"), bval=self.inputs.bval,
             bvec=self.inputs.bvec, noise=save_array(noise, img, cwd / "noise.nii.gz"),
-            parameters={"method": method, "patch_radius": cfg["dwi"]["denoise_patch_radius"]},
+            parameters=params,
         )  # fmt: skip
         return runtime
 
@@ -201,7 +205,7 @@ class MotionCorrect(SimpleInterface):
         confounds.to_csv(cwd / "confounds.tsv", sep="\t", index=False, na_rep="n/a")
         bval, bvec = grads.write(cwd / "dwi.bval", cwd / "dwi.bvec")
         self._results.update(
-            dwi=_save4d(data, img, cwd / "corrected.nii.gz"), bval=str(bval), bvec=str(bvec),
+            dwi=_save4d(data, img, cwd / f"corrected{SERIES_EXT}"), bval=str(bval), bvec=str(bvec),
             confounds=str(cwd / "confounds.tsv"), b0=save_array(b0, img, cwd / "b0.nii.gz"),
             outliers=outliers, parameters=params,
         )  # fmt: skip
