@@ -117,20 +117,21 @@ class Denoise(SimpleInterface):
     output_spec = _DenoiseOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.dwi.preprocess import denoise, head_mask
+        from pipeline.dwi.preprocess import HEAD_MASK_DILATION_VOX, denoise, head_mask
 
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
         grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
         method = cfg["dwi"]["denoise"]
-        within = bool(cfg["dwi"].get("denoise_mask", False)) and method == "mppca"
+        within = cfg["dwi"]["denoise_mask"] and method == "mppca"
         mask = head_mask(data, grads) if within else None
         out, noise = denoise(data, grads, mask=mask, method=method,
                              patch_radius=cfg["dwi"]["denoise_patch_radius"])  # fmt: skip
         cwd = Path(runtime.cwd)
         params = {"method": method, "patch_radius": cfg["dwi"]["denoise_patch_radius"],
-                  "mask": "median-Otsu head mask dilated by 4 voxels" if within else "none"}  # fmt: skip
+                  "mask": f"Otsu head mask of the mean b = 0 dilated by {HEAD_MASK_DILATION_VOX} "
+                          "voxels" if within else "none"}  # fmt: skip
         self._results.update(
             dwi=_save4d(out, img, cwd / f"denoised{SERIES_EXT}"), bval=self.inputs.bval,
             bvec=self.inputs.bvec, noise=save_array(noise, img, cwd / "noise.nii.gz"),

@@ -20,6 +20,9 @@ __all__ = ["denoise", "dwi_brain_mask", "head_mask", "mean_b0", "remove_gibbs"]
 
 DENOISE_METHODS = ("mppca", "patch2self", "none")
 
+#: Default dilation (voxels) of :func:`head_mask`.
+HEAD_MASK_DILATION_VOX = 4
+
 
 def _check_4d(data: np.ndarray, gradients: DwiGradients | None = None) -> np.ndarray:
     arr = np.asarray(data)
@@ -310,15 +313,18 @@ def dwi_brain_mask(
     return mask
 
 
-def head_mask(data: np.ndarray, gradients: DwiGradients, dilation_vox: int = 4) -> np.ndarray:
+def head_mask(
+    data: np.ndarray, gradients: DwiGradients, dilation_vox: int = HEAD_MASK_DILATION_VOX
+) -> np.ndarray:
     """Where denoising is worth doing: the head in the raw series.
 
     Otsu's threshold of the Gaussian-smoothed (1 voxel) mean b = 0 image, its largest
     connected component with holes filled, dilated by ``dilation_vox`` voxels (a margin
     for head motion and a conservative edge). Coarser than :func:`dwi_brain_mask` on
     purpose and much faster than its median filtering (0.05-0.4 s vs 3.3 s on a
-    trial-preset series); it held all of the phantom's true brain on the series tried. MP-PCA outside it only cleans air; on the trial phantom
-    (78 x 98 x 81 voxels of 2 mm) the mask holds about half the field of view.
+    trial-preset series); it held all of the phantom's true brain on the series tried.
+    MP-PCA outside it only cleans air; on the trial phantom (78 x 98 x 81 voxels of
+    2 mm) the mask holds about half the field of view.
     """
     from dipy.segment.threshold import otsu
     from scipy import ndimage
