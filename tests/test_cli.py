@@ -107,6 +107,30 @@ def test_broken_input_fails_only_its_subject(tiny_bids, tmp_path, capsys):
     assert not list(out.rglob(".*tmp*"))
 
 
+def test_a_stage_job_validates_only_the_raw_series_it_reads(tiny_bids):
+    from pipeline.config import load_config
+    from pipeline.errors import InputError
+    from workflows.bids import collect_inputs, index_dataset
+    from workflows.inventory import check_session
+
+    bad = tiny_bids / "sub-01/ses-m00/func/sub-01_ses-m00_task-rest_bold.nii.gz"
+    assert bad.exists()
+    data = np.ones((8, 8, 6, 40), dtype=np.float32)
+    data[2, 2, 2, 3] = np.inf
+    write_nifti(bad, data)
+    cfg = load_config([])
+    inputs = collect_inputs(index_dataset(tiny_bids), "01", "m00")
+    table, _ = check_session(inputs, cfg, tiny_bids, series=["dwi"])  # a diffusion job
+    assert "bold" not in set(table["modality"]) and "dwi" in set(table["modality"])
+    with pytest.raises(InputError) as exc:  # the inventory and fMRI jobs check the BOLD
+        check_session(inputs, cfg, tiny_bids)
+    assert str(bad) in str(exc.value)
+    with pytest.raises(InputError):
+        check_session(inputs, cfg, tiny_bids, series=["bold"])
+    with pytest.raises(ValueError, match="series"):
+        check_session(inputs, cfg, tiny_bids, series=["t1w"])
+
+
 def test_bad_config_is_a_clear_error(tiny_bids, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("validation:\n  b0_treshold: 10\n")

@@ -225,7 +225,9 @@ def run_bids_app(args: argparse.Namespace) -> int:
             if "inventory" in stages:
                 write_inventory(writer, inputs, config, bids_dir)
             else:  # validate before any processing, even when the inventory is not rewritten
-                check_session(inputs, config, bids_dir)
+                # only the raw series this job's stages read (tract reads derivatives)
+                series = [name for name, stage in (("dwi", "dwi"), ("bold", "func")) if stage in stages]
+                check_session(inputs, config, bids_dir, series=series)
             if "anat" in stages:
                 run_anat(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
             if "dwi" in stages:

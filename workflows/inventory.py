@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import pandas as pd
@@ -43,14 +44,26 @@ INVENTORY_COLUMNS = {
 
 
 def check_session(
-    inputs: SessionInputs, config: Config, bids_dir: Path
+    inputs: SessionInputs,
+    config: Config,
+    bids_dir: Path,
+    *,
+    series: Collection[str] = ("dwi", "bold"),
 ) -> tuple[pd.DataFrame, dict]:
     """Validate every input of one subject-session and describe it.
 
     Returns the inventory table and a JSON-ready dict of what was found.
     Raises :class:`pipeline.errors.InputError` (naming the file) for a broken
     input; missing optional modalities become rows with ``status = skipped``.
+    ``series`` limits the 4-D series validated ("dwi", "bold"): a stage's job
+    checks the structural inputs and its own series only, so that a broken BOLD
+    run does not stop the session's diffusion job, and no job decompresses a
+    series it does not use (about 1.3 s for the DWI and 2.6 s for the BOLD of a
+    trial-preset session). The inventory always checks both.
     """
+    unknown = set(series) - {"dwi", "bold"}
+    if unknown:
+        raise ValueError(f"series must be among 'dwi', 'bold', got {sorted(unknown)}")
     v = config.validation
     rows: list[dict] = []
     caught: list[str] = []
@@ -89,22 +102,23 @@ def check_session(
             add(inputs.flair, "FLAIR")
         else:
             skip("FLAIR", missing.get("FLAIR", "no FLAIR image found"))
-        if inputs.dwi is not None and inputs.dwi_bval is not None and inputs.dwi_bvec is not None:
+        has_dwi = inputs.dwi is not None and inputs.dwi_bval is not None
+        if "dwi" in series and has_dwi and inputs.dwi_bvec is not None:
             chk = validate_dwi(
                 inputs.dwi, inputs.dwi_bval, inputs.dwi_bvec,
                 b0_threshold=v.b0_threshold, shell_tolerance=v.shell_tolerance,
                 bvec_norm_tolerance=v.bvec_norm_tolerance, min_directions=v.min_directions,
             )  # fmt: skip
             add(inputs.dwi, "dwi", "; ".join(chk.warnings), bvals=chk.bvals, bvecs=chk.bvecs)
-        else:
+        elif "dwi" in series:
             skip(
                 "dwi",
                 missing.get("dwi", missing.get("DWI", "no DWI series with .bval/.bvec found")),
             )
-        if inputs.bold is not None:
+        if "bold" in series and inputs.bold is not None:
             bchk = validate_bold(inputs.bold, inputs.bold_json, min_volumes=v.min_bold_volumes)
             add(inputs.bold, "bold", "; ".join(bchk.warnings), repetition_time=bchk.repetition_time)
-        else:
+        elif "bold" in series:
             skip("bold", missing.get("BOLD", missing.get("bold", "no resting-state BOLD found")))
         if inputs.lesion_mask is not None:
             reference = inputs.t1w if inputs.lesion_space == "T1w" else inputs.flair
