@@ -190,9 +190,13 @@ class GroupConfig(Section):
     ----------
     compare : tuple of (str, str)
         ``(reference, follow_up)`` session labels, both in ``sessions.order``.
+    include_flagged : bool
+        Keep sessions whose structural results are flagged as implausible in
+        the group statistics (default: leave them out with the reason).
     """
 
     compare: tuple[Label, Label] = Field(strict=False)
+    include_flagged: bool
 
     @model_validator(mode="after")
     def _check_distinct(self) -> GroupConfig:
@@ -233,6 +237,10 @@ class AnatConfig(Section):
 
     Attributes
     ----------
+    brain_extraction : {"deepbet", "threshold"}
+        Brain-extraction method (:func:`pipeline.anat.brain.extract_brain`).
+    skull_stripped : {"auto", True, False}
+        Whether the structural inputs are already skull-stripped.
     template_resolution : int
         MNI152 grid (1 or 2 mm) used for registration and tissue priors.
     syn : bool
@@ -250,6 +258,8 @@ class AnatConfig(Section):
         Template refinement rounds of the ``unbiased`` reference.
     """
 
+    brain_extraction: Literal["deepbet", "threshold"]
+    skull_stripped: Literal["auto", True, False]
     template_resolution: Literal[1, 2]
     syn: bool
     auto_lesions: bool

@@ -86,11 +86,15 @@ from pipeline.errors import InputError
 
 __all__ = [
     "MNI_SPACE",
+    "HeaderCheckedRegistration",
     "Transform",
     "Warp",
     "load_mni_template_brain",
+    "mean_displacement_mm",
+    "normalized_mutual_information",
     "register_affine",
     "register_rigid",
+    "register_rigid_or_keep_header",
     "register_syn",
     "register_to_template",
     "warp_path",
@@ -635,6 +639,7 @@ def _register_linear(
     resolution_mm: float | None,
     source: str,
     target: str,
+    init: str = "com",
 ) -> Transform:
     from dipy.align.imaffine import (
         AffineRegistration,
@@ -649,6 +654,8 @@ def _register_linear(
 
     if metric != "mi":
         raise ValueError(f"metric must be 'mi' (mutual information), got {metric!r}")
+    if init not in ("com", "header"):
+        raise ValueError(f"init must be 'com' (centres of mass) or 'header', got {init!r}")
     masked = static_mask is not None or moving_mask is not None
     if sampling == "auto":
         sampling = 1.0 if masked else 0.25
@@ -695,13 +702,15 @@ def _register_linear(
     # the corners of a 120 x 140 x 100 mm box).
     init_reg = optimiser(max(1, len(iters) - 1))
     final_reg = optimiser(len(iters))
-    com = transform_centers_of_mass(
-        static_w if s_mask is None else static_w * s_mask,
-        s_aff_w,
-        moving_w if m_mask is None else moving_w * m_mask,
-        m_aff_w,
-    )
-    current = com.affine
+    if init == "header":  # the scanner's world coordinates already align the images
+        current = np.eye(4)
+    else:
+        current = transform_centers_of_mass(
+            static_w if s_mask is None else static_w * s_mask,
+            s_aff_w,
+            moving_w if m_mask is None else moving_w * m_mask,
+            m_aff_w,
+        ).affine
     models = {
         "translation": TranslationTransform3D,
         "rigid": RigidTransform3D,
@@ -737,6 +746,7 @@ def register_rigid(
     resolution_mm: float | None = 2.0,
     source: str = "moving",
     target: str = "static",
+    init: str = "com",
 ) -> Transform:
     """Rigid (6 dof) registration of ``moving_img`` (SOURCE) to ``static_img`` (TARGET).
 
@@ -763,6 +773,11 @@ def register_rigid(
         spacing before optimisation (None: use the native grids).
     source, target : str
         Space names stored in the result.
+    init : {"com", "header"}
+        Starting point: the centres of mass (images from different sessions or
+        devices) or the identity in world coordinates, i.e. the scanner's header
+        alignment (images of one session, whose headers share the scanner's
+        patient coordinates).
 
     Returns
     -------
@@ -782,6 +797,7 @@ def register_rigid(
         resolution_mm=resolution_mm,
         source=source,
         target=target,
+        init=init,
     )
 
 
@@ -798,6 +814,7 @@ def register_affine(
     resolution_mm: float | None = 2.0,
     source: str = "moving",
     target: str = "static",
+    init: str = "com",
 ) -> Transform:
     """Affine (12 dof) registration: centre of mass -> translation -> rigid -> affine.
 
@@ -816,6 +833,148 @@ def register_affine(
         resolution_mm=resolution_mm,
         source=source,
         target=target,
+        init=init,
+    )
+
+
+def normalized_mutual_information(
+    static_img, moving_img, transform: Transform | None = None, *, mask=None, bins: int = 64
+) -> float:
+    """Normalised mutual information of two images, sampled on the static (TARGET) grid.
+
+    ``NMI = (H(A) + H(B)) / H(A, B)`` (Studholme et al., Pattern Recognition 1999):
+    1 for independent images, 2 for identical ones, independent of the overlap
+    size. Both images are sampled trilinearly at the static voxel centres shifted
+    by half a voxel along every axis (inside ``mask`` if given, else the static
+    image's non-zero voxels), the moving one through ``transform`` (SOURCE =
+    moving, TARGET = static; None = the identity in world coordinates, i.e. the
+    header alignment); points falling outside the moving image are left out.
+    The half-voxel shift makes every candidate transform interpolate: sampled on
+    the grid itself, the identity between two images on one grid reads raw
+    voxels while any sub-voxel shift averages neighbours, and that smoothing alone
+    raises the NMI (the interpolation artefact of mutual information, Pluim et al.,
+    Comput Vis Image Underst 2000): on openms-patient19, whose FLAIR is already on
+    the T1w grid, a 0.5 mm registration gained 0.011 on the grid and 0.0006 with
+    the shift. Intensities are binned between their 0.5 and 99.5 percentiles.
+    Unlike the optimiser's metric (on a coarse working grid), this is evaluated
+    at the static image's own resolution, so that candidate transforms can be
+    compared.
+    """
+    from scipy import ndimage
+
+    static, s_aff = _volume(static_img, "static image")
+    moving, m_aff = _volume(moving_img, "moving image")
+    sel = static != 0 if mask is None else _mask_volume(mask, "static mask", static) > 0
+    idx = np.argwhere(sel).astype(np.float64) + 0.5
+    if idx.shape[0] < 100:
+        raise ValueError("fewer than 100 static voxels to compare")
+    pts = _apply(s_aff, idx)
+    if transform is not None:
+        pts = transform.target_to_source(pts)
+    vox = _apply(np.linalg.inv(m_aff), pts)
+    b = ndimage.map_coordinates(moving, vox.T, order=1, mode="constant", cval=np.nan)
+    a = ndimage.map_coordinates(static, idx.T, order=1, mode="nearest")
+    ok = np.isfinite(b)
+    a, b = a[ok], b[ok]
+    ranges = [np.percentile(a, [0.5, 99.5]), np.percentile(b, [0.5, 99.5])]
+    hist, _, _ = np.histogram2d(a, b, bins=bins, range=ranges)
+    p = hist / hist.sum()
+
+    def entropy(q: np.ndarray) -> float:
+        q = q[q > 0]
+        return float(-np.sum(q * np.log(q)))
+
+    return (entropy(p.sum(axis=1)) + entropy(p.sum(axis=0))) / entropy(p)
+
+
+def mean_displacement_mm(transform: Transform, mask_img, other: Transform | None = None) -> float:
+    """Mean distance (mm) between where ``transform`` and ``other`` (default: the
+    identity) send the voxels of a TARGET-space mask."""
+    data, aff = _volume(mask_img, "mask")
+    pts = _apply(aff, np.argwhere(data > 0).astype(np.float64))
+    ref = pts if other is None else other.target_to_source(pts)
+    return float(np.mean(np.linalg.norm(transform.target_to_source(pts) - ref, axis=1)))
+
+
+@dataclass(frozen=True)
+class HeaderCheckedRegistration:
+    """Result of :func:`register_rigid_or_keep_header`.
+
+    ``transform`` is the registered one when it improves the full-resolution
+    NMI over the header alignment by more than ``tolerance``, else the identity.
+    """
+
+    transform: Transform
+    kept_header: bool
+    nmi_header: float
+    nmi_registered: float
+    registered_displacement_mm: float
+    tolerance: float
+
+    def quality(self) -> dict:
+        """JSON-ready registration-quality record (stored in the transform's sidecar)."""
+        chosen = self.nmi_header if self.kept_header else self.nmi_registered
+        return {
+            "metric": "normalised mutual information on the target grid (brain mask)",
+            "nmi": round(chosen, 6),
+            "nmi_header_alignment": round(self.nmi_header, 6),
+            "nmi_registered": round(self.nmi_registered, 6),
+            "registered_displacement_from_header_mm": round(self.registered_displacement_mm, 3),
+            "kept_header_alignment": self.kept_header,
+            "rule": f"registered transform kept only if it raises the NMI by more than "
+            f"{self.tolerance}",
+        }
+
+
+def register_rigid_or_keep_header(
+    static_img,
+    moving_img,
+    *,
+    static_mask,
+    tolerance: float = 2e-3,
+    resolution_mm: float | None = 1.0,
+    level_iters: Sequence[int] = (100, 100),
+    source: str = "moving",
+    target: str = "static",
+) -> HeaderCheckedRegistration:
+    """Rigid registration of two images of one session, or their header alignment.
+
+    Images acquired in one session share the scanner's patient coordinates, so
+    their headers align them already unless the head moved between the series.
+    ``static_img`` is the whole (not skull-stripped) target image and
+    ``static_mask`` its brain mask. The registration (of the masked target) starts from the header alignment (``init="header"``) on a
+    ``resolution_mm`` grid; then the normalised mutual information of both
+    candidates is compared at the static image's full resolution
+    (:func:`normalized_mutual_information`, inside ``static_mask``), and the
+    registration is kept only if it improves it by more than ``tolerance``.
+    An unnecessary registration only adds interpolation error: a lesion mask drawn on
+    a FLAIR that is already on the T1w grid would be moved and blurred for nothing.
+
+    The tolerance 2e-3 comes from the real scans: unnecessary registrations gained
+    0.0006 (openms-patient19, FLAIR already co-registered on the T1w grid; the
+    registration moved it 0.5 mm) and 0.0010 (openms-longitudinal-patient01 session
+    1, header 0.37 mm from the database's alignment, registration 0.39 mm), while
+    the needed one gained 0.0068 (session 2, header 0.93 mm off the database's
+    alignment, registration 0.33 mm).
+    """
+    static, s_aff = _volume(static_img, "static image")
+    inside = _mask_volume(static_mask, "static mask", static) > 0
+    brain = nib.Nifti1Image(np.where(inside, static, 0).astype(np.float32), s_aff)
+    reg = register_rigid(
+        brain, moving_img, static_mask=static_mask, init="header",
+        resolution_mm=resolution_mm, level_iters=level_iters, source=source, target=target,
+    )  # fmt: skip
+    ident = Transform.identity(source, target)
+    nmi_h = normalized_mutual_information(static_img, moving_img, ident, mask=static_mask)
+    nmi_r = normalized_mutual_information(static_img, moving_img, reg, mask=static_mask)
+    keep = not nmi_r > nmi_h + tolerance
+    return HeaderCheckedRegistration(
+        transform=ident if keep else reg,
+        kept_header=keep,
+        nmi_header=nmi_h,
+        nmi_registered=nmi_r,
+        registered_displacement_mm=mean_displacement_mm(reg, static_mask),
+        tolerance=tolerance,
     )
 
 

@@ -81,7 +81,7 @@ def phantom():
 
 @pytest.fixture(scope="module")
 def brain(phantom):
-    return extract_brain(phantom["t1"])
+    return extract_brain(phantom["t1"], method="threshold")
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,8 @@ def segmentation(phantom, brain):
 def test_brain_extraction_with_and_without_prior(phantom, brain):
     truth = phantom["t1_truth"]["brain"] >= 0.5
     d_plain = _dice(brain.mask, truth)
-    with_prior = extract_brain(phantom["t1"], prior_mask=phantom["t1_priors"]["brain"] >= 0.5)
+    with_prior = extract_brain(phantom["t1"], method="threshold",
+                               prior_mask=phantom["t1_priors"]["brain"] >= 0.5)  # fmt: skip
     d_prior = _dice(with_prior.mask, truth)
     print(f"brain Dice: no prior {d_plain:.3f}, with prior {d_prior:.3f}")
     assert brain.method == "threshold-morphology"
@@ -111,12 +112,29 @@ def test_brain_extraction_with_and_without_prior(phantom, brain):
     assert brain.brain.shape == phantom["t1"].shape
 
 
+def test_deepbet_brain_mask_on_the_phantom(phantom):
+    truth = phantom["t1_truth"]["brain"] >= 0.5
+    result = extract_brain(phantom["t1"])  # default: deepbet, skull_stripped auto
+    d = _dice(result.mask, truth)
+    print(f"deepbet brain Dice on the 2 mm phantom T1w: {d:.3f}")
+    assert result.method == "deepbet" and d >= 0.97
+    assert result.parameters["skull_stripped"]["detected"] is False
+
+
 def test_skull_stripped_input_uses_the_support(phantom):
     truth = phantom["t1_truth"]["brain"] >= 0.5
     data = np.asarray(phantom["t1"].dataobj, dtype=np.float32) * truth
     stripped = extract_brain(nib.Nifti1Image(data, phantom["t1"].affine))
     assert stripped.method == "support"
+    assert stripped.parameters["skull_stripped"]["detected"] is True
     assert _dice(stripped.mask, truth) > 0.99
+    # the user's word overrides the detection, both ways
+    forced = extract_brain(phantom["t1"], skull_stripped=True)
+    assert forced.method == "support" and forced.parameters["skull_stripped"] == {"setting": True}
+    raw = extract_brain(nib.Nifti1Image(data, phantom["t1"].affine), skull_stripped=False)
+    assert raw.method == "deepbet"
+    with pytest.raises(ValueError, match="skull_stripped"):
+        extract_brain(phantom["t1"], skull_stripped="maybe")
 
 
 def test_bias_correction_flattens_white_matter(phantom):

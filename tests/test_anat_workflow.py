@@ -30,20 +30,27 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
         (None, None, None),
     ],
 )
-def test_workflow_builds_for_every_input_combination(flair, mask, space, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method", ["deepbet", "threshold"])
+def test_workflow_builds_for_every_input_combination(
+    flair, mask, space, method, tmp_path, monkeypatch
+):
     monkeypatch.chdir(tmp_path)
     for name in ("t1.nii.gz", flair, mask):
         if name:
             (tmp_path / name).write_bytes(b"")
     wf = init_anat_wf(
         anat_config={"syn": True, "template_resolution": 2, "auto_lesions": True,
-                     "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0},
+                     "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0,
+                     "brain_extraction": method, "skull_stripped": "auto"},
         t1w="t1.nii.gz", flair=flair, lesion_mask=mask, lesion_space=space,
         subject="01", session="baseline", output_dir=str(tmp_path), full_config={},
     )  # fmt: skip
     names = set(wf.list_node_names())
-    assert {"brain_initial", "t1w_to_mni", "template_to_t1w", "brain_refined", "lesion_mask",
-            "segment", "qc", "derivatives"} <= names  # fmt: skip
+    assert {"t1w_to_mni", "template_to_t1w", "lesion_mask", "segment", "qc",
+            "derivatives"} <= names  # fmt: skip
+    # the threshold mask is refined with the registered template brain; deepbet needs no prior
+    brain_nodes = {"brain_initial", "brain_refined"} if method == "threshold" else {"brain"}
+    assert brain_nodes <= names and not ({"brain", "brain_initial"} - brain_nodes) & names
     assert ("flair_to_t1w" in names) == bool(flair)
 
 
@@ -54,7 +61,8 @@ def test_flair_space_mask_without_flair_is_an_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="FLAIR"):
         init_anat_wf(
             anat_config={"syn": True, "template_resolution": 2, "auto_lesions": True,
-                         "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0},
+                         "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0,
+                         "brain_extraction": "deepbet", "skull_stripped": "auto"},
             t1w="t1.nii.gz", flair=None, lesion_mask="m.nii.gz", lesion_space="FLAIR",
             subject="01", session="baseline", output_dir=str(tmp_path), full_config={},
         )  # fmt: skip

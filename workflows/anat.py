@@ -37,6 +37,9 @@ from workflows.nodeio import xfm_json as _xfm_main_file
 class _BrainInputSpec(BaseInterfaceInputSpec):
     t1w = File(exists=True, mandatory=True, desc="raw T1w image")
     prior_mask = File(exists=True, desc="template brain mask on the T1w grid")
+    method = traits.Enum("deepbet", "threshold", usedefault=True)
+    skull_stripped = traits.Either(traits.Enum("auto"), traits.Bool(), default="auto",
+                                   usedefault=True)  # fmt: skip
 
 
 class _BrainOutputSpec(TraitedSpec):
@@ -59,14 +62,22 @@ class BrainMask(SimpleInterface):
         prior = None
         if isdefined(self.inputs.prior_mask):
             prior = np.asanyarray(nib.load(self.inputs.prior_mask).dataobj) > 0.5
-        result = extract_brain(t1, prior_mask=prior)
-        corrected = correct_bias(t1, result.mask)
+        result = extract_brain(t1, method=self.inputs.method,
+                               skull_stripped=self.inputs.skull_stripped, prior_mask=prior)  # fmt: skip
+        corrected, field = correct_bias(t1, result.mask, return_field=True)
         data = np.asarray(corrected.dataobj, dtype=np.float32)
         cwd = Path(runtime.cwd)
         self._results["mask"] = _save(result.mask, t1, cwd / "mask.nii.gz", np.uint8)
         self._results["preproc"] = _save(data, t1, cwd / "preproc.nii.gz")
         self._results["brain"] = _save(data * result.mask, t1, cwd / "brain.nii.gz")
-        self._results["parameters"] = {"method": result.method, **dict(result.parameters)}
+        inside = field[result.mask]
+        raw = np.asarray(t1.dataobj, dtype=np.float32)
+        self._results["parameters"] = {
+            "method": result.method, **dict(result.parameters),
+            "bias_field_range": [float(inside.min()), float(inside.max())],
+            "intensity_p999_raw": float(np.percentile(raw[result.mask], 99.9)),
+            "intensity_p999_corrected": float(np.percentile(data[result.mask], 99.9)),
+        }  # fmt: skip
         return runtime
 
 
@@ -140,28 +151,37 @@ class _RigidInputSpec(BaseInterfaceInputSpec):
 class _RigidOutputSpec(TraitedSpec):
     xfm = File(exists=True)
     resampled = File(exists=True, desc="moving image resampled on the fixed grid")
+    quality = traits.Dict(desc="registration-quality record (NMI, header comparison)")
 
 
 class RigidToT1w(SimpleInterface):
-    """Rigid, mutual-information registration of another contrast to the T1w."""
+    """Another contrast of the same session onto the T1w: rigid mutual-information
+    registration from the header alignment, kept only if it beats the header
+    (:func:`pipeline.registration.register_rigid_or_keep_header`)."""
 
     input_spec = _RigidInputSpec
     output_spec = _RigidOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.registration import register_rigid
+        from pipeline.registration import register_rigid_or_keep_header
 
         fixed = nib.load(self.inputs.fixed)
         mask = nib.load(self.inputs.fixed_mask)
         moving = nib.load(self.inputs.moving)
-        xfm = register_rigid(
+        result = register_rigid_or_keep_header(
             fixed, moving, static_mask=mask, source=self.inputs.source, target="T1w"
         )
+        xfm = result.transform
         cwd = Path(runtime.cwd)
         self._results["xfm"] = _xfm_main_file(
             xfm.save(cwd / f"{self.inputs.source}_to_T1w_xfm.json")
         )
-        out = xfm.resample(moving, fixed, order=1)
+        self._results["quality"] = result.quality()
+        same_grid = moving.shape[:3] == fixed.shape[:3] and np.allclose(moving.affine, fixed.affine, atol=1e-4)
+        if result.kept_header and same_grid:  # already on the T1w grid: no interpolation at all
+            out = nib.Nifti1Image(np.asarray(moving.dataobj, dtype=np.float32), fixed.affine)
+        else:
+            out = xfm.resample(moving, fixed, order=1)
         nib.save(out, cwd / "resampled.nii.gz")
         self._results["resampled"] = str(cwd / "resampled.nii.gz")
         return runtime
@@ -356,6 +376,88 @@ class SegmentAndMeasure(SimpleInterface):
         return runtime
 
 
+# --------------------------------------------------------------------------- plausibility
+
+
+class _ChecksInputSpec(BaseInterfaceInputSpec):
+    preproc = File(exists=True, mandatory=True, desc="bias-corrected T1w")
+    brain_mask = File(exists=True, mandatory=True)
+    brain_parameters = traits.Dict(mandatory=True, desc="BrainMask parameters")
+    volumes = File(exists=True, mandatory=True, desc="volumes TSV")
+    maps = traits.Dict(mandatory=True, desc="template maps on the T1w grid")
+    mni_xfm = File(exists=True, mandatory=True)
+    flair_in_t1w = File(exists=True)
+    flair_quality = traits.Dict(desc="FLAIR -> T1w registration-quality record")
+
+
+class _ChecksOutputSpec(TraitedSpec):
+    checks = File(exists=True, desc="plausibility checks TSV")
+    flagged = traits.Bool()
+
+
+class StructuralChecks(SimpleInterface):
+    """Plausibility checks of the session's structural results
+    (:mod:`pipeline.anat.plausibility`)."""
+
+    input_spec = _ChecksInputSpec
+    output_spec = _ChecksOutputSpec
+
+    def _run_interface(self, runtime):
+        import pandas as pd
+
+        from pipeline.anat.brain import dilate, voxel_sizes
+        from pipeline.anat.plausibility import contrast_checks, structural_checks
+        from pipeline.registration import Transform
+        from pipeline.templates import load_mni_template
+
+        t1 = nib.load(self.inputs.preproc)
+        data = np.asarray(t1.dataobj, dtype=np.float32)
+        mask = np.asanyarray(nib.load(self.inputs.brain_mask).dataobj) > 0
+        vols = pd.read_csv(self.inputs.volumes, sep="\t").iloc[0]
+        bp = self.inputs.brain_parameters
+        maps = {k: np.asanyarray(nib.load(v).dataobj) for k, v in self.inputs.maps.items()}
+        # T1w -> MNI: linear scaling and where the brain mask lands in the template
+        xfm = Transform.load(self.inputs.mni_xfm)
+        tpl = load_mni_template(2)
+        warped = xfm.resample_mask(nib.Nifti1Image(mask.astype(np.uint8), t1.affine),
+                                   tpl.image("brain"))  # fmt: skip
+        inside = dilate(np.asarray(tpl.brain, bool), 5.0, voxel_sizes(tpl.affine))
+        overlap = float((warped & inside).sum() / warped.sum()) if warped.any() else 0.0
+        field_lo, field_hi = bp.get("bias_field_range", [np.nan, np.nan])
+        wm_l = float(vols["wm_mm3"]) + float(vols["lesion_mm3"])
+        measures = {
+            "icv_l": float(vols["icv_mm3"]) / 1e6,
+            "brain_l": float(vols["brain_mm3"]) / 1e6,
+            "mni_scale": 1.0 / abs(float(np.linalg.det(xfm.affine[:3, :3]))),
+            "mni_overlap": overlap,
+            "bias_field_ratio": field_hi / field_lo if field_lo > 0 else np.inf,
+            "intensity_gain": bp.get("intensity_p999_corrected", np.nan)
+            / bp.get("intensity_p999_raw", np.nan),
+            "intensity_range": bp.get("intensity_p999_raw"),
+            "lesion_wm_fraction": float(vols["lesion_mm3"]) / wm_l if wm_l > 0 else None,
+        }
+        flair = None
+        if isdefined(self.inputs.flair_in_t1w):
+            flair = np.asarray(nib.load(self.inputs.flair_in_t1w).dataobj, dtype=np.float32)
+        if isdefined(self.inputs.flair_quality) and self.inputs.flair_quality:
+            q = self.inputs.flair_quality
+            measures["flair_displacement_mm"] = (
+                0.0 if q.get("kept_header_alignment") else q.get("registered_displacement_from_header_mm")
+            )
+        tissue = {
+            "wm": (maps["wm"] >= 0.9) & mask,
+            "gm": (maps["cortex"] > 0.5) & (maps["gm"] >= 0.7) & mask,
+            "csf": (maps["ventricles"] > 0.5) & mask,
+        }
+        measures.update(contrast_checks(t1w=data, flair=flair, masks=tissue))
+        report = structural_checks(measures)
+        path = Path(runtime.cwd) / "checks.tsv"
+        report.table().to_csv(path, sep="\t", index=False, na_rep="n/a")
+        self._results["checks"] = str(path)
+        self._results["flagged"] = report.flagged
+        return runtime
+
+
 # --------------------------------------------------------------------------- QC figures
 
 
@@ -452,6 +554,8 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     mni_xfm = File(exists=True, mandatory=True)
     flair_xfm = File(exists=True)
     flair_in_t1w = File(exists=True)
+    flair_quality = traits.Dict(desc="FLAIR -> T1w registration-quality record")
+    checks = File(exists=True, mandatory=True, desc="plausibility checks TSV")
     figures = traits.Dict(mandatory=True)
     grid = traits.Str("the session's own T1w grid", usedefault=True,
                       desc="which grid the outputs are on")  # fmt: skip
@@ -476,6 +580,18 @@ LESION_COLUMNS = {
     "infratentorial_fraction": {"Description": "fraction of lesion voxels in the template infratentorial region"},
     "in_brain_fraction": {"Description": "fraction of lesion voxels inside the brain mask"},
 }  # fmt: skip
+
+
+#: Column descriptions of the plausibility-checks table.
+CHECK_COLUMNS = {
+    "name": {"Description": "check (pipeline/anat/plausibility.py LIMITS)"},
+    "value": {"Description": "measured value (n/a: not measured)"},
+    "lower": {"Description": "smallest plausible value (n/a: none)"},
+    "upper": {"Description": "largest plausible value (n/a: none)"},
+    "unit": {"Description": "unit of value, lower and upper"},
+    "passed": {"Description": "True if the value is within its limits"},
+    "message": {"Description": "what was measured and, if it failed, the likely cause"},
+}
 
 
 class AnatDerivatives(SimpleInterface):
@@ -539,8 +655,23 @@ class AnatDerivatives(SimpleInterface):
             fx = Transform.load(i.flair_xfm)
             out.append(str(w.write_with(fx.save, **ent, **{"from": "FLAIR", "to": "T1w"},
                                         mode="image", suffix="xfm", extension=".json")))  # fmt: skip
-            nifti(i.flair_in_t1w, "FLAIR rigidly aligned to the T1w", space="T1w", desc="preproc",
-                  suffix="FLAIR")  # fmt: skip
+            quality = i.flair_quality if isdefined(i.flair_quality) else {}
+            kept = quality.get("kept_header_alignment")
+            how = ("header alignment kept (a rigid registration did not improve it)" if kept
+                   else "rigidly registered")  # fmt: skip
+            img = nib.load(i.flair_in_t1w)
+            out.append(str(w.write_nifti(img, meta=meta({"Description": f"FLAIR on the T1w grid: {how}",
+                                                          "RegistrationQuality": quality}),
+                                         **ent, space="T1w", desc="preproc", suffix="FLAIR")))  # fmt: skip
+        checks = pd.read_csv(i.checks, sep="\t", keep_default_na=False, na_values=["n/a"])
+        failed = checks.loc[~checks["passed"].astype(bool)]
+        out.append(str(w.write_tsv(
+            checks, columns=CHECK_COLUMNS,
+            meta=meta({"Description": "plausibility checks of the structural results "
+                       "(pipeline/anat/plausibility.py); a failed check flags the session",
+                       "Flagged": bool(len(failed)), "FailedChecks": list(failed["name"]),
+                       "Reason": "; ".join(failed["message"])}),
+            **ent, desc="plausibility", suffix="checks")))  # fmt: skip
         tables = (
             (i.lesions, {"suffix": "lesions"}, LESION_COLUMNS, "one row per lesion"),
             (i.lesion_totals, {"desc": "summary", "suffix": "lesions"}, None,
@@ -601,28 +732,34 @@ def init_anat_wf(
     sources = [p for p in (t1w, flair, lesion_mask, reference_xfm) if p]
     if (reference_xfm is None) != (reference_image is None):
         raise ValueError("reference_xfm and reference_image go together")
-    brain0 = pe.Node(BrainMask(), name="brain_initial")
+    method = anat_config["brain_extraction"]
+    brain_opts = {"method": method, "skull_stripped": anat_config["skull_stripped"]}
     warp = pe.Node(WarpTemplate(resolution=int(anat_config["template_resolution"])),
                    name="template_to_t1w")  # fmt: skip
-    brain = pe.Node(BrainMask(), name="brain_refined")
+    if method == "threshold":
+        # two passes: the template brain, registered with the first mask, constrains the second
+        brain0 = pe.Node(BrainMask(**brain_opts), name="brain_initial")
+        brain = pe.Node(BrainMask(**brain_opts), name="brain_refined")
+        t1_targets = ((brain0, "t1w"), (warp, "reference"), (brain, "t1w"))
+    else:  # the learned mask needs no template prior
+        brain0 = brain = pe.Node(BrainMask(**brain_opts), name="brain")
+        t1_targets = ((brain, "t1w"), (warp, "reference"))
     if reference_xfm:
         to_ref = pe.Node(ToSubjectReference(t1w=t1w, xfm=reference_xfm, reference=reference_image),
                          name="to_subject_reference")  # fmt: skip
-        wf.connect([(to_ref, node, [("t1w", field)])
-                    for node, field in ((brain0, "t1w"), (warp, "reference"), (brain, "t1w"))])  # fmt: skip
+        wf.connect([(to_ref, node, [("t1w", field)]) for node, field in t1_targets])
     else:
-        brain0.inputs.t1w = brain.inputs.t1w = warp.inputs.reference = t1w
+        for node, field in t1_targets:
+            setattr(node.inputs, field, t1w)
     reg = pe.Node(
         TemplateRegistration(
             syn=anat_config["syn"], resolution_mm=float(anat_config["template_resolution"])
         ),
         name="t1w_to_mni",
     )
-    wf.connect([
-        (brain0, reg, [("brain", "brain")]),
-        (reg, warp, [("xfm", "xfm")]),
-        (warp, brain, [(("maps", _pick, "brain"), "prior_mask")]),
-    ])  # fmt: skip
+    wf.connect([(brain0, reg, [("brain", "brain")]), (reg, warp, [("xfm", "xfm")])])
+    if brain is not brain0:
+        wf.connect([(warp, brain, [(("maps", _pick, "brain"), "prior_mask")])])
     lesions = pe.Node(
         LesionMask(
             auto=anat_config["auto_lesions"], min_volume_mm3=anat_config["lesion_min_volume_mm3"]
@@ -648,6 +785,14 @@ def init_anat_wf(
         (warp, seg, [("maps", "maps")]),
         (lesions, seg, [("mask", "lesion_mask")]),
     ])  # fmt: skip
+    checks = pe.Node(StructuralChecks(), name="plausibility")
+    wf.connect([
+        (brain, checks, [("preproc", "preproc"), ("mask", "brain_mask"),
+                         ("parameters", "brain_parameters")]),
+        (seg, checks, [("volumes", "volumes")]),
+        (warp, checks, [("maps", "maps")]),
+        (reg, checks, [("xfm", "mni_xfm")]),
+    ])  # fmt: skip
     qc = pe.Node(AnatQC(), name="qc")
     wf.connect([
         (brain, qc, [("preproc", "preproc"), ("mask", "brain_mask")]),
@@ -671,6 +816,7 @@ def init_anat_wf(
         (lesions, sink, [("mask", "lesion_mask"), ("method", "lesion_method")]),
         (reg, sink, [("xfm", "mni_xfm")]),
         (qc, sink, [("figures", "figures")]),
+        (checks, sink, [("checks", "checks")]),
     ])  # fmt: skip
     if flair:
         flair_reg = pe.Node(RigidToT1w(moving=flair, source="FLAIR"), name="flair_to_t1w")
@@ -678,7 +824,9 @@ def init_anat_wf(
             (brain, flair_reg, [("preproc", "fixed"), ("mask", "fixed_mask")]),
             (flair_reg, lesions, [("xfm", "flair_xfm"), ("resampled", "flair_in_t1w")]),
             (flair_reg, qc, [("resampled", "flair_in_t1w")]),
-            (flair_reg, sink, [("xfm", "flair_xfm"), ("resampled", "flair_in_t1w")]),
+            (flair_reg, sink, [("xfm", "flair_xfm"), ("resampled", "flair_in_t1w"),
+                               ("quality", "flair_quality")]),
+            (flair_reg, checks, [("resampled", "flair_in_t1w"), ("quality", "flair_quality")]),
         ])  # fmt: skip
     elif lesion_mask and lesion_space == "FLAIR":
         raise ValueError(f"{lesion_mask}: lesion mask in FLAIR space but no FLAIR image")

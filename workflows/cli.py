@@ -316,6 +316,7 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
     """Build and run the structural Nipype workflow of one subject-session."""
     from pipeline.errors import InputError
     from workflows.anat import init_anat_wf
+    from workflows.derivatives import read_plausibility
     from workflows.engine import run_workflow
     from workflows.longitudinal import reference_paths
 
@@ -352,6 +353,12 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         **reference,
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
+    flag = read_plausibility(out, inputs.subject, inputs.session)
+    if flag is not None and flag["flagged"]:
+        log.warning("sub-%s ses-%s: structural results FLAGGED as implausible (%s): %s; the "
+                    "group statistics leave this session out unless group.include_flagged is "
+                    "true", inputs.subject, inputs.session, ", ".join(flag["failed"]),
+                    flag["reason"])  # fmt: skip
 
 
 def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:

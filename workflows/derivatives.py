@@ -35,7 +35,9 @@ __all__ = [
     "atomic_write_text",
     "bids_name",
     "build_path",
+    "flagged_sessions",
     "read_dataset_description",
+    "read_plausibility",
     "read_tsv",
     "software_versions",
 ]
@@ -144,6 +146,33 @@ def read_tsv(path: str | os.PathLike[str], **kwargs: Any) -> Any:
 
     kwargs.setdefault("dtype", {"subject": str, "session": str})
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"], **kwargs)
+
+
+def read_plausibility(root: str | os.PathLike[str], subject: str, session: str) -> dict | None:
+    """The structural plausibility flag of one subject-session, or None if not written.
+
+    Returns ``{"flagged": bool, "failed": [check names], "reason": str, "path": Path}``
+    from ``anat/sub-*_ses-*_desc-plausibility_checks.json`` (see
+    :mod:`pipeline.anat.plausibility`).
+    """
+    path = build_path(root, datatype="anat", suffix="checks", extension=".json",
+                      sub=subject, ses=session, desc="plausibility")  # fmt: skip
+    if not path.exists():
+        return None
+    meta = read_json_object(path)
+    return {"flagged": bool(meta.get("Flagged")), "failed": list(meta.get("FailedChecks", [])),
+            "reason": str(meta.get("Reason", "")), "path": path}  # fmt: skip
+
+
+def flagged_sessions(root: str | os.PathLike[str]) -> dict[tuple[str, str], str]:
+    """``(subject, session) -> reason`` of every session whose structural results are flagged."""
+    out = {}
+    for path in sorted(Path(root).glob("sub-*/ses-*/anat/sub-*_ses-*_desc-plausibility_checks.json")):
+        sub, ses = path.parent.parent.parent.name[4:], path.parent.parent.name[4:]
+        flag = read_plausibility(root, sub, ses)
+        if flag and flag["flagged"]:
+            out[(sub, ses)] = f"ses-{ses} structural results flagged ({', '.join(flag['failed'])})"
+    return out
 
 
 OUTPUT_HINT = (

@@ -25,10 +25,13 @@ figures (spaghetti and box plots of the ROI medians by session).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.config import Config
-from workflows.derivatives import DerivativesWriter
+from workflows.derivatives import DerivativesWriter, flagged_sessions
 
 __all__ = [
     "collect_roi_tables", "collect_tract_tables", "read_clinical", "write_clinical_stats",
@@ -40,6 +43,46 @@ log = logging.getLogger("msmri.group")
 #: ROIs and metric shown in the group figures.
 FIGURE_ROIS = ("NAWM_L", "NAWM_R")
 FIGURE_METRICS = ("fa", "md", "ad", "rd")
+
+
+def drop_flagged(df, out: Path, config: Config, stage: str):
+    """Leave out the rows of sessions whose structural results are flagged as implausible.
+
+    Unless ``group.include_flagged`` is true, rows of flagged sessions (see
+    :mod:`pipeline.anat.plausibility`) are removed and returned as exclusions
+    ``(subject, session, reason)``, with a warning; with it, they are kept and the
+    warning says so.
+    """
+    import pandas as pd
+
+    flagged = flagged_sessions(out)
+    cols = ["subject", "session", "reason"]
+    if df is None or not flagged:
+        return df, pd.DataFrame(columns=cols)
+    keys = list(zip(df["subject"].astype(str), df["session"].astype(str), strict=True))
+    hit = np.array([k in flagged for k in keys], dtype=bool)
+    rows = [(sub, ses, reason) for (sub, ses), reason in flagged.items()
+            if (sub, ses) in set(keys)]  # fmt: skip
+    for sub, ses, reason in rows:
+        if config.group.include_flagged:
+            log.warning("group %s: sub-%s %s; kept (group.include_flagged is true)", stage, sub, reason)
+        else:
+            log.warning("group %s: sub-%s ses-%s excluded: %s", stage, sub, ses, reason)
+    if config.group.include_flagged:
+        return df, pd.DataFrame(columns=cols)
+    return df.loc[~hit].reset_index(drop=True), pd.DataFrame(rows, columns=cols)
+
+
+def _with_flagged(exclusions, flagged, by: Sequence[str]):
+    """The statistics' exclusion table with one row per flagged session left out."""
+    import pandas as pd
+
+    if flagged is None or flagged.empty:
+        return exclusions
+    extra = pd.DataFrame({**{k: "all" for k in by}, "test": "all", "contrast": "all",
+                          "subject": flagged["subject"], "reason": flagged["reason"]},
+                         index=flagged.index)  # fmt: skip
+    return pd.concat([exclusions, extra[exclusions.columns]], ignore_index=True)
 
 
 def collect_roi_tables(out: Path):
@@ -72,6 +115,7 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
     if df is None:
         log.warning("group dwi_stats: no ROI tables under %s; run the dwi stage first", writer.root)
         return []
+    df, flagged = drop_flagged(df, writer.root, config, "dwi_stats")
     order = [s for s in config.sessions.order if s in set(df["session"])]
     unknown = sorted(set(df["session"]) - set(order))
     if unknown:
@@ -98,8 +142,8 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         writer.write_tsv(result.table, meta=meta, datatype="group", suffix="dwistats", desc="tests"),
         writer.write_tsv(result.summary_table, meta=meta, datatype="group", suffix="dwistats",
                          desc="sessions"),
-        writer.write_tsv(result.exclusions, meta=meta, datatype="group", suffix="dwistats",
-                         desc="exclusions"),
+        writer.write_tsv(_with_flagged(result.exclusions, flagged, ("roi", "metric")), meta=meta,
+                         datatype="group", suffix="dwistats", desc="exclusions"),
     ]  # fmt: skip
     for metric in FIGURE_METRICS:
         for roi in FIGURE_ROIS:
@@ -168,6 +212,8 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         log.warning("group tract_stats: no tract tables under %s; run the tract stage first",
                     writer.root)  # fmt: skip
         return []
+    summary, flagged = drop_flagged(summary, writer.root, config, "tract_stats")
+    profiles, _ = drop_flagged(profiles, writer.root, config, "tract_stats")
     order = [s for s in config.sessions.order if s in set(summary["session"])]
     if len(order) < 2:
         log.warning("group tract_stats: fewer than two sessions of sessions.order in the tract "
@@ -186,8 +232,9 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
                                     "100-node profile); diffusivities in um^2/ms; bundles that "
                                     "were not found are excluded with their reason",
                                     "Summary": result.summary()})  # fmt: skip
+    exclusions = _with_flagged(result.exclusions, flagged, ("bundle", "metric", "profile"))
     for desc, table in (("tests", result.table), ("sessions", result.summary_table),
-                        ("exclusions", result.exclusions)):  # fmt: skip
+                        ("exclusions", exclusions)):  # fmt: skip
         written.append(writer.write_tsv(table, meta=meta, datatype="group", suffix="tractstats",
                                         desc=desc))  # fmt: skip
     if not set(compare) <= set(order):
@@ -307,11 +354,13 @@ def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Pa
         return written
     imaging = []
     rois, roi_sources = collect_roi_tables(writer.root)
+    rois, _ = drop_flagged(rois, writer.root, config, "clinical_stats")
     if rois is not None:
         sel = rois[rois["roi"].isin(ASSOCIATION_ROIS)]
         imaging.append(change_scores(sel, pair, value="median", relative=True).assign(
             measure=lambda d: "roi " + d["roi"] + " " + d["metric"]))  # fmt: skip
     summary, _, tract_sources = collect_tract_tables(writer.root)
+    summary, _ = drop_flagged(summary, writer.root, config, "clinical_stats")
     if summary is not None:
         means = _tract_means_long(summary)
         means = means[means["profile"] == "plain"]

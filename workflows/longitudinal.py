@@ -120,7 +120,9 @@ def write_subject_reference(
     for ses, path in t1ws.items():
         img = nib.load(path)
         images[ses] = img
-        masks[ses] = nib.Nifti1Image(extract_brain(img).mask.astype(np.uint8), img.affine)
+        mask = extract_brain(img, method=config.anat.brain_extraction,
+                             skull_stripped=config.anat.skull_stripped).mask
+        masks[ses] = nib.Nifti1Image(mask.astype(np.uint8), img.affine)
     ref = build_subject_reference(images, masks, mode=mode,
                                   iterations=config.anat.reference_iterations)  # fmt: skip
     params = {"mode": mode, "iterations": ref.iterations, "sessions": list(ref.sessions),

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import Config
-from workflows.derivatives import DerivativesWriter, build_path
+from workflows.derivatives import DerivativesWriter, build_path, flagged_sessions
 
 __all__ = ["collect_nbs_inputs", "read_table", "write_nbs"]
 
@@ -68,9 +68,13 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
     regions = ref_path = None
     mats: dict[str, list[np.ndarray]] = {a: [], b: []}
     used, sources, exclusions = [], [], []
+    flagged = {} if config.group.include_flagged else flagged_sessions(out)
     for sub in subjects:
         found, reason = {}, None
         for ses in (a, b):
+            if (sub, ses) in flagged:
+                reason = flagged[(sub, ses)]
+                break
             rel = path(sub, ses, seg=seg, stat=stat, suffix="relmat", extension=".tsv")
             if rel.exists():
                 found[ses] = rel

@@ -36,7 +36,12 @@ from pipeline.report.html import (
     methods_boilerplate,
     render_report,
 )
-from workflows.derivatives import atomic_write_text, read_dataset_description, read_tsv
+from workflows.derivatives import (
+    atomic_write_text,
+    read_dataset_description,
+    read_plausibility,
+    read_tsv,
+)
 
 __all__ = [
     "check_derivatives",
@@ -159,7 +164,7 @@ def _inventory_section(s: _Session) -> tuple[Section, dict[str, str], dict[str, 
         return (Section("summary", "Summary", "not run",
                         f"no inventory ({path.name}); run the inventory stage"), skipped, meta)  # fmt: skip
     for _, row in table.iterrows():
-        if str(row.get("status")) != "used":
+        if str(row.get("status")) == "skipped":
             skipped[str(row["modality"])] = str(row.get("note") or "not available")
     items: list[Any] = [Table(_cols(table, ["modality", "path", "shape", "n_volumes",
                                             "voxel_size_mm", "orientation", "b_values",
@@ -190,6 +195,8 @@ def _anat_section(s: _Session) -> tuple[Section, dict[str, Any]]:
         return Section("anat", "Structural", "not run",
                        f"no structural outputs ({vol_path.name}); run the anat stage",
                        items=figs), meta  # fmt: skip
+    flag = read_plausibility(s.out, s.sub, s.ses)
+    checks = _tsv(flag["path"].with_suffix(".tsv")) if flag else None
     row = vol.iloc[0]
     kv = [(k, row[k]) for k in ("icv_mm3", "gm_mm3", "wm_mm3", "csf_mm3", "lesion_mm3",
                                 "nawm_mm3", "bpf") if k in vol.columns]  # fmt: skip
@@ -214,6 +221,11 @@ def _anat_section(s: _Session) -> tuple[Section, dict[str, Any]]:
         else:
             items.append(Note("lesion changes: no table for this session (run the lesion_changes "
                               "stage; the subject's reference session itself has none)", "warning"))  # fmt: skip
+    if checks is not None:
+        items.append(Table(checks, "Plausibility checks (a failed check flags the session)"))
+    if flag and flag["flagged"]:
+        return Section("anat", "Structural", "flagged", f"implausible results: {flag['reason']}",
+                       items=tuple(items)), meta  # fmt: skip
     return Section("anat", "Structural", "ok", items=tuple(items)), meta
 
 
@@ -366,7 +378,14 @@ def session_report(
     methods = methods_boilerplate(found, software=_software([inv_meta, *found.values()]),
                                   version=str(gen.get("Version", "")))  # fmt: skip
     dates = sorted({str(m.get("DateGenerated")) for m in found.values() if m.get("DateGenerated")})
+    flag = read_plausibility(out, subject, session)
+    banners = ()
+    if flag and flag["flagged"]:
+        banners = (Note(f"Structural results flagged as implausible ({', '.join(flag['failed'])}): "
+                        f"{flag['reason']}. Every later stage stands on them; the group statistics "
+                        "leave this session out unless group.include_flagged is true.", "error"),)  # fmt: skip
     return Report(
+        banners=banners,
         title=f"sub-{subject} ses-{session}",
         subtitle=f"msmri {gen.get('Version', '')} QC report · derivatives {out} · generated "
         + (", ".join(dates) or "n/a"),

@@ -46,6 +46,7 @@ STATUS_LABELS = {
     "partial": "partial",
     "not run": "not run",
     "excluded": "excluded",
+    "flagged": "flagged",
     "no input": "no input",
     "failed": "failed",
 }
@@ -115,7 +116,7 @@ class Section:
         HTML anchor.
     title : str
         Heading.
-    status : {"ok", "partial", "not run", "excluded", "no input", "failed"}
+    status : {"ok", "partial", "not run", "excluded", "flagged", "no input", "failed"}
         Shown as a badge; anything but ``ok`` is listed with ``reason`` in the
         report's summary of missing stages.
     reason : str
@@ -165,6 +166,7 @@ class Report:
     methods: Methods | None = None
     footer: str = ""
     links: tuple[tuple[str, Path], ...] = field(default=())
+    banners: tuple[Note, ...] = ()  # shown above every section (e.g. a plausibility flag)
 
 
 # --------------------------------------------------------------------------- references
@@ -526,7 +528,7 @@ h2{border-bottom:2px solid #2c3e50;padding-bottom:.2em} h3{margin:1.1em 0 .3em;f
 .badge{display:inline-block;border-radius:4px;padding:.05em .5em;font-size:.75em;
  vertical-align:middle;margin-left:.5em;color:#fff;background:#7f8c8d}
 .badge.ok{background:#27ae60} .badge.partial,.badge.excluded{background:#e67e22}
-.badge.failed{background:#c0392b} .badge.warn{background:#e67e22}
+.badge.failed,.badge.flagged{background:#c0392b} .badge.warn{background:#e67e22}
 figure{margin:.6em 0 1.2em} figure img{max-width:100%;height:auto;border:1px solid #eee;background:#fff}
 figcaption{font-size:.88em;color:#555}
 .missing{border:2px dashed #c0392b;background:#fdf2f2;color:#922;padding:1em;border-radius:4px;
@@ -534,6 +536,7 @@ figcaption{font-size:.88em;color:#555}
 .note{padding:.5em .8em;border-left:4px solid #3498db;background:#eef6fc;margin:.6em 0}
 .note.warning{border-color:#e67e22;background:#fdf3e7} .note.error{border-color:#c0392b;
  background:#fdf2f2} .note.ok{border-color:#27ae60;background:#eefaf2}
+.note.banner{font-weight:bold;font-size:1.05em;border-left-width:8px}
 pre{white-space:pre-wrap;font-size:.85em;margin:0}
 table{border-collapse:collapse;font-size:.82em;margin:.4em 0}
 th,td{border:1px solid #ddd;padding:.2em .45em;text-align:left}
@@ -735,7 +738,7 @@ def render_report(report: Report, *, location: str | os.PathLike[str], embed: bo
     for s in report.sections:
         parts = [f'<section id="{_e(s.id)}"><h2>{_e(s.title)}{_badge(s.status)}</h2>']
         if s.status != "ok" and s.reason:
-            kind = "error" if s.status == "failed" else "warning"
+            kind = "error" if s.status in ("failed", "flagged") else "warning"
             parts.append(
                 f'<div class="note {kind}">{_e(STATUS_LABELS[s.status])}: {_e(s.reason)}</div>'
             )
@@ -757,6 +760,8 @@ def render_report(report: Report, *, location: str | os.PathLike[str], embed: bo
         f"<title>{_e(report.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         f"<nav>{nav}</nav>\n<main>\n<h1>{_e(report.title)}</h1>\n"
         f'<p class="subtitle">{_e(report.subtitle)}</p>\n{links}\n'
+        + "".join(f'<div class="note {_e(b.kind)} banner">{_e(b.text)}</div>\n'
+                  for b in report.banners)
         + "\n".join(body) + f"\n{footer}\n</main>\n</body>\n</html>\n"
     )  # fmt: skip
 

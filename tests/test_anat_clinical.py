@@ -1,0 +1,186 @@
+"""The structural stage on raw clinical MS scans with skull and neck (real data).
+
+Data: openms-longitudinal-patient01 (Lesjak et al., "Validation of white-matter lesion
+change detection methods on a novel publicly available MRI image database",
+Neuroinformatics 14 (2016) 403-420, doi:10.1007/s12021-016-9301-1, CC-BY): raw 2-D
+clinical T1w / T2w / FLAIR of two sessions, 0.51-0.91 mm in plane, 3-4 mm slices,
+skull, scalp and neck present. References: the database's brain mask and its
+FLAIR -> common and T1w -> FLAIR transforms (tests/realdata.py).
+
+openms-patient19 (Lesjak et al., Neuroinformatics 2018, CC-BY): skull-stripped, MNI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests import realdata
+
+pytestmark = pytest.mark.skipif(
+    not realdata.longitudinal_available(),
+    reason=f"real longitudinal MS data not found in {realdata.LONGITUDINAL}",
+)
+
+
+def _anat(out: Path, ses: str, name: str) -> Path:
+    return out / "sub-01" / f"ses-{ses}" / "anat" / f"sub-01_ses-{ses}_{name}"
+
+
+def _bids(root: Path, images: dict) -> Path:
+    """A BIDS dataset of sub-01: ``{session: {modality: path (linked) or image (saved)}}``."""
+    root.mkdir(parents=True)
+    (root / "dataset_description.json").write_text(
+        json.dumps({"Name": "openms patient01", "BIDSVersion": "1.8.0", "DatasetType": "raw"})
+    )
+    for ses, files in images.items():
+        anat = root / "sub-01" / f"ses-{ses}" / "anat"
+        anat.mkdir(parents=True)
+        for mod, src in files.items():
+            dst = anat / f"sub-01_ses-{ses}_{mod}.nii.gz"
+            if isinstance(src, nib.Nifti1Image):
+                nib.save(src, dst)
+            else:
+                os.symlink(src, dst)
+    return root
+
+
+def _run(bids: Path, out: Path, *sessions: str) -> None:
+    from workflows.cli import main
+
+    args = [str(bids), str(out), "participant", "--stages", "inventory", "anat",
+            "--work-dir", str(out.parent / "work"), "--session-label", *sessions]  # fmt: skip
+    assert main(args) == 0
+
+
+@pytest.fixture(scope="module")
+def clinical_run(tmp_path_factory):
+    """Both sessions of patient01 through the inventory and structural stages."""
+    root = tmp_path_factory.mktemp("clinical")
+    images = {s: {m: realdata.image_path(s, m) for m in realdata.MODALITIES}
+              for s in realdata.SESSIONS}  # fmt: skip
+    bids = _bids(root / "bids", images)
+    out = root / "derivatives"
+    _run(bids, out, *realdata.SESSIONS)
+    return out
+
+
+# --------------------------------------------------------------------------- brain extraction
+
+
+@pytest.mark.parametrize("session", realdata.SESSIONS)
+@pytest.mark.parametrize("modality", ["T1w", "FLAIR"])
+def test_brain_extraction_on_raw_clinical_scans(session, modality):
+    from pipeline.anat.brain import extract_brain
+
+    img = nib.load(realdata.image_path(session, modality))
+    result = extract_brain(img)  # defaults: deepbet, skull_stripped auto
+    ref = realdata.brain_mask(session, modality)
+    d = realdata.dice(result.mask, ref)
+    icv = result.parameters["volume_mm3"] / 1e6
+    zeros = float(np.mean(np.asarray(img.dataobj) == 0))
+    print(f"ses-{session} {modality}: Dice {d:.3f} with the database mask, {icv:.2f} l, "
+          f"{zeros:.0%} zero voxels, {result.parameters['skull_stripped']}")  # fmt: skip
+    # more than half of the voxels are exactly 0, yet the head is not skull-stripped
+    assert zeros > 0.5 and result.parameters["skull_stripped"]["detected"] is False
+    assert result.method == "deepbet"
+    assert d >= 0.90
+    assert 1.0 <= icv <= 2.1
+
+
+def test_skull_stripped_patient_is_detected():
+    from pipeline.anat.brain import extract_brain
+
+    path = realdata.PATIENT19 / "T1.nii.gz"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    img = nib.load(path)
+    result = extract_brain(img)
+    support = np.asarray(img.dataobj) != 0
+    assert result.method == "support"
+    assert result.parameters["skull_stripped"]["detected"] is True
+    assert realdata.dice(result.mask, support) > 0.99
+
+
+# --------------------------------------------------------------------------- whole stage
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+@pytest.mark.parametrize("session", realdata.SESSIONS)
+def test_structural_stage_on_raw_clinical_sessions(clinical_run, session):
+    from pipeline.registration import Transform
+    from workflows.derivatives import read_plausibility, read_tsv
+
+    out = clinical_run
+    mask_img = nib.load(_anat(out, session, "desc-brain_mask.nii.gz"))
+    mask = np.asarray(mask_img.dataobj) > 0
+    d = realdata.dice(mask, realdata.brain_mask(session, "T1w"))
+    icv = float(read_tsv(_anat(out, session, "volumes.tsv"))["icv_mm3"].iloc[0]) / 1e6
+    # FLAIR -> T1w against the database's own alignment, over the brain
+    xfm = Transform.load(_anat(out, session, "from-FLAIR_to-T1w_mode-image_xfm.json"))
+    pts = nib.affines.apply_affine(mask_img.affine, np.argwhere(mask))
+    ref = nib.affines.apply_affine(realdata.image_to_image(session, "FLAIR", "T1w"), pts)
+    err = np.linalg.norm(xfm.target_to_source(pts) - ref, axis=1)
+    flag = read_plausibility(out, "01", session)
+    inventory = read_tsv(out / "sub-01" / f"ses-{session}" / f"sub-01_ses-{session}_inventory.tsv")
+    print(f"ses-{session}: brain Dice {d:.3f}, ICV {icv:.2f} l, FLAIR->T1w vs database "
+          f"mean {err.mean():.2f} mm (max {err.max():.2f}), flag {flag}")  # fmt: skip
+    assert d >= 0.90
+    assert 1.0 <= icv <= 2.1
+    assert err.mean() <= 1.5
+    assert flag is not None and not flag["flagged"], flag
+    # the T2w is listed in the inventory (found, not used)
+    assert inventory.set_index("modality").loc["T2w", "status"] == "unused"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_broken_inputs_raise_the_plausibility_flag(tmp_path):
+    """A T1w whose header scaling makes it 1000x brighter and whose voxel sizes give a
+    child-sized head, with the T2w given as the FLAIR: each fault fails its own check,
+    the session is flagged and the group statistics would leave it out."""
+    from workflows.derivatives import flagged_sessions, read_plausibility, read_tsv
+
+    t1 = nib.load(realdata.image_path("2", "T1w"))
+    data = np.asanyarray(t1.dataobj)
+    aff = t1.affine.copy()
+    aff[:3, :3] *= 0.7  # every dimension x 0.7: volume x 0.34, a child's head
+    broken = nib.Nifti1Image(data, aff, t1.header)
+    broken.header.set_slope_inter(1000.0, 0.0)  # stored values x 1000 on reading
+    bids = _bids(tmp_path / "bids", {"2": {"T1w": broken,
+                                           "FLAIR": realdata.image_path("2", "T2w")}})  # fmt: skip
+    out = tmp_path / "derivatives"
+    _run(bids, out, "2")
+    flag = read_plausibility(out, "01", "2")
+    checks = read_tsv(flag["path"].with_suffix(".tsv")).set_index("name")
+    print(checks[["value", "passed"]])
+    assert flag["flagged"]
+    for name in ("intensity_range", "icv_l", "flair_csf_wm_ratio"):
+        assert not bool(checks.loc[name, "passed"]), name
+    assert set(flagged_sessions(out)) == {("01", "2")}
+    assert "icv_l" in flagged_sessions(out)[("01", "2")]
+
+
+def test_a_flair_already_on_the_t1w_grid_is_not_moved():
+    """openms-patient19: FLAIR and expert mask already co-registered on the T1 grid; the
+    mask carried to the T1w by the stage's FLAIR -> T1w step equals itself."""
+    from pipeline.anat.brain import extract_brain
+    from pipeline.registration import register_rigid_or_keep_header
+
+    paths = [realdata.PATIENT19 / f for f in ("T1.nii.gz", "FLAIR.nii.gz", "GOLD_STANDARD.nii.gz")]
+    if not all(p.exists() for p in paths):
+        pytest.skip("openms-patient19 not found")
+    t1, flair, gold = (nib.load(p) for p in paths)
+    mask = nib.Nifti1Image(extract_brain(t1).mask.astype(np.uint8), t1.affine)
+    result = register_rigid_or_keep_header(t1, flair, static_mask=mask, source="FLAIR",
+                                           target="T1w")  # fmt: skip
+    print(result.quality())
+    assert result.kept_header
+    carried = result.transform.resample_mask(gold, t1)
+    assert realdata.dice(carried, np.asarray(gold.dataobj) > 0) >= 0.95
