@@ -186,6 +186,7 @@ class SessionInputs:
     session: str | None
     t1w: Path | None = None
     flair: Path | None = None
+    t2w: Path | None = None
     dwi: Path | None = None
     dwi_bval: Path | None = None
     dwi_bvec: Path | None = None
@@ -282,6 +283,7 @@ def collect_inputs(
     flair = _pick(query("anat", "FLAIR"), "FLAIR", notes)
     if flair is None:
         missing.append(f"FLAIR: no {pre}_FLAIR.nii.gz found in {rel / 'anat'}")
+    t2w = _pick(query("anat", "T2w"), "T2w", notes)
 
     # diffusion
     dwi = _pick(query("dwi", "dwi"), "DWI", notes)
@@ -356,6 +358,7 @@ def collect_inputs(
         session=ses,
         t1w=t1w,
         flair=flair,
+        t2w=t2w,
         dwi=dwi,
         dwi_bval=dwi_bval,
         dwi_bvec=dwi_bvec,

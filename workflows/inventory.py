@@ -28,7 +28,7 @@ log = logging.getLogger("msmri.inventory")
 
 #: Column descriptions of the inventory TSV (stored in its JSON sidecar).
 INVENTORY_COLUMNS = {
-    "modality": {"Description": "input role: T1w, FLAIR, dwi, bold or lesion_mask"},
+    "modality": {"Description": "input role: T1w, FLAIR, T2w, dwi, bold or lesion_mask"},
     "path": {"Description": "file used, relative to the BIDS directory"},
     "shape": {"Description": "spatial matrix size (voxels)"},
     "n_volumes": {"Description": "number of volumes (1 for 3-D images)"},
@@ -38,7 +38,7 @@ INVENTORY_COLUMNS = {
     "b_values": {"Description": "DWI shells as b-value x number of volumes", "Units": "s/mm^2"},
     "n_directions": {"Description": "distinct b > 0 gradient directions"},
     "repetition_time_s": {"Description": "BOLD repetition time", "Units": "s"},
-    "status": {"Description": "used, or skipped with the reason in `note`"},
+    "status": {"Description": "used; unused (found, not read by any stage, see `note`); or skipped with the reason in `note`"},
     "note": {"Description": "why a modality is skipped, or warnings raised while validating"},
 }
 
@@ -74,10 +74,10 @@ def check_session(
         except ValueError:
             return str(p)
 
-    def add(path: Path, modality: str, note: str = "", **kw) -> None:
+    def add(path: Path, modality: str, note: str = "", status: str = "used", **kw) -> None:
         row = describe_image(path, modality=modality, shell_tolerance=v.shell_tolerance, **kw)
         row["path"] = rel(path)
-        row["status"] = "used"
+        row["status"] = status
         row["note"] = note
         rows.append(row)
 
@@ -102,6 +102,10 @@ def check_session(
             add(inputs.flair, "FLAIR")
         else:
             skip("FLAIR", missing.get("FLAIR", "no FLAIR image found"))
+        if inputs.t2w is not None:
+            validate_anat(inputs.t2w)
+            add(inputs.t2w, "T2w", "listed, not used: the structural stage reads the T1w and FLAIR",
+                status="unused")  # fmt: skip
         has_dwi = inputs.dwi is not None and inputs.dwi_bval is not None
         if "dwi" in series and has_dwi and inputs.dwi_bvec is not None:
             chk = validate_dwi(

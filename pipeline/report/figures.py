@@ -59,6 +59,14 @@ def _canonical(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return nib.orientations.apply_orientation(data, ornt)
 
 
+def _canonical_affine(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    """Voxel-to-world affine of the array :func:`_canonical` returns."""
+    import nibabel as nib
+
+    ornt = nib.orientations.io_orientation(affine)
+    return affine @ nib.orientations.inv_ornt_aff(ornt, tuple(shape[:3]))
+
+
 def _slices(mask: np.ndarray, axis: int, n: int) -> list[int]:
     extent = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
     if extent.size == 0:
@@ -99,6 +107,12 @@ def mosaic(
     if focus is None:
         focus = np.asarray(background).any(axis=3) if rgb else np.asarray(background) > 0
     fmask = _canonical(np.asarray(focus), affine)
+    # voxel sizes along the canonical (R, A, S) array axes: each panel is drawn with its
+    # true aspect ratio (a 0.7 x 0.7 x 3 mm clinical scan is not squashed), and each
+    # slice is labelled with its world coordinate in mm
+    can_aff = _canonical_affine(np.asarray(background).shape, affine)
+    zooms = np.sqrt((can_aff[:3, :3] ** 2).sum(axis=0))
+    centre = (np.asarray(bg.shape[:3]) - 1) / 2.0
     vmax = 1.0 if rgb else (float(np.percentile(bg[fmask], 99.5)) if fmask.any() else float(bg.max() or 1))
     axis_of = {"sagittal": 0, "coronal": 1, "axial": 2}
     fig, axes = plt.subplots(
@@ -108,13 +122,13 @@ def mosaic(
         ax_i = axis_of[view]
         for c, idx in enumerate(_slices(fmask, ax_i, n_slices)):
             ax = axes[r, c]
-            sl = [slice(None)] * 3
-            sl[ax_i] = idx
+            h_ax, v_ax = (a for a in range(3) if a != ax_i)
+            aspect = float(zooms[v_ax] / zooms[h_ax])
             plane = np.take(bg, idx, axis=ax_i)
             if rgb:
-                ax.imshow(np.transpose(plane, (1, 0, 2)), origin="lower")
+                ax.imshow(np.transpose(plane, (1, 0, 2)), origin="lower", aspect=aspect)
             else:
-                ax.imshow(plane.T, cmap="gray", origin="lower", vmin=0, vmax=vmax)
+                ax.imshow(plane.T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
             for data, ov in ovs:
                 plane = np.take(data, idx, axis=ax_i).T
                 if ov.filled:
@@ -123,7 +137,10 @@ def mosaic(
                 elif plane.any():
                     ax.contour(plane > 0.5, levels=[0.5], colors=[ov.color], linewidths=0.7)
             ax.set_axis_off()
-            ax.set_title(f"{view[0].upper()} {idx}", fontsize=6)
+            voxel = centre.copy()
+            voxel[ax_i] = idx
+            world = float((can_aff[:3, :3] @ voxel + can_aff[:3, 3])[ax_i])
+            ax.set_title(f"{'xyz'[ax_i]} = {world:.0f} mm", fontsize=6)
     if overlays:
         from matplotlib.patches import Patch
 
