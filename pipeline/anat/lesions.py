@@ -263,7 +263,9 @@ def segment_lesions_flair(
     z_threshold: float = 3.0,
     min_contrast: float = 0.3,
     z_grow: float = 2.0,
-    min_volume_mm3: float = 14.0,
+    min_volume_mm3: float = 3.0,
+    min_voxels: int = 3,
+    min_wm_fraction: float = 0.3,
     wm_threshold: float = 0.5,
     dilate_mm: float = 2.0,
     edge_mm: float = 3.0,
@@ -301,8 +303,22 @@ def segment_lesions_flair(
        ``boundary_fraction`` of its own bright level (90th percentile of the
        excess in its seeds), i.e. a lesion fraction >= 0.5 under linear
        partial-volume mixing.
-    7. Lesions smaller than ``min_volume_mm3`` are removed (default 14 mm^3,
-       a sphere 3 mm across, the usual minimum reportable lesion size).
+    7. Lesions smaller than ``min_volume_mm3`` or ``min_voxels`` voxels
+       (whichever is larger: 3 mm^3 / 3 voxels, i.e. 3 mm^3 at 1 mm and 4.7 mm^3
+       on a 0.72 x 0.72 x 3 mm clinical grid) are removed.
+    8. A lesion with less than ``min_wm_fraction`` (0.3) of its voxels in white
+       matter (``wm_prob >= wm_threshold``) is removed: MS white-matter lesions,
+       juxtacortical ones included, lie mostly in WM, while the FLAIR-bright
+       cortical ribbon, cerebellar cortex and CSF-flow artefacts that pass the
+       intensity test do not. On openms-patient19 (Lesjak et al. 2018, 1 mm,
+       57 expert lesions >= 10 mm^3) the false positives had a median WM
+       fraction of 0.16, the true lesions 0.95 (10th percentile 0.36).
+
+    Parameters were chosen on openms-patient19 (the only real patient with a
+    complete expert mask available here; benchmarks/bench_lesions.py): with
+    the former defaults (14 mm^3, no WM rule) lesion-wise detection was 0.49 and
+    precision 0.47; with these, 0.61 and 0.72 (voxel Dice 0.67 -> 0.68). One
+    patient is a thin basis: the figures are reported, not promised.
 
     Parameters
     ----------
@@ -415,13 +431,28 @@ def segment_lesions_flair(
             sub = (lab[sl] == k) & seeds[sl]
             level[k] = np.percentile(excess[sl][sub], 90) if sub.any() else 0.0
         mask = (lab > 0) & (excess >= boundary_fraction * level[lab])
-    labels, n_les = label_lesions(mask, zooms, min_volume_mm3=min_volume_mm3)
+    vox_mm3 = float(np.prod(zooms))
+    min_size = max(min_volume_mm3, min_voxels * vox_mm3)
+    labels, n_les = label_lesions(mask, zooms, min_volume_mm3=min_size)
+    n_small_wm = 0
+    if n_les and min_wm_fraction > 0:
+        # white-matter lesions (juxtacortical ones included) lie mostly in WM; FLAIR-bright
+        # cortical ribbon, cerebellar cortex and CSF-flow artefacts do not
+        ids = np.arange(1, n_les + 1)
+        wm_frac = ndimage.mean(wm >= wm_threshold, labels, ids)
+        keep = ids[wm_frac >= min_wm_fraction]
+        n_small_wm = int(n_les - keep.size)
+        labels, n_les = label_lesions(np.isin(labels, keep), zooms, min_volume_mm3=0)
     mask = labels > 0
     params = {
         "z_threshold": z_threshold,
         "min_contrast": min_contrast,
         "z_grow": z_grow,
         "min_volume_mm3": min_volume_mm3,
+        "min_voxels": min_voxels,
+        "min_size_mm3": min_size,
+        "min_wm_fraction": min_wm_fraction,
+        "n_removed_outside_wm": n_small_wm,
         "wm_threshold": wm_threshold,
         "dilate_mm": dilate_mm,
         "edge_mm": edge_mm,
