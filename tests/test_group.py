@@ -331,3 +331,38 @@ def test_group_qcfc_shows_motion_coupling_only_without_denoising(tiny_bids, tmp_
     assert meta["denoised"]["fraction_p_below_alpha"] < 0.15
     assert meta["denoised"]["median_abs_qcfc"] < meta["no_denoising"]["median_abs_qcfc"] - 0.3
     assert Path(f"{stem}_desc-qcfc_bold.svg").exists()
+
+
+def _flag(out, sub, ses, flagged=True):
+    """A structural plausibility record as the anat stage writes it."""
+    folder = out / f"sub-{sub}/ses-{ses}/anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"Flagged": flagged, "FailedChecks": ["icv_l"] if flagged else [],
+            "Reason": "intracranial volume (brain mask) = 2.9 l (plausible: 1-2.1)" if flagged else ""}  # fmt: skip
+    (folder / f"sub-{sub}_ses-{ses}_desc-plausibility_checks.json").write_text(json.dumps(meta))
+
+
+def test_flagged_sessions_leave_the_group_statistics_with_their_reason(tiny_bids, tmp_path):
+    out = tmp_path / "out"
+    _write_roi_tables(out, np.random.default_rng(4))
+    seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=7)
+    _flag(out, "03", "m06")
+    _flag(out, "02", "baseline", flagged=False)
+    assert main([str(tiny_bids), str(out), "group", "--stages", "dwi_stats", "nbs"]) == 0
+    excl = pd.read_csv(out / "group/desc-exclusions_dwistats.tsv", sep="\t", dtype={"subject": str})
+    row = excl[(excl["subject"] == "03") & (excl["roi"] == "all")]
+    assert len(row) == 1 and "structural results flagged (icv_l)" in row["reason"].item()
+    # the paired tests then miss its m06 and say so; the unflagged subject 02 is untouched
+    assert (excl.loc[excl["subject"] == "03", "reason"].str.contains("missing session")).any()
+    assert "02" not in set(excl["subject"])
+    sessions = pd.read_csv(out / "group/desc-sessions_dwistats.tsv", sep="\t")
+    assert sessions.loc[sessions["session"] == "m06", "n"].max() == 4  # 5 subjects, one left out
+    nbs = pd.read_csv(out / f"group/task-rest_seg-{seg}_stat-fisherz_desc-exclusions_nbs.tsv",
+                      sep="\t", dtype={"subject": str})  # fmt: skip
+    assert nbs["subject"].tolist() == ["03"] and "flagged" in nbs["reason"].item()
+    # the user may keep them: nothing is left out, and the warning says so
+    cfg = tmp_path / "keep.yaml"
+    cfg.write_text("group:\n  include_flagged: true\n")
+    assert main([str(tiny_bids), str(out), "group", "--stages", "dwi_stats", "--config", str(cfg)]) == 0
+    excl = pd.read_csv(out / "group/desc-exclusions_dwistats.tsv", sep="\t", dtype={"subject": str})
+    assert excl.empty
