@@ -639,7 +639,7 @@ def _register_linear(
     resolution_mm: float | None,
     source: str,
     target: str,
-    init: str = "com",
+    init: str | np.ndarray = "com",
 ) -> Transform:
     from dipy.align.imaffine import (
         AffineRegistration,
@@ -654,8 +654,8 @@ def _register_linear(
 
     if metric != "mi":
         raise ValueError(f"metric must be 'mi' (mutual information), got {metric!r}")
-    if init not in ("com", "header"):
-        raise ValueError(f"init must be 'com' (centres of mass) or 'header', got {init!r}")
+    if isinstance(init, str) and init not in ("com", "header"):
+        raise ValueError(f"init must be 'com' (centres of mass), 'header' or a 4x4 matrix, got {init!r}")
     masked = static_mask is not None or moving_mask is not None
     if sampling == "auto":
         sampling = 1.0 if masked else 0.25
@@ -702,7 +702,9 @@ def _register_linear(
     # the corners of a 120 x 140 x 100 mm box).
     init_reg = optimiser(max(1, len(iters) - 1))
     final_reg = optimiser(len(iters))
-    if init == "header":  # the scanner's world coordinates already align the images
+    if not isinstance(init, str):  # a known starting pull-back (TARGET world -> SOURCE world)
+        current = _as_affine(init, "init")
+    elif init == "header":  # the scanner's world coordinates already align the images
         current = np.eye(4)
     else:
         current = transform_centers_of_mass(
@@ -746,7 +748,7 @@ def register_rigid(
     resolution_mm: float | None = 2.0,
     source: str = "moving",
     target: str = "static",
-    init: str = "com",
+    init: str | np.ndarray = "com",
 ) -> Transform:
     """Rigid (6 dof) registration of ``moving_img`` (SOURCE) to ``static_img`` (TARGET).
 
@@ -773,11 +775,11 @@ def register_rigid(
         spacing before optimisation (None: use the native grids).
     source, target : str
         Space names stored in the result.
-    init : {"com", "header"}
+    init : {"com", "header"} or 4x4 array
         Starting point: the centres of mass (images from different sessions or
-        devices) or the identity in world coordinates, i.e. the scanner's header
+        devices), the identity in world coordinates, i.e. the scanner's header
         alignment (images of one session, whose headers share the scanner's
-        patient coordinates).
+        patient coordinates), or a given TARGET world -> SOURCE world matrix.
 
     Returns
     -------
@@ -814,7 +816,7 @@ def register_affine(
     resolution_mm: float | None = 2.0,
     source: str = "moving",
     target: str = "static",
-    init: str = "com",
+    init: str | np.ndarray = "com",
 ) -> Transform:
     """Affine (12 dof) registration: centre of mass -> translation -> rigid -> affine.
 
@@ -910,12 +912,14 @@ class HeaderCheckedRegistration:
     nmi_registered: float
     registered_displacement_mm: float
     tolerance: float
+    start: str = "header alignment"
 
     def quality(self) -> dict:
         """JSON-ready registration-quality record (stored in the transform's sidecar)."""
         chosen = self.nmi_header if self.kept_header else self.nmi_registered
         return {
             "metric": "normalised mutual information on the target grid (brain mask)",
+            "start": self.start,
             "nmi": round(chosen, 6),
             "nmi_header_alignment": round(self.nmi_header, 6),
             "nmi_registered": round(self.nmi_registered, 6),
@@ -936,6 +940,7 @@ def register_rigid_or_keep_header(
     level_iters: Sequence[int] = (100, 100),
     source: str = "moving",
     target: str = "static",
+    prior: Transform | None = None,
 ) -> HeaderCheckedRegistration:
     """Rigid registration of two images of one session, or their header alignment.
 
@@ -960,11 +965,14 @@ def register_rigid_or_keep_header(
     static, s_aff = _volume(static_img, "static image")
     inside = _mask_volume(static_mask, "static mask", static) > 0
     brain = nib.Nifti1Image(np.where(inside, static, 0).astype(np.float32), s_aff)
+    if prior is not None and not prior.is_linear:
+        raise ValueError("prior must be a linear transform")
+    start = np.eye(4) if prior is None else prior.affine
     reg = register_rigid(
-        brain, moving_img, static_mask=static_mask, init="header",
+        brain, moving_img, static_mask=static_mask, init=start,
         resolution_mm=resolution_mm, level_iters=level_iters, source=source, target=target,
     )  # fmt: skip
-    ident = Transform.identity(source, target)
+    ident = Transform(source, target, start)
     nmi_h = normalized_mutual_information(static_img, moving_img, ident, mask=static_mask)
     nmi_r = normalized_mutual_information(static_img, moving_img, reg, mask=static_mask)
     keep = not nmi_r > nmi_h + tolerance
@@ -973,8 +981,9 @@ def register_rigid_or_keep_header(
         kept_header=keep,
         nmi_header=nmi_h,
         nmi_registered=nmi_r,
-        registered_displacement_mm=mean_displacement_mm(reg, static_mask),
+        registered_displacement_mm=mean_displacement_mm(reg, static_mask, ident),
         tolerance=tolerance,
+        start="header alignment" if prior is None else f"given transform ({prior.source} -> {prior.target})",
     )
 
 

@@ -291,6 +291,31 @@ def test_compare_lesions_definitions():
     assert grown["baseline_volume_mm3"] == 8 and grown["volume_mm3"] == 27
 
 
+def test_a_mask_difference_needs_a_flair_increase_to_count_as_a_change():
+    from pipeline.anat.lesions import confirm_with_flair, flair_increase
+
+    rng = np.random.default_rng(0)
+    shape = (30, 30, 30)
+    base_mask = np.zeros(shape, bool)
+    follow_mask = np.zeros(shape, bool)
+    follow_mask[5:9, 5:9, 5:9] = True  # a real new lesion: the FLAIR brightens there
+    follow_mask[20:24, 20:24, 20:24] = True  # only the segmentation differs
+    base = 1000 + rng.normal(0, 30, shape)
+    follow = 1000 + rng.normal(0, 30, shape)
+    follow[5:9, 5:9, 5:9] += 400
+    nawm = ~follow_mask
+    labels = label_lesions(follow_mask, (1.0, 1.0, 1.0))[0]
+    inc = flair_increase(labels, base_mask, base, follow, nawm, voxel_size=1.0, fwhm_mm=2.0)
+    real_id, fake_id = labels[6, 6, 6], labels[21, 21, 21]
+    assert 0.2 < inc[real_id] < 0.41 and abs(inc[fake_id]) < 0.02
+    table = confirm_with_flair(compare_lesions(base_mask, follow_mask, voxel_size=1.0), inc)
+    status = dict(zip(table["followup_id"], table["status"], strict=True))
+    assert status == {real_id: "new", fake_id: "unconfirmed_new"}
+    # a uniform change of scale between sessions is not a change (NAWM normalisation)
+    inc2 = flair_increase(labels, base_mask, base, 1.3 * base, nawm, voxel_size=1.0, fwhm_mm=2.0)
+    assert all(abs(v) < 0.01 for v in inc2.values())
+
+
 def test_label_lesions_connectivity_and_size():
     m = np.zeros((10, 10, 10), bool)
     m[1, 1, 1] = m[2, 2, 2] = True  # diagonal neighbours: one lesion with 26-connectivity

@@ -114,6 +114,10 @@ def test_structural_accuracy_on_phantom(anat_run, sub):
     meta = json.loads((root / f"truth/sub-{sub}/ses-m06/sub-{sub}_ses-m06_truth.json").read_text())
     true_ml = meta["volumes_ml_T1w_grid"]
     vols = pd.read_csv(_out(out, sub, "volumes.tsv"), sep="\t").iloc[0]
+    # both lesion volumes, named: every mask voxel, and what the lesion tables count
+    totals = pd.read_csv(_out(out, sub, "desc-summary_lesions.tsv"), sep="\t").set_index("location")
+    assert vols["lesion_tabulated_mm3"] == pytest.approx(totals.loc["total", "volume_mm3"])
+    assert vols["lesion_tabulated_mm3"] <= vols["lesion_mm3"] + 1e-6
     for ours, theirs in (("gm_mm3", "gm"), ("wm_mm3", "wm"), ("brain_mm3", "brain")):
         rel = vols[ours] / 1000 / true_ml[theirs] - 1
         print(f"sub-{sub}: {ours} relative error {rel:+.3f}")

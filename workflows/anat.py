@@ -146,6 +146,8 @@ class _RigidInputSpec(BaseInterfaceInputSpec):
     fixed_mask = File(exists=True, mandatory=True)
     moving = File(exists=True, mandatory=True, desc="image to align (source)")
     source = traits.Str(mandatory=True)
+    prior_xfm = File(exists=True, desc="session T1w -> subject reference transform (the fixed "
+                     "image is on the reference grid; the moving one in the session's space)")
 
 
 class _RigidOutputSpec(TraitedSpec):
@@ -163,13 +165,14 @@ class RigidToT1w(SimpleInterface):
     output_spec = _RigidOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.registration import register_rigid_or_keep_header
+        from pipeline.registration import Transform, register_rigid_or_keep_header
 
+        prior = Transform.load(self.inputs.prior_xfm) if isdefined(self.inputs.prior_xfm) else None
         fixed = nib.load(self.inputs.fixed)
         mask = nib.load(self.inputs.fixed_mask)
         moving = nib.load(self.inputs.moving)
         result = register_rigid_or_keep_header(
-            fixed, moving, static_mask=mask, source=self.inputs.source, target="T1w"
+            fixed, moving, static_mask=mask, source=self.inputs.source, target="T1w", prior=prior
         )
         xfm = result.transform
         cwd = Path(runtime.cwd)
@@ -178,7 +181,7 @@ class RigidToT1w(SimpleInterface):
         )
         self._results["quality"] = result.quality()
         same_grid = moving.shape[:3] == fixed.shape[:3] and np.allclose(moving.affine, fixed.affine, atol=1e-4)
-        if result.kept_header and same_grid:  # already on the T1w grid: no interpolation at all
+        if result.kept_header and same_grid and prior is None:  # already on the T1w grid: no interpolation at all
             out = nib.Nifti1Image(np.asarray(moving.dataobj, dtype=np.float32), fixed.affine)
         else:
             out = xfm.resample(moving, fixed, order=1)
@@ -363,6 +366,10 @@ class SegmentAndMeasure(SimpleInterface):
             seg, voxel_volume_mm3=float(np.prod(zooms)), lesion_mask=lesion,
             nawm_mask=nawm, cortex_mask=cortex_gm,
         )  # fmt: skip
+        # both lesion volumes, named: every lesion voxel (volumes.tsv lesion_mm3) and the
+        # lesions the tables count (components of at least lesion_min_volume_mm3)
+        vols["lesion_tabulated_mm3"] = float(totals.loc[totals["location"] == "total",
+                                                        "volume_mm3"].sum())  # fmt: skip
         table.to_csv(cwd / "lesions.tsv", sep="\t", index=False, na_rep="n/a")
         totals.to_csv(cwd / "totals.tsv", sep="\t", index=False, na_rep="n/a")
         pd.DataFrame([vols]).to_csv(cwd / "volumes.tsv", sep="\t", index=False, na_rep="n/a")
@@ -582,6 +589,22 @@ LESION_COLUMNS = {
 }  # fmt: skip
 
 
+#: Column descriptions of the volumes table (fractions: ``<name>_fraction_icv``).
+VOLUME_COLUMNS = {
+    "icv_mm3": {"Description": "intracranial volume: the brain mask", "Units": "mm^3"},
+    "gm_mm3": {"Description": "grey matter (sum of partial-volume fractions)", "Units": "mm^3"},
+    "wm_mm3": {"Description": "white matter (sum of partial-volume fractions)", "Units": "mm^3"},
+    "csf_mm3": {"Description": "CSF (sum of partial-volume fractions)", "Units": "mm^3"},
+    "lesion_mm3": {"Description": "every voxel of the lesion mask", "Units": "mm^3"},
+    "lesion_tabulated_mm3": {"Description": "lesions counted in the lesion tables: connected "
+                             "components of at least anat.lesion_min_volume_mm3", "Units": "mm^3"},
+    "brain_mm3": {"Description": "brain parenchyma: GM + WM + lesion", "Units": "mm^3"},
+    "nawm_mm3": {"Description": "normal-appearing WM", "Units": "mm^3"},
+    "cortical_gm_mm3": {"Description": "GM inside the template cortex", "Units": "mm^3"},
+    "bpf": {"Description": "brain parenchymal fraction: brain / ICV"},
+    "voxel_volume_mm3": {"Description": "volume of one voxel of the grid", "Units": "mm^3"},
+}  # fmt: skip
+
 #: Column descriptions of the plausibility-checks table.
 CHECK_COLUMNS = {
     "name": {"Description": "check (pipeline/anat/plausibility.py LIMITS)"},
@@ -676,7 +699,7 @@ class AnatDerivatives(SimpleInterface):
             (i.lesions, {"suffix": "lesions"}, LESION_COLUMNS, "one row per lesion"),
             (i.lesion_totals, {"desc": "summary", "suffix": "lesions"}, None,
              "lesion count and volume per location class"),
-            (i.volumes, {"suffix": "volumes"}, None,
+            (i.volumes, {"suffix": "volumes"}, VOLUME_COLUMNS,
              "tissue volumes (mm^3) and fractions of intracranial volume"),
         )  # fmt: skip
         for path, spec, columns, desc in tables:
@@ -820,6 +843,8 @@ def init_anat_wf(
     ])  # fmt: skip
     if flair:
         flair_reg = pe.Node(RigidToT1w(moving=flair, source="FLAIR"), name="flair_to_t1w")
+        if reference_xfm:  # the FLAIR is in the session's space, the T1w on the reference grid
+            flair_reg.inputs.prior_xfm = reference_xfm
         wf.connect([
             (brain, flair_reg, [("preproc", "fixed"), ("mask", "fixed_mask")]),
             (flair_reg, lesions, [("xfm", "flair_xfm"), ("resampled", "flair_in_t1w")]),

@@ -36,9 +36,35 @@ __all__ = [
 
 log = logging.getLogger("msmri.longitudinal")
 
+#: A new / enlarging lesion is confirmed when the follow-up FLAIR is brighter than the
+#: reference over its new voxels by this fraction of the NAWM signal (see
+#: pipeline.anat.lesions.confirm_with_flair for the figures behind it).
+FLAIR_CONFIRMATION = 0.1
+
+
+def _thickest_flair_slice(out: Path, subject: str, sessions) -> float:
+    """Largest voxel edge (mm) of the raw FLAIRs of ``sessions`` (from their inventories)."""
+    from workflows.derivatives import read_tsv
+
+    edges = [1.0]
+    for ses in sessions:
+        inv = out / f"sub-{subject}" / f"ses-{ses}" / f"sub-{subject}_ses-{ses}_inventory.tsv"
+        if not inv.exists():
+            continue
+        rows = read_tsv(inv)
+        for v in rows.loc[rows["modality"] == "FLAIR", "voxel_size_mm"].dropna():
+            edges += [float(x) for x in str(v).replace("x", " ").replace(",", " ").split()]
+    return max(edges)
+
+
 CHANGE_COLUMNS = {
     "followup_id": {"Description": "lesion label in this session's mask (on the reference grid)"},
-    "status": {"Description": "new or enlarging relative to the reference session"},
+    "status": {"Description": "new or enlarging relative to the reference session; "
+               "unconfirmed_new / unconfirmed_enlarging: the masks differ but the FLAIR did not "
+               "brighten by the confirmation threshold (pipeline.anat.lesions.confirm_with_flair)"},
+    "flair_increase": {"Description": "mean FLAIR increase over the lesion's new voxels, as a "
+                       "fraction of the NAWM signal (both FLAIRs on the reference grid, "
+                       "resolution-matched); n/a without a FLAIR in both sessions"},
     "volume_mm3": {"Description": "lesion volume at this session", "Units": "mm^3"},
     "baseline_ids": {"Description": "overlapping lesion labels at the reference session"},
     "baseline_volume_mm3": {"Description": "summed volume of those lesions", "Units": "mm^3"},
@@ -156,7 +182,12 @@ def write_lesion_changes(
     writer: DerivativesWriter, *, subject: str, session: str, reference: str, config: Config
 ) -> Path:
     """Register ``session`` to ``reference`` and write new/enlarging lesions."""
-    from pipeline.anat.lesions import compare_lesions, label_lesions
+    from pipeline.anat.lesions import (
+        compare_lesions,
+        confirm_with_flair,
+        flair_increase,
+        label_lesions,
+    )
     from pipeline.registration import register_rigid
 
     out = writer.root
@@ -192,6 +223,21 @@ def write_lesion_changes(
     base_labels, _ = label_lesions(ref_lesion, zooms, min_volume_mm3=min_vol)
     follow_labels, _ = label_lesions(follow, zooms, min_volume_mm3=min_vol)
     table = compare_lesions(base_labels, follow_labels, voxel_size=zooms)
+    flairs = [build_path(out, datatype="anat", suffix="FLAIR", extension=".nii.gz", sub=subject,
+                         ses=s, space="T1w", desc="preproc") for s in (reference, session)]  # fmt: skip
+    evidence = "none: no FLAIR in both sessions (new / enlarging from the masks alone)"
+    if all(p.exists() for p in flairs):
+        ref_flair, fu_flair = nib.load(flairs[0]), nib.load(flairs[1])
+        fu_on_ref = np.asarray(xfm.resample(fu_flair, ref_t1, order=1).dataobj, dtype=np.float32)
+        nawm = np.asanyarray(nib.load(_anat(out, subject, reference, "mask", label="NAWM")).dataobj) > 0
+        fwhm = _thickest_flair_slice(out, subject, (reference, session))
+        increase = flair_increase(follow_labels, ref_lesion, np.asarray(ref_flair.dataobj, dtype=np.float32),
+                                  fu_on_ref, nawm & ~follow, voxel_size=zooms, fwhm_mm=fwhm)  # fmt: skip
+        table = confirm_with_flair(table, increase, min_increase=FLAIR_CONFIRMATION)
+        evidence = (f"FLAIR increase >= {FLAIR_CONFIRMATION} x NAWM signal over the new voxels "
+                    f"(both FLAIRs NAWM-normalised, Gaussian FWHM {fwhm:.1f} mm)")  # fmt: skip
+    else:
+        table["flair_increase"] = np.nan
     table["baseline_ids"] = table["baseline_ids"].map(
         lambda ids: ",".join(str(i) for i in ids) or "n/a"
     )
@@ -205,6 +251,7 @@ def write_lesion_changes(
             else "rigid, mutual information (DIPY)",
             "lesion_min_volume_mm3": min_vol,
             "definitions": "pipeline.anat.lesions.compare_lesions",
+            "confirmation": evidence,
         },
         seed=config.seed,
         extra={
@@ -217,6 +264,8 @@ def write_lesion_changes(
     path = writer.write_tsv(
         table, columns=CHANGE_COLUMNS, meta=meta, **ent, desc="changes", suffix="lesions"
     )
-    log.info("sub-%s ses-%s: %d new, %d enlarging lesions vs ses-%s", subject, session,
-             int((table["status"] == "new").sum()), int((table["status"] == "enlarging").sum()), reference)  # fmt: skip
+    log.info("sub-%s ses-%s: %d new, %d enlarging lesions vs ses-%s (%d mask differences without "
+             "a FLAIR increase left unconfirmed)", subject, session,
+             int((table["status"] == "new").sum()), int((table["status"] == "enlarging").sum()),
+             reference, int(table["status"].str.startswith("unconfirmed").sum()))  # fmt: skip
     return path

@@ -100,7 +100,7 @@ _WHAT = {
     "intensity_gain": "bias-corrected / raw T1w intensity (99.9th percentile in the brain)",
     "intensity_range": "raw T1w intensity (99.9th percentile in the brain)",
     "lesion_wm_fraction": "lesion volume / (WM + lesion) volume",
-    "flair_displacement_mm": "FLAIR -> T1w displacement from the header alignment",
+    "flair_displacement_mm": "FLAIR -> T1w displacement from its start (header alignment, or session -> reference transform)",
     "t1w_csf_wm_ratio": "T1w ventricles / WM median intensity",
     "t1w_gm_wm_ratio": "T1w cortical GM / WM median intensity",
     "flair_csf_wm_ratio": "FLAIR ventricles / WM median intensity",
