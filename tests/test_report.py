@@ -221,6 +221,29 @@ def test_excluded_run_shows_its_reason(tmp_path):
     assert "run EXCLUDED from connectivity analysis: only 150 s left" in text
 
 
+def test_flagged_structural_results_show_a_banner_and_the_checks(tmp_path):
+    out = _derivatives(tmp_path / "out")
+    _inventory(out, "01", "m00")
+    _anat(out, "01", "m00", {"msmri": "0.1.0"})
+    stem = out / "sub-01/ses-m00/anat/sub-01_ses-m00_desc-plausibility_checks"
+    reason = "intracranial volume (brain mask) = 2.9 l (plausible: 1-2.1): brain extraction failed"
+    pd.DataFrame([{"name": "icv_l", "value": 2.9, "lower": 1.0, "upper": 2.1, "unit": "l",
+                   "passed": False, "message": reason}]).to_csv(f"{stem}.tsv", sep="\t", index=False)  # fmt: skip
+    Path(f"{stem}.json").write_text(json.dumps({"Flagged": True, "FailedChecks": ["icv_l"],
+                                                "Reason": reason}))  # fmt: skip
+    report = session_report(out, "01", "m00")
+    anat = next(s for s in report.sections if s.id == "anat")
+    assert anat.status == "flagged" and "2.9 l" in anat.reason
+    assert len(report.banners) == 1 and "icv_l" in report.banners[0].text
+    text = write_session_report(out, "01", "m00").read_text()
+    assert text.index('class="note error banner"') < text.index('<section id="summary"')
+    assert "Plausibility checks" in text and "include_flagged" in text
+    # an unflagged session shows the table and no banner
+    Path(f"{stem}.json").write_text(json.dumps({"Flagged": False, "FailedChecks": [], "Reason": ""}))
+    report = session_report(out, "01", "m00")
+    assert not report.banners and next(s for s in report.sections if s.id == "anat").status == "ok"
+
+
 def test_methods_name_the_software_versions_of_the_sidecars(tmp_path):
     out = _derivatives(tmp_path / "out")
     _inventory(out, "01", "m00")
