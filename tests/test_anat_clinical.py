@@ -264,3 +264,43 @@ def test_new_and_enlarging_lesions_against_the_expert_change_mask(clinical_run):
     assert n_gt == 14
     assert len(found) >= 2 and false < len(found)
     assert unconfirmed > 0 and table["flair_increase"].notna().all()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_automatic_lesions_on_patient19_through_the_structural_stage(tmp_path):
+    """openms-patient19 (skull-stripped, 1 mm, MNI; consensus of three raters): the stage
+    recognises the stripped T1, keeps the co-registered FLAIR on its grid, raises no flag,
+    and its automatic lesions reach lesion-wise detection >= 0.6 and precision >= 0.5."""
+    import json as _json
+
+    from workflows.cli import main
+    from workflows.derivatives import read_plausibility
+
+    paths = {m: realdata.PATIENT19 / f for m, f in (("T1w", "T1.nii.gz"), ("FLAIR", "FLAIR.nii.gz"))}
+    gold_path = realdata.PATIENT19 / "GOLD_STANDARD.nii.gz"
+    if not all(p.exists() for p in [*paths.values(), gold_path]):
+        pytest.skip("openms-patient19 not found")
+    root = tmp_path / "bids"
+    root.mkdir()
+    (root / "dataset_description.json").write_text(
+        _json.dumps({"Name": "p19", "BIDSVersion": "1.8.0", "DatasetType": "raw"})
+    )
+    anat = root / "sub-19" / "ses-1" / "anat"
+    anat.mkdir(parents=True)
+    for mod, src in paths.items():
+        os.symlink(src, anat / f"sub-19_ses-1_{mod}.nii.gz")
+    out = tmp_path / "derivatives"
+    assert main([str(root), str(out), "participant", "--stages", "inventory", "anat",
+                 "--work-dir", str(tmp_path / "work")]) == 0  # fmt: skip
+    stem = out / "sub-19" / "ses-1" / "anat" / "sub-19_ses-1_"
+    pred = np.asarray(nib.load(f"{stem}label-lesion_mask.nii.gz").dataobj) > 0
+    gold = np.asarray(nib.load(gold_path).dataobj) > 0
+    m = realdata.lesion_metrics(pred, gold, (1.0, 1.0, 1.0))
+    brain = _json.loads(Path(f"{stem}desc-brain_mask.json").read_text())
+    flair = _json.loads(Path(f"{stem}space-T1w_desc-preproc_FLAIR.json").read_text())
+    print(m, flair["RegistrationQuality"])
+    assert "support" in brain["Description"]
+    assert flair["RegistrationQuality"]["kept_header_alignment"] is True
+    assert not read_plausibility(out, "19", "1")["flagged"]
+    assert m["detection"] >= 0.6 and m["precision"] >= 0.5
