@@ -311,6 +311,19 @@ def test_a_mask_difference_needs_a_flair_increase_to_count_as_a_change():
     table = confirm_with_flair(compare_lesions(base_mask, follow_mask, voxel_size=1.0), inc)
     status = dict(zip(table["followup_id"], table["status"], strict=True))
     assert status == {real_id: "new", fake_id: "unconfirmed_new"}
+    # a lesion that grew by less than the volume rule's 50 % is enlarging if it brightened
+    base_mask[12:16, 5:9, 5:9] = True  # 64 voxels at baseline
+    follow_mask[12:17, 5:9, 5:9] = True  # 80 voxels at follow-up: +25 %
+    follow[16, 5:9, 5:9] += 600
+    labels = label_lesions(follow_mask, (1.0, 1.0, 1.0))[0]
+    inc = flair_increase(labels, base_mask, base, follow, ~follow_mask & ~base_mask,
+                         voxel_size=1.0, fwhm_mm=1.0)  # fmt: skip
+    full = compare_lesions(base_mask, follow_mask, voxel_size=1.0, include_stable=True)
+    grown_id = labels[14, 6, 6]
+    assert full.set_index("followup_id").loc[grown_id, "status"] == "stable"
+    decided = confirm_with_flair(full, inc).set_index("followup_id")["status"]
+    assert decided[grown_id] == "enlarging"
+    assert decided[labels[21, 21, 21]] == "unconfirmed_new" and decided[labels[6, 6, 6]] == "new"
     # a uniform change of scale between sessions is not a change (NAWM normalisation)
     inc2 = flair_increase(labels, base_mask, base, 1.3 * base, nawm, voxel_size=1.0, fwhm_mm=2.0)
     assert all(abs(v) < 0.01 for v in inc2.values())

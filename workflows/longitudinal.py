@@ -61,7 +61,8 @@ CHANGE_COLUMNS = {
     "followup_id": {"Description": "lesion label in this session's mask (on the reference grid)"},
     "status": {"Description": "new or enlarging relative to the reference session; "
                "unconfirmed_new / unconfirmed_enlarging: the masks differ but the FLAIR did not "
-               "brighten by the confirmation threshold (pipeline.anat.lesions.confirm_with_flair)"},
+               "brighten by the confirmation threshold; stable; new_below_size "
+               "(pipeline.anat.lesions.compare_lesions, confirm_with_flair)"},
     "flair_increase": {"Description": "mean FLAIR increase over the lesion's new voxels, as a "
                        "fraction of the NAWM signal (both FLAIRs on the reference grid, "
                        "resolution-matched); n/a without a FLAIR in both sessions"},
@@ -222,7 +223,8 @@ def write_lesion_changes(
     min_vol = config.anat.lesion_min_volume_mm3
     base_labels, _ = label_lesions(ref_lesion, zooms, min_volume_mm3=min_vol)
     follow_labels, _ = label_lesions(follow, zooms, min_volume_mm3=min_vol)
-    table = compare_lesions(base_labels, follow_labels, voxel_size=zooms)
+    table = compare_lesions(base_labels, follow_labels, voxel_size=zooms,
+                            include_stable=True)  # fmt: skip
     flairs = [build_path(out, datatype="anat", suffix="FLAIR", extension=".nii.gz", sub=subject,
                          ses=s, space="T1w", desc="preproc") for s in (reference, session)]  # fmt: skip
     evidence = "none: no FLAIR in both sessions (new / enlarging from the masks alone)"
