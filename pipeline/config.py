@@ -277,9 +277,13 @@ class DwiConfig(Section):
     denoise_mask: bool
     gibbs: bool
     motion_correction: bool
-    fd_threshold_mm: float = Field(gt=0, le=10)
+    eddy_correction: bool
+    phase_encoding_axis: Literal["auto", "i", "j", "k"]
+    fd_threshold_mm: float | None = Field(gt=0, le=10)
     dropout_threshold: float = Field(gt=0, le=20)
     exclude_outliers: bool
+    warn_excluded_fraction: float = Field(ge=0, le=1)
+    max_excluded_fraction: float = Field(ge=0, le=1)
     mask: Literal["structural", "median_otsu"]
     tensor_method: Literal["WLS", "OLS", "NLLS", "RESTORE"]
     wm_threshold: float = Field(gt=0, lt=1)
@@ -360,7 +364,7 @@ class FuncConfig(Section):
     dummy_volumes: int = Field(ge=0, le=100)
     slice_timing: bool
     slice_time_ref: float = Field(ge=0, le=1)
-    realign_working_mm: float | None = Field(gt=0, le=10)
+    realign_fwhm_mm: float = Field(gt=0, le=12)
     mni_voxel_mm: float | None = Field(ge=1, le=8)
     wm_threshold: float = Field(gt=0, lt=1)
     csf_threshold: float = Field(gt=0, lt=1)

@@ -85,6 +85,7 @@ import numpy as np
 from pipeline.errors import InputError
 
 __all__ = [
+    "MIN_NMI_SHARPNESS",
     "MNI_SPACE",
     "HeaderCheckedRegistration",
     "Transform",
@@ -97,6 +98,7 @@ __all__ = [
     "register_rigid_or_keep_header",
     "register_syn",
     "register_to_template",
+    "registration_quality",
     "warp_path",
 ]
 
@@ -218,6 +220,7 @@ class Transform:
     affine: np.ndarray
     warp: Warp | None = None
     pre_affine: np.ndarray | None = None
+    quality: dict | None = None  # registration-quality record (registration_quality), saved
 
     def __post_init__(self) -> None:
         for name in ("source", "target"):
@@ -420,6 +423,8 @@ class Transform:
             "pre_affine": None if self.pre_affine is None else self.pre_affine.tolist(),
             "warp": None,
         }
+        if self.quality is not None:
+            doc["quality"] = self.quality
         written = [path]
         if self.warp is not None:
             wpath = warp_path(path)
@@ -470,6 +475,7 @@ class Transform:
                 affine=np.asarray(doc["affine"]),
                 warp=warp,
                 pre_affine=None if doc.get("pre_affine") is None else doc["pre_affine"],
+                quality=doc.get("quality") if isinstance(doc.get("quality"), dict) else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, InputError):
@@ -896,6 +902,77 @@ def mean_displacement_mm(transform: Transform, mask_img, other: Transform | None
     pts = _apply(aff, np.argwhere(data > 0).astype(np.float64))
     ref = pts if other is None else other.target_to_source(pts)
     return float(np.mean(np.linalg.norm(transform.target_to_source(pts) - ref, axis=1)))
+
+
+#: Failure threshold of :func:`registration_quality`'s NMI sharpness (see there).
+MIN_NMI_SHARPNESS = 0.2
+
+
+def registration_quality(
+    static_img,
+    moving_img,
+    transform: Transform,
+    *,
+    mask,
+    shift_mm: float = 3.0,
+    angle_deg: float = 3.0,
+    min_sharpness: float = MIN_NMI_SHARPNESS,
+    step: int = 2,
+) -> dict:
+    """How specific a rigid alignment of two images of one person is: the NMI's peak.
+
+    The normalised mutual information (:func:`normalized_mutual_information`, inside
+    ``mask`` on the static grid, every ``step``-th voxel along each axis) is evaluated
+    at the solution and after twelve perturbations of it (+-``shift_mm`` along and
+    +-``angle_deg`` about each axis, about the mask's centroid). The *sharpness* is the
+    fraction of the solution's information (``NMI - 1``) lost on average under them.
+    A right alignment of the same anatomy sits on a sharp peak; another anatomy, or a
+    wrong local optimum, does not.
+
+    Measured on real scans (openms-longitudinal-patient01, openms-patient19): FLAIR or
+    T2w -> T1w of the same person at the database's alignment 0.40-0.45 (patient01,
+    3-4 mm slices), 0.66 (patient19, 1 mm); another person's FLAIR or T1w registered
+    to the T1w by the same mutual-information registration 0.05-0.11. The failure
+    threshold ``min_sharpness`` (0.2) sits between.
+
+    Returns a JSON-ready dict: ``nmi``, ``nmi_sharpness``, ``local_maximum`` (no
+    perturbation raises the NMI), ``threshold``, ``passed`` and the settings.
+    """
+    from pipeline.motion import rigid_matrix
+
+    static, s_aff = _volume(static_img, "static image")
+    m = _mask_volume(mask, "static mask", static) > 0
+    sub = np.zeros_like(m)
+    sub[::step, ::step, ::step] = True
+    sel = nib.Nifti1Image((m & sub).astype(np.uint8), s_aff)
+    centre = _apply(s_aff, np.argwhere(m).mean(axis=0)[None])[0]
+    c = np.eye(4)
+    c[:3, 3] = centre
+    ci = np.linalg.inv(c)
+
+    def nmi(matrix: np.ndarray) -> float:
+        t = Transform(transform.source, transform.target, matrix)
+        return normalized_mutual_information(static_img, moving_img, t, mask=sel)
+
+    base = np.asarray(transform.affine, dtype=float)
+    n0 = nmi(base)
+    moved = []
+    for axis in range(6):
+        for sign in (-1.0, 1.0):
+            p = np.zeros(6)
+            p[axis] = sign * (shift_mm if axis < 3 else np.deg2rad(angle_deg))
+            moved.append(nmi(base @ c @ rigid_matrix(p) @ ci))
+    moved = np.asarray(moved)
+    sharp = float((n0 - moved.mean()) / max(n0 - 1.0, 1e-9))
+    return {
+        "metric": "NMI sharpness: fraction of (NMI - 1) lost on average under +-"
+        f"{shift_mm:g} mm / +-{angle_deg:g} degree perturbations of the solution",
+        "nmi": round(float(n0), 6),
+        "nmi_sharpness": round(sharp, 4),
+        "local_maximum": bool(np.all(moved < n0)),
+        "threshold": min_sharpness,
+        "passed": bool(sharp >= min_sharpness),
+    }
 
 
 @dataclass(frozen=True)

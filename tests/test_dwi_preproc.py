@@ -224,7 +224,7 @@ def corrected(baseline, subset):
     from pipeline.dwi.motion import correct_motion
 
     data, g, mask, _ = subset
-    return correct_motion(data, baseline.images["dwi"].affine, g, mask, n_procs=2)
+    return correct_motion(data, baseline.images["dwi"].affine, g, mask)
 
 
 def test_motion_parameters_match_truth(baseline, subset, corrected):
@@ -269,7 +269,7 @@ def test_bvec_rotation_direction(baseline, subset):
         moved[..., k] = ndimage.affine_transform(rest[..., k], vox, order=3, mode="constant")
     noise = np.random.default_rng(4).normal(0, 10.0, (2, *moved.shape))
     moved = np.sqrt((moved + noise[0]) ** 2 + noise[1] ** 2).astype(np.float32)
-    mc = correct_motion(moved, affine, g, mask, n_procs=2)
+    mc = correct_motion(moved, affine, g, mask)
     rot_err = np.degrees(np.abs(mc.params[g.dw_mask, 3:] - poses[g.dw_mask, 3:]))
     assert np.median(rot_err) < 0.5
     fa = _truth(baseline, "model-tensor_param-fa_dwimap")
@@ -295,38 +295,52 @@ def test_planted_dropout_is_flagged(baseline, subset, corrected):
     assert slices[7] == (27,)
 
 
-def _register_in_forked_child(queue):
-    from pipeline.parallel import register_volumes_rigid
-
-    rng = np.random.default_rng(0)
-    vol = ndimage_smooth(rng.random((16, 16, 16)).astype(np.float32))
-    aff = np.eye(4)
-    task = (vol, vol, aff, aff, (10,), (1,), (0.0,), None, 16, None)
-    try:
-        out = register_volumes_rigid([task, task], n_procs=2)
-        queue.put(("ok", len(out)))
-    except Exception as exc:  # reported to the parent
-        queue.put(("error", repr(exc)))
-
-
-def ndimage_smooth(a):
+def test_planted_eddy_currents_are_recovered(baseline, gradients):
+    """Known eddy-current fields (scaling and shears along the phase-encoding axis j) and
+    head motion are planted in the phantom's diffusion-weighted volumes; the correction
+    recovers both."""
     from scipy import ndimage
 
-    return ndimage.gaussian_filter(a, 2.0)
+    from pipeline.dwi.motion import correct_motion
+    from pipeline.realign import _eddy_matrix
 
-
-def test_volume_pool_works_inside_a_forked_worker():
-    """Nipype MultiProc runs nodes in forked workers; the per-volume pool must start there
-    even after the parent process used a forkserver (regression: ChildProcessError)."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(1, mp_context=mp.get_context("forkserver")) as pool:
-        assert pool.submit(int, "3").result() == 3  # the parent now owns a forkserver
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    child = ctx.Process(target=_register_in_forked_child, args=(queue,))
-    child.start()
-    status = queue.get(timeout=300)
-    child.join(60)
-    assert status == ("ok", 2), status
+    g = gradients  # the whole series (33 volumes): the prediction needs its directions
+    mask = _truth(baseline, "desc-brain_mask") > 0
+    affine = np.asarray(baseline.images["dwi"].affine, dtype=float)
+    rng = np.random.default_rng(7)
+    n = g.n_volumes
+    poses = np.zeros((n, 6))
+    poses[g.dw_mask, :3] = rng.uniform(-1.0, 1.0, (int(g.dw_mask.sum()), 3))
+    poses[g.dw_mask, 3:] = np.deg2rad(rng.uniform(-1.0, 1.0, (int(g.dw_mask.sum()), 3)))
+    eddy = np.zeros((n, 3))  # voxel units (displacement along j per voxel along i, j, k)
+    eddy[g.dw_mask] = rng.uniform(-0.03, 0.03, (int(g.dw_mask.sum()), 3))
+    mats = rigid_matrix(poses)
+    head_dirs = np.einsum("nji,nj->ni", mats[:, :3, :3], g.world_directions)  # R^T g
+    rest = _signal_from_truth(baseline, head_dirs, g.bvals)
+    centre = (np.asarray(rest.shape[:3]) - 1) / 2.0
+    moved = np.empty_like(rest)
+    for k in range(n):
+        # acquired(v) = rest(M^-1 E^-1 v) / det(E): pull-back of the acquisition
+        e = _eddy_matrix(eddy[k], 1, centre)
+        vox = np.linalg.inv(affine) @ np.linalg.inv(mats[k]) @ affine @ np.linalg.inv(e)
+        moved[..., k] = ndimage.affine_transform(rest[..., k], vox, order=3, mode="constant")
+        moved[..., k] /= 1.0 + eddy[k, 1]
+    noise = np.random.default_rng(8).normal(0, 10.0, (2, *moved.shape))
+    moved = np.sqrt((moved + noise[0]) ** 2 + noise[1] ** 2).astype(np.float32)
+    mc = correct_motion(moved, affine, g, mask, pe_axis=1)
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    true_mm = eddy * zooms[1] / zooms  # the reported unit: mm along j per mm along i, j, k
+    dw = g.dw_mask
+    err = np.abs(mc.eddy[dw] - true_mm[dw])
+    rel = np.median(err) / np.median(np.abs(true_mm[dw]))
+    t_err = np.abs(mc.params[dw, :3] - poses[dw, :3])
+    r_err = np.degrees(np.abs(mc.params[dw, 3:] - poses[dw, 3:]))
+    print(f"eddy: median |error| {np.median(err):.4f} vs median |planted| "
+          f"{np.median(np.abs(true_mm[dw])):.4f} mm/mm ({100 * rel:.0f} %); motion median "
+          f"error {np.median(t_err):.3f} mm, {np.median(r_err):.3f} deg")  # fmt: skip
+    # measured 26 % (scaling 0.0054 of 0.018, shears 0.0045 of 0.015-0.018); 20 % with
+    # four prediction rounds instead of two (dwi motion 1.5 x slower)
+    assert rel < 0.3
+    assert np.median(t_err) <= 0.35 and np.median(r_err) <= 0.1
+    # the b-vectors are rotated by the rigid part only, and no volume is a dropout
+    assert not mc.dropout_outliers.any()

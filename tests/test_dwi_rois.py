@@ -143,7 +143,7 @@ def test_planted_rd_change_with_a_real_fit(tiny_phantom_sessions):
         brain = _truth(ph, "desc-brain_mask") > 0
         rois = _rois_of(ph)
         den, _ = denoise(data, g, mask=brain)
-        mc = correct_motion(den, img.affine, g, brain, n_procs=2)
+        mc = correct_motion(den, img.affine, g, brain)
         fit = TensorModel(mc.gradients.dipy_gtab(), fit_method="WLS").fit(mc.data, mask=brain)
         maps = {"fa": fit.fa, "md": fit.md, "ad": fit.ad, "rd": fit.rd}
         t = roi_table(maps, rois)

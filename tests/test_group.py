@@ -366,3 +366,39 @@ def test_flagged_sessions_leave_the_group_statistics_with_their_reason(tiny_bids
     assert main([str(tiny_bids), str(out), "group", "--stages", "dwi_stats", "--config", str(cfg)]) == 0
     excl = pd.read_csv(out / "group/desc-exclusions_dwistats.tsv", sep="\t", dtype={"subject": str})
     assert excl.empty
+
+
+def test_dwi_and_bold_flags_leave_only_their_own_statistics(tiny_bids, tmp_path):
+    """A DWI session with too many excluded volumes leaves the DTI statistics, a BOLD run
+    whose registration to the T1w failed leaves the NBS; each with its reason, and
+    neither affects the other modality."""
+    from workflows.dwi import _exclusion_meta
+    from workflows.func import _registration_flag
+
+    out = tmp_path / "out"
+    _write_roi_tables(out, np.random.default_rng(4))
+    seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=7)
+    summary = {"excluded": [3, 7, 9, 12, 20, 21, 30], "excluded_fraction": 7 / 32,
+               "warning": "7 of 32 ...", "flagged": True,
+               "reason": "7 of 32 diffusion-weighted volumes (22 %) excluded: more than "
+                         "dwi.max_excluded_fraction = 0.2"}  # fmt: skip
+    dwi_meta = _exclusion_meta({"exclusions": summary}, {"nmi_sharpness": 0.5, "threshold": 0.2,
+                                                         "passed": True})  # fmt: skip
+    folder = out / "sub-04/ses-m06/dwi"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sub-04_ses-m06_desc-confounds_timeseries.json").write_text(json.dumps(dwi_meta))
+    bold_meta = _registration_flag({"nmi_sharpness": 0.05, "threshold": 0.2, "passed": False})
+    func = out / "sub-05/ses-baseline/func"
+    side = func / "sub-05_ses-baseline_task-rest_desc-summary_bold.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), **bold_meta})
+                    if side.exists() else json.dumps(bold_meta))  # fmt: skip
+    assert main([str(tiny_bids), str(out), "group", "--stages", "dwi_stats", "nbs"]) == 0
+    excl = pd.read_csv(out / "group/desc-exclusions_dwistats.tsv", sep="\t", dtype={"subject": str})
+    row = excl[(excl["subject"] == "04") & (excl["roi"] == "all")]
+    assert len(row) == 1 and "DWI flagged" in row["reason"].item()
+    assert "max_excluded_fraction" in row["reason"].item()
+    assert "05" not in set(excl["subject"])
+    nbs = pd.read_csv(out / f"group/task-rest_seg-{seg}_stat-fisherz_desc-exclusions_nbs.tsv",
+                      sep="\t", dtype={"subject": str})  # fmt: skip
+    assert nbs["subject"].tolist() == ["05"]
+    assert "BOLD -> T1w registration failed" in nbs["reason"].item()

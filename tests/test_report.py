@@ -349,3 +349,25 @@ def test_chromium_check_catches_an_image_that_does_not_load(tmp_path):
     assert images["bad.svg"]["width"] == 0
     with pytest.raises(AssertionError, match="did not load in Chromium"):
         assert_report_is_complete(page, tmp_path / "shot2.png")
+
+
+def test_dwi_and_bold_flags_show_banners(tmp_path):
+    from workflows.dwi import _exclusion_meta
+    from workflows.func import _registration_flag
+
+    out = _derivatives(tmp_path / "out")
+    _inventory(out, "01", "m00")
+    dwi = out / "sub-01/ses-m00/dwi"
+    dwi.mkdir(parents=True)
+    summary = {"excluded": [4, 5], "excluded_fraction": 2 / 32, "flagged": False, "reason": "",
+               "warning": None}  # fmt: skip
+    meta = _exclusion_meta({"exclusions": summary},
+                           {"nmi_sharpness": 0.08, "threshold": 0.2, "passed": False})  # fmt: skip
+    (dwi / "sub-01_ses-m00_desc-confounds_timeseries.json").write_text(json.dumps(meta))
+    func = out / "sub-01/ses-m00/func"
+    func.mkdir(parents=True)
+    flag = _registration_flag({"nmi_sharpness": 0.05, "threshold": 0.2, "passed": False})
+    (func / "sub-01_ses-m00_task-rest_desc-summary_bold.json").write_text(json.dumps(flag))
+    banners = [b.text for b in session_report(out, "01", "m00").banners]
+    assert any(b.startswith("DWI flagged: b = 0 -> T1w registration failed") for b in banners)
+    assert any(b.startswith("BOLD flagged: BOLD -> T1w registration failed") for b in banners)

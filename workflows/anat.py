@@ -165,7 +165,11 @@ class RigidToT1w(SimpleInterface):
     output_spec = _RigidOutputSpec
 
     def _run_interface(self, runtime):
-        from pipeline.registration import Transform, register_rigid_or_keep_header
+        from pipeline.registration import (
+            Transform,
+            register_rigid_or_keep_header,
+            registration_quality,
+        )
 
         prior = Transform.load(self.inputs.prior_xfm) if isdefined(self.inputs.prior_xfm) else None
         fixed = nib.load(self.inputs.fixed)
@@ -179,7 +183,8 @@ class RigidToT1w(SimpleInterface):
         self._results["xfm"] = _xfm_main_file(
             xfm.save(cwd / f"{self.inputs.source}_to_T1w_xfm.json")
         )
-        self._results["quality"] = result.quality()
+        self._results["quality"] = {**result.quality(),
+                                    **registration_quality(fixed, moving, xfm, mask=mask)}
         same_grid = moving.shape[:3] == fixed.shape[:3] and np.allclose(moving.affine, fixed.affine, atol=1e-4)
         if result.kept_header and same_grid and prior is None:  # already on the T1w grid: no interpolation at all
             out = nib.Nifti1Image(np.asarray(moving.dataobj, dtype=np.float32), fixed.affine)
@@ -395,6 +400,7 @@ class _ChecksInputSpec(BaseInterfaceInputSpec):
     mni_xfm = File(exists=True, mandatory=True)
     flair_in_t1w = File(exists=True)
     flair_quality = traits.Dict(desc="FLAIR -> T1w registration-quality record")
+    reference_xfm = File(exists=True, desc="session T1w -> subject reference (first / unbiased)")
 
 
 class _ChecksOutputSpec(TraitedSpec):
@@ -451,6 +457,12 @@ class StructuralChecks(SimpleInterface):
             measures["flair_displacement_mm"] = (
                 0.0 if q.get("kept_header_alignment") else q.get("registered_displacement_from_header_mm")
             )
+            measures["flair_nmi_sharpness"] = q.get("nmi_sharpness")
+        if isdefined(self.inputs.reference_xfm):
+            from pipeline.registration import Transform
+
+            q = Transform.load(self.inputs.reference_xfm).quality or {}
+            measures["reference_nmi_sharpness"] = q.get("nmi_sharpness")
         tissue = {
             "wm": (maps["wm"] >= 0.9) & mask,
             "gm": (maps["cortex"] > 0.5) & (maps["gm"] >= 0.7) & mask,
@@ -809,6 +821,8 @@ def init_anat_wf(
         (lesions, seg, [("mask", "lesion_mask")]),
     ])  # fmt: skip
     checks = pe.Node(StructuralChecks(), name="plausibility")
+    if reference_xfm:
+        checks.inputs.reference_xfm = reference_xfm
     wf.connect([
         (brain, checks, [("preproc", "preproc"), ("mask", "brain_mask"),
                          ("parameters", "brain_parameters")]),

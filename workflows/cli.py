@@ -382,6 +382,16 @@ def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         nprocs=nprocs,
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
+    from workflows.derivatives import read_dwi_exclusions
+
+    ex = read_dwi_exclusions(out, inputs.subject, inputs.session)
+    if ex is not None and ex["flagged"]:
+        log.warning("sub-%s ses-%s: DWI FLAGGED: %s; the group statistics leave this session "
+                    "out unless group.include_flagged is true (table: %s)", inputs.subject,
+                    inputs.session, ex["reason"], ex["path"].with_suffix(".tsv"))  # fmt: skip
+    elif ex is not None and ex["warning"]:
+        log.warning("sub-%s ses-%s: DWI: %s (table: %s)", inputs.subject, inputs.session,
+                    ex["warning"], ex["path"].with_suffix(".tsv"))  # fmt: skip
 
 
 def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
@@ -458,7 +468,6 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
             subject=inputs.subject,
             session=inputs.session,
             output_dir=str(out),
-            nprocs=nprocs,
             task=config.bids.bold_task,
         )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
@@ -476,6 +485,10 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
         if side.get("Excluded"):
             log.warning("sub-%s ses-%s: resting-state run EXCLUDED: %s", inputs.subject,
                         inputs.session, side.get("ExclusionReason"))  # fmt: skip
+        if side.get("Flagged"):
+            log.warning("sub-%s ses-%s: resting-state run FLAGGED: %s; the NBS leaves this "
+                        "session out unless group.include_flagged is true", inputs.subject,
+                        inputs.session, side.get("Reason"))  # fmt: skip
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ __all__ = [
     "build_path",
     "flagged_sessions",
     "read_dataset_description",
+    "read_dwi_exclusions",
     "read_plausibility",
     "read_tsv",
     "software_versions",
@@ -164,14 +165,55 @@ def read_plausibility(root: str | os.PathLike[str], subject: str, session: str) 
             "reason": str(meta.get("Reason", "")), "path": path}  # fmt: skip
 
 
-def flagged_sessions(root: str | os.PathLike[str]) -> dict[tuple[str, str], str]:
-    """``(subject, session) -> reason`` of every session whose structural results are flagged."""
-    out = {}
-    for path in sorted(Path(root).glob("sub-*/ses-*/anat/sub-*_ses-*_desc-plausibility_checks.json")):
-        sub, ses = path.parent.parent.parent.name[4:], path.parent.parent.name[4:]
-        flag = read_plausibility(root, sub, ses)
-        if flag and flag["flagged"]:
-            out[(sub, ses)] = f"ses-{ses} structural results flagged ({', '.join(flag['failed'])})"
+def read_dwi_exclusions(root: str | os.PathLike[str], subject: str, session: str) -> dict | None:
+    """The DWI volume-exclusion record of one subject-session, or None if not written.
+
+    Returns ``{"flagged": bool, "reason": str, "warning": str, "excluded": [volumes],
+    "fraction": float, "path": Path}`` from the sidecar of
+    ``dwi/sub-*_ses-*_desc-confounds_timeseries.tsv``.
+    """
+    path = build_path(root, datatype="dwi", suffix="timeseries", extension=".json",
+                      sub=subject, ses=session, desc="confounds")  # fmt: skip
+    if not path.exists():
+        return None
+    meta = read_json_object(path)
+    if "ExcludedVolumes" not in meta:
+        return None
+    return {"flagged": bool(meta.get("Flagged")), "reason": str(meta.get("Reason", "")),
+            "warning": str(meta.get("Warning", "")), "excluded": list(meta["ExcludedVolumes"]),
+            "fraction": float(meta.get("ExcludedFraction", 0.0)), "path": path}  # fmt: skip
+
+
+def flagged_sessions(
+    root: str | os.PathLike[str], modalities: Sequence[str] = ("anat",)
+) -> dict[tuple[str, str], str]:
+    """``(subject, session) -> reason`` of every session whose results are flagged.
+
+    ``modalities``: ``"anat"`` (structural plausibility checks), ``"dwi"`` (more
+    diffusion-weighted volumes excluded than ``dwi.max_excluded_fraction``, or a failed
+    b = 0 -> T1w registration) and ``"func"`` (a failed BOLD -> T1w registration).
+    """
+    out: dict[tuple[str, str], str] = {}
+    for path in sorted(Path(root).glob("sub-*/ses-*")):
+        if not path.is_dir():
+            continue
+        sub, ses = path.parent.name[4:], path.name[4:]
+        why = []
+        if "anat" in modalities:
+            flag = read_plausibility(root, sub, ses)
+            if flag and flag["flagged"]:
+                why.append(f"ses-{ses} structural results flagged ({', '.join(flag['failed'])})")
+        if "dwi" in modalities:
+            ex = read_dwi_exclusions(root, sub, ses)
+            if ex and ex["flagged"]:
+                why.append(f"ses-{ses} DWI flagged ({ex['reason']})")
+        if "func" in modalities:
+            for summary in sorted(path.glob("func/sub-*_desc-summary_bold.json")):
+                meta = read_json_object(summary)
+                if meta.get("Flagged"):
+                    why.append(f"ses-{ses} BOLD flagged ({meta.get('Reason', '')})")
+        if why:
+            out[(sub, ses)] = "; ".join(why)
     return out
 
 

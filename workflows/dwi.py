@@ -51,6 +51,31 @@ TENSOR_MAPS = {
 }
 
 
+def phase_encoding_axis(dwi: str, setting: str) -> tuple[int, str]:
+    """Voxel axis of phase encoding for the eddy-current model and where it came from.
+
+    ``setting`` is ``dwi.phase_encoding_axis``: ``i`` / ``j`` / ``k``, or ``auto`` = the
+    BIDS ``PhaseEncodingDirection`` of the series' JSON sidecar, else ``j`` (the usual
+    anterior-posterior encoding of axial EPI), said so in the returned text.
+    """
+    import json
+
+    if setting in ("i", "j", "k"):
+        return "ijk".index(setting), "dwi.phase_encoding_axis"
+    name = Path(dwi).name
+    stem = name[: -len(".nii.gz")] if name.endswith(".nii.gz") else Path(name).stem
+    sidecar = Path(dwi).with_name(stem + ".json")
+    if sidecar.exists():
+        try:
+            ped = str(json.loads(sidecar.read_text()).get("PhaseEncodingDirection", ""))
+        except (OSError, ValueError):
+            ped = ""
+        if ped[:1] in ("i", "j", "k"):
+            return "ijk".index(ped[0]), f"PhaseEncodingDirection {ped} ({sidecar.name})"
+    return 1, ("assumed j: no PhaseEncodingDirection in a sidecar of the series; set "
+               "dwi.phase_encoding_axis if it is not j")
+
+
 def _save4d(data: np.ndarray, like, path: Path) -> str:
     img = nib.Nifti1Image(np.asarray(data, dtype=np.float32), like.affine)
     img.header.set_xyzt_units("mm", "sec")
@@ -187,15 +212,33 @@ class MotionCorrect(SimpleInterface):
         data = np.asarray(img.dataobj, dtype=np.float32)
         cwd = Path(runtime.cwd)
         if cfg["dwi"]["motion_correction"]:
-            mc = correct_motion(data, img.affine, grads, n_procs=self.inputs.nprocs,
-                                fd_threshold_mm=cfg["dwi"]["fd_threshold_mm"],
-                                dropout_threshold=cfg["dwi"]["dropout_threshold"])  # fmt: skip
+            from pipeline.dwi.motion import exclusion_reasons, exclusion_summary
+
+            d = cfg["dwi"]
+            pe_axis, pe_source = phase_encoding_axis(self.inputs.dwi, d["phase_encoding_axis"])
+            mc = correct_motion(data, img.affine, grads, fd_threshold_mm=d["fd_threshold_mm"],
+                                dropout_threshold=d["dropout_threshold"],
+                                eddy=d["eddy_correction"], pe_axis=pe_axis)  # fmt: skip
             data, grads, b0 = mc.data, mc.gradients, mc.reference
             confounds = mc.confounds()
-            outliers = [int(i) for i in np.flatnonzero(mc.outliers)]
-            params = {"motion_correction": "rigid, mutual information (DIPY), b-vectors rotated",
+            reasons = exclusion_reasons(mc, d["fd_threshold_mm"])
+            if not d["exclude_outliers"]:
+                reasons = [""] * len(reasons)
+            confounds["excluded"] = [int(bool(r)) for r in reasons]
+            confounds["exclusion_reason"] = reasons
+            summary = exclusion_summary(reasons, grads.dw_mask,
+                                        warn_fraction=d["warn_excluded_fraction"],
+                                        max_fraction=d["max_excluded_fraction"])  # fmt: skip
+            outliers = summary["excluded"]
+            method = ("least squares to each volume's leave-one-out tensor prediction "
+                      "(b = 0 to b = 0), rigid" + (" + linear eddy-current field along the "
+                      "phase-encoding axis" if d["eddy_correction"] else "")
+                      + ", b-vectors rotated by the rigid part")  # fmt: skip
+            params = {"motion_correction": method,
+                      "phase_encoding_axis": "ijk"[pe_axis], "phase_encoding_source": pe_source,
                       "max_framewise_displacement_mm": float(np.max(mc.framewise_displacement)),
-                      "mean_framewise_displacement_mm": float(np.mean(mc.framewise_displacement))}  # fmt: skip
+                      "mean_framewise_displacement_mm": float(np.mean(mc.framewise_displacement)),
+                      "exclusions": summary}  # fmt: skip
         else:
             import pandas as pd
 
@@ -462,12 +505,11 @@ class DwiQC(SimpleInterface):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import pandas as pd
 
         from pipeline.dwi.motion import flagged_volumes
         from pipeline.registration import Transform
-        from pipeline.report.figures import Overlay, mosaic, save_figure
+        from pipeline.report.figures import Overlay, mosaic, plot_motion, save_figure
 
         cwd = Path(runtime.cwd)
         fa_img = nib.load(self.inputs.maps["fa"])
@@ -499,19 +541,21 @@ class DwiQC(SimpleInterface):
         )
         conf = pd.read_csv(self.inputs.confounds, sep="\t")
         if "framewise_displacement" in conf:
-            fig, ax = plt.subplots(2, 1, figsize=(8, 4), sharex=True)
-            for col in ("trans_x", "trans_y", "trans_z"):
-                ax[0].plot(conf[col], label=col)
-            ax[0].set_ylabel("mm")
-            ax[0].legend(fontsize=7, ncol=3)
-            ax[1].plot(conf["framewise_displacement"], color="k")
-            flagged = np.flatnonzero(flagged_volumes(conf))
-            ax[1].scatter(flagged, conf["framewise_displacement"].iloc[flagged], color="red",
-                          zorder=3, label="flagged volume")  # fmt: skip
-            ax[1].set_ylabel("FD (mm)")
-            ax[1].set_xlabel("volume")
-            ax[1].legend(fontsize=7)
-            fig.suptitle("head motion during the DWI series")
+            motion_cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
+            eddy = {c.replace("eddy_", ""): conf[c].to_numpy(float)
+                    for c in conf.columns if c.startswith("eddy_")}  # fmt: skip
+            excluded = (conf["excluded"].to_numpy(bool) if "excluded" in conf
+                        else flagged_volumes(conf))  # fmt: skip
+            reasons = (conf["exclusion_reason"].fillna("").astype(str) if "exclusion_reason" in conf
+                       else None)  # fmt: skip
+            listed = "; ".join(f"{k}: {reasons.iloc[k]}" for k in np.flatnonzero(excluded)) if (
+                reasons is not None) else ""  # fmt: skip
+            fig = plot_motion(conf[motion_cols].to_numpy(float),
+                              conf["framewise_displacement"].to_numpy(float),
+                              extra=eddy or None, extra_label="eddy current\n(mm/mm)",
+                              excluded=excluded,
+                              title="head motion and eddy currents during the DWI series"
+                              + (f"\nexcluded {listed}" if listed else ""))  # fmt: skip
             save(fig, "motion")
         self._results["figures"] = figs
         return runtime
@@ -559,10 +603,32 @@ CONFOUND_COLUMNS = {
     "rot_y": {"Description": "head rotation about y", "Units": "rad"},
     "rot_z": {"Description": "head rotation about z", "Units": "rad"},
     "framewise_displacement": {"Description": "Power framewise displacement (50 mm head radius)", "Units": "mm"},
-    "motion_outlier": {"Description": "1 if framewise displacement > dwi.fd_threshold_mm"},
-    "dropout_outlier": {"Description": "1 if a slice of this volume lost signal (dropout)"},
+    "motion_outlier": {"Description": "1 if framewise displacement > dwi.fd_threshold_mm (never when it is null)"},
+    "dropout_outlier": {"Description": "1 if an acquired slice of this volume lost signal against the leave-one-out prediction of the volume (dropout)"},
     "dropout_slices": {"Description": "indices of the dropout slices (third voxel axis)"},
+    "eddy_scale": {"Description": "eddy-current scaling of the image along the phase-encoding axis (0.01 = stretched by 1 %)"},
+    "eddy_shear_i": {"Description": "eddy-current shear: displacement along the phase-encoding axis per mm along voxel axis i", "Units": "mm/mm"},
+    "eddy_shear_j": {"Description": "eddy-current shear: displacement along the phase-encoding axis per mm along voxel axis j", "Units": "mm/mm"},
+    "eddy_shear_k": {"Description": "eddy-current shear: displacement along the phase-encoding axis per mm along voxel axis k", "Units": "mm/mm"},
+    "excluded": {"Description": "1 if the volume is left out of the tensor and tract-model fits"},
+    "exclusion_reason": {"Description": "why the volume is excluded (empty if kept)"},
 }  # fmt: skip
+
+
+def _exclusion_meta(motion: dict, registration: dict | None) -> dict:
+    """Sidecar keys of the confounds table that the CLI, the report and the group stage
+    read: the excluded volumes, the b = 0 -> T1w registration quality and the
+    session-level flag (too many volumes excluded, or a failed registration)."""
+    ex = motion.get("exclusions") or {"excluded": [], "excluded_fraction": 0.0,
+                                      "warning": None, "flagged": False, "reason": ""}  # fmt: skip
+    flagged, reasons = bool(ex["flagged"]), [ex["reason"]] if ex["flagged"] else []
+    if registration and not registration.get("passed", True):
+        flagged = True
+        reasons.append(f"b = 0 -> T1w registration failed its quality check (NMI sharpness "
+                       f"{registration['nmi_sharpness']:.3f} < {registration['threshold']:g})")  # fmt: skip
+    return {"ExcludedVolumes": list(ex["excluded"]), "ExcludedFraction": ex["excluded_fraction"],
+            "Warning": ex["warning"] or "", "RegistrationQuality": registration or {},
+            "Flagged": flagged, "Reason": "; ".join(reasons)}  # fmt: skip
 
 
 class DwiDerivatives(SimpleInterface):
@@ -612,7 +678,10 @@ class DwiDerivatives(SimpleInterface):
                   suffix="dwimap")  # fmt: skip
         conf = pd.read_csv(i.confounds, sep="\t", keep_default_na=False)
         out.append(str(w.write_tsv(conf, columns={k: v for k, v in CONFOUND_COLUMNS.items() if k in conf},
-                                   meta=meta("per-volume head motion and outlier flags"),
+                                   meta=meta("per-volume head motion, eddy currents and "
+                                             "volume exclusions",
+                                             **_exclusion_meta(i.motion_parameters,
+                                                               Transform.load(i.xfm).quality)),
                                    **ent, desc="confounds", suffix="timeseries")))  # fmt: skip
         xfm = Transform.load(i.xfm)
         out.append(str(w.write_with(xfm.save, meta=meta("rigid mean b = 0 -> T1w"), **ent,

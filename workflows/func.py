@@ -212,8 +212,7 @@ class _PreprocInputSpec(BaseInterfaceInputSpec):
     tr = traits.Float(mandatory=True)
     slice_timing = traits.List(traits.Float())
     slice_axis = traits.Int(2, usedefault=True)
-    params = traits.Dict(mandatory=True, desc="dummy_volumes, slice_time_ref, realign_working_mm")
-    nprocs = traits.Int(1, usedefault=True, nohash=True, desc="does not change the result")
+    params = traits.Dict(mandatory=True, desc="dummy_volumes, slice_time_ref, realign_fwhm_mm")
 
 
 class _PreprocOutputSpec(TraitedSpec):
@@ -238,8 +237,7 @@ class PreprocessBold(SimpleInterface):
         st = list(i.slice_timing) if isdefined(i.slice_timing) and i.slice_timing else None
         pre = preprocess_bold(
             i.bold, tr=i.tr, n_dummy=p["dummy_volumes"], slice_timing=st, slice_axis=i.slice_axis,
-            slice_time_ref=p["slice_time_ref"], working_mm=p["realign_working_mm"],
-            n_procs=i.nprocs,
+            slice_time_ref=p["slice_time_ref"], fwhm_mm=p["realign_fwhm_mm"],
         )  # fmt: skip
         cwd = Path(runtime.cwd)
         nib.save(pre.image(), cwd / f"realigned{SERIES_EXT}")
@@ -255,9 +253,10 @@ class PreprocessBold(SimpleInterface):
                 "repetition_time_s": pre.tr,
                 "slice_timing_corrected": pre.slice_timing_corrected,
                 "slice_time_ref": p["slice_time_ref"] if pre.slice_timing_corrected else None,
-                "realignment": "rigid, every volume to the mean of the first 5 (Mattes mutual "
-                               "information, DIPY), trilinear resampling",
-                "realign_working_mm": p["realign_working_mm"],
+                "realignment": "rigid, every volume to the mean of the first 5: Gauss-Newton "
+                               "least squares on the native grid (pipeline.realign), trilinear "
+                               "resampling",
+                "realign_fwhm_mm": p["realign_fwhm_mm"],
                 "mean_framewise_displacement_mm": float(fd.mean()),
                 "max_framewise_displacement_mm": float(fd.max()),
             },
@@ -393,6 +392,8 @@ class BoldConfounds(SimpleInterface):
             std_dvars=motion["std_dvars"].to_numpy(float), n_compcor=i.params["n_compcor"],
         )  # fmt: skip
         table["dvars"] = motion["dvars"].to_numpy(float)
+        if "dvars_raw" in motion:
+            table["dvars_raw"] = motion["dvars_raw"].to_numpy(float)
         path = Path(runtime.cwd) / "confounds.tsv"
         table.to_csv(path, sep="\t", index=False, na_rep="n/a")
         self._results["confounds"] = str(path)
@@ -827,9 +828,9 @@ class FuncQC(SimpleInterface):
         matplotlib.use("Agg")
 
         from pipeline.func import qc
-        from pipeline.func.confounds import denoise, select_confounds
+        from pipeline.func.confounds import MOTION_COLUMNS, denoise, select_confounds
         from pipeline.registration import Transform
-        from pipeline.report.figures import Overlay, mosaic, save_figure
+        from pipeline.report.figures import Overlay, mosaic, plot_motion, save_figure
 
         i = self.inputs
         p = i.params
@@ -864,9 +865,16 @@ class FuncQC(SimpleInterface):
             save(qc.plot_carpet(den.signals, None, tr=i.tr, fd=fd[keep],
                                 title=f"denoised ({label}), kept volumes only"), "carpetdenoised")  # fmt: skip
         threshold = p["fd_threshold_mm"] if p["scrubbing"] else None
-        save(qc.plot_fd(fd, tr=i.tr, threshold=threshold, sample_mask=keep,
-                        title=f"framewise displacement: {int((~keep).sum())} of {keep.size} "
-                              "volumes censored"), "fd")  # fmt: skip
+        title = f"head motion: {int((~keep).sum())} of {keep.size} volumes censored"
+        if all(c in table for c in MOTION_COLUMNS):
+            save(plot_motion(table[list(MOTION_COLUMNS)].to_numpy(float), fd,
+                             x=np.arange(fd.size) * i.tr, xlabel="time (s)",
+                             fd_threshold=threshold,
+                             dvars_raw=table["dvars_raw"].to_numpy(float) if "dvars_raw" in table else None,
+                             dvars=table["dvars"].to_numpy(float) if "dvars" in table else None,
+                             excluded=~keep, excluded_label="censored", title=title), "fd")  # fmt: skip
+        else:
+            save(qc.plot_fd(fd, tr=i.tr, threshold=threshold, sample_mask=keep, title=title), "fd")
         if i.matrices:
             measure = "correlation" if "correlation" in i.matrices else next(iter(i.matrices))
             m = _read_tsv(i.matrices[measure]).set_index("label")
@@ -922,6 +930,8 @@ def _confound_columns(columns, fmriprep: bool = False) -> dict[str, dict[str, st
         "framewise_displacement": ("Power framewise displacement (50 mm head radius)", "mm"),
         "dvars": ("root mean square of the temporal difference in the brain mask", None),
         "std_dvars": ("DVARS standardised by its AR(1) expectation (Nichols 2013)", None),
+        "dvars_raw": ("DVARS of the data before realignment (same mask): a motion spike "
+                      "without a spike here is not in the data", None),
         "censored": ("1 if the volume was removed by scrubbing (censoring)", None),
     }
     if fmriprep:
@@ -1071,6 +1081,7 @@ class FuncDerivatives(SimpleInterface):
         if fcfg.get("save_preproc") and not fmriprep:
             nifti(i.bold_mni, "preprocessed BOLD (dummies removed, realigned) in MNI space; not "
                   "denoised", space=SPACE, desc="preproc", suffix="bold")  # fmt: skip
+        registration = None  # raw mode: the BOLD -> T1w quality record
         if fmriprep:
             nifti(i.mask_mni, f"BOLD brain mask on the fMRIPrep grid (space-{mni_space}; region "
                   f"coverage): {i.preproc_parameters.get('brain_mask')}", space=mni_space,
@@ -1086,6 +1097,7 @@ class FuncDerivatives(SimpleInterface):
             nifti(i.csf, "CSF mask in BOLD space (tissue signal, CompCor)", space="bold",
                   label="CSF", suffix="mask")  # fmt: skip
             xfm = Transform.load(i.xfm)
+            registration = xfm.quality
             out.append(str(w.write_with(xfm.save, meta=meta("rigid BOLD reference -> T1w"), **ent,
                                         **{"from": "bold", "to": "T1w"}, mode="image",
                                         suffix="xfm", extension=".json")))  # fmt: skip
@@ -1186,10 +1198,23 @@ class FuncDerivatives(SimpleInterface):
         out.append(str(w.write_tsv(pd.DataFrame([row]), columns=SUMMARY_COLUMNS,
                                    meta=meta(f"resting-state run summary: motion, censoring, "
                                              f"exclusion ({status})", Excluded=summary["excluded"],
-                                             ExclusionReason=summary["exclusion_reason"]),
+                                             ExclusionReason=summary["exclusion_reason"],
+                                             **_registration_flag(registration)),
                                    **ent, desc="summary", suffix="bold")))  # fmt: skip
         self._results["out_files"] = out
         return runtime
+
+
+def _registration_flag(registration: dict | None) -> dict:
+    """Summary-sidecar keys of the BOLD -> T1w registration quality: a failed check flags
+    the session, which the NBS then leaves out (unless group.include_flagged)."""
+    if not registration:
+        return {}
+    failed = not registration.get("passed", True)
+    reason = (f"BOLD -> T1w registration failed its quality check (NMI sharpness "
+              f"{registration['nmi_sharpness']:.3f} < {registration['threshold']:g}): the "
+              "regions would be read from the wrong anatomy" if failed else "")  # fmt: skip
+    return {"RegistrationQuality": registration, "Flagged": failed, "Reason": reason}
 
 
 # --------------------------------------------------------------------------- workflow
@@ -1229,7 +1254,7 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         "load": {"min_volumes": config["validation"]["min_bold_volumes"],
                  "slice_timing": f["slice_timing"]},
-        "preproc": {k: f[k] for k in ("dummy_volumes", "slice_time_ref", "realign_working_mm")},
+        "preproc": {k: f[k] for k in ("dummy_volumes", "slice_time_ref", "realign_fwhm_mm")},
         "masks": {k: f[k] for k in ("wm_threshold", "csf_threshold")},
         "confounds": {"n_compcor": f["n_compcor"]},
         "mni": {"mni_voxel_mm": f["mni_voxel_mm"],
@@ -1398,7 +1423,7 @@ def init_func_fmriprep_wf(
               "files": {k: files[k] for k in ("bold", "bold_json", "confounds", "confounds_json",
                                               "mask")},
               "space_note": SPACE_NOTE,
-              "not_used": "func.slice_timing, slice_time_ref, realign_working_mm, mni_voxel_mm, "
+              "not_used": "func.slice_timing, slice_time_ref, realign_fwhm_mm, mni_voxel_mm, "
                           "wm_threshold, csf_threshold and save_preproc (fMRIPrep did these "
                           "steps; the data stay on its grid)"}  # fmt: skip
     sink = pe.Node(FuncDerivatives(output_dir=output_dir, subject=subject, session=session,
@@ -1428,7 +1453,6 @@ def init_func_wf(
     subject: str,
     session: str,
     output_dir: str,
-    nprocs: int = 1,
     task: str = "rest",
     name: str = "func_wf",
 ) -> pe.Workflow:
@@ -1447,8 +1471,6 @@ def init_func_wf(
         Structural outputs of the same session (:func:`func_structural_inputs`):
         ``t1w`` (preprocessed), ``mask``, ``wm`` and ``csf`` (probabilities),
         ``mni_xfm``.
-    nprocs : int
-        Processes for the realignment.
     """
     required = {"t1w", "mask", "wm", "csf", "mni_xfm"}
     missing = required - set(anat)
@@ -1459,7 +1481,7 @@ def init_func_wf(
     load = pe.Node(LoadBold(bold=bold, params=p["load"]), name="load")
     if bold_json:
         load.inputs.bold_json = bold_json
-    pre = pe.Node(PreprocessBold(bold=bold, params=p["preproc"], nprocs=nprocs), name="preprocess")
+    pre = pe.Node(PreprocessBold(bold=bold, params=p["preproc"]), name="preprocess")
     wf.connect(load, "tr", pre, "tr")
     wf.connect(load, "slice_timing", pre, "slice_timing")
     wf.connect(load, "slice_axis", pre, "slice_axis")

@@ -45,8 +45,11 @@ FIGURE_ROIS = ("NAWM_L", "NAWM_R")
 FIGURE_METRICS = ("fa", "md", "ad", "rd")
 
 
-def drop_flagged(df, out: Path, config: Config, stage: str):
-    """Leave out the rows of sessions whose structural results are flagged as implausible.
+def drop_flagged(df, out: Path, config: Config, stage: str,
+                 modalities: Sequence[str] = ("anat", "dwi")):
+    """Leave out the rows of sessions whose structural results are flagged as implausible
+    or whose DWI lost too many volumes (``modalities``, see
+    :func:`workflows.derivatives.flagged_sessions`).
 
     Unless ``group.include_flagged`` is true, rows of flagged sessions (see
     :mod:`pipeline.anat.plausibility`) are removed and returned as exclusions
@@ -55,7 +58,7 @@ def drop_flagged(df, out: Path, config: Config, stage: str):
     """
     import pandas as pd
 
-    flagged = flagged_sessions(out)
+    flagged = flagged_sessions(out, modalities)
     cols = ["subject", "session", "reason"]
     if df is None or not flagged:
         return df, pd.DataFrame(columns=cols)

@@ -123,10 +123,12 @@ def write_subject_reference(
     ``sessionwise`` mode. An existing reference built from the same inputs and
     settings is kept (its sessions' outputs stay valid); otherwise it is rebuilt.
     """
+    import dataclasses
     import json
 
     from pipeline.anat.brain import extract_brain
     from pipeline.anat.reference import build_subject_reference
+    from pipeline.registration import registration_quality
 
     mode = config.anat.anatomical_reference
     if mode == "sessionwise":
@@ -157,7 +159,16 @@ def write_subject_reference(
               "displacement_mm_at_80mm": ref.displacement_mm()}  # fmt: skip
     for ses in ref.sessions:
         meta = writer.provenance(sources=[t1ws[ses]], parameters=params, seed=config.seed)
-        writer.write_with(ref.transforms[ses].save, meta=meta, sub=subject, ses=ses,
+        # quality in the session's own space (its brain mask): the reference through the
+        # inverse transform against the session T1w
+        xfm = ref.transforms[ses]
+        quality = registration_quality(images[ses], ref.image, xfm.inverse(), mask=masks[ses])
+        xfm = dataclasses.replace(xfm, quality=quality)
+        if not quality["passed"]:
+            log.warning("sub-%s ses-%s: T1w -> subject reference registration failed its "
+                        "quality check (NMI sharpness %.3f < %g)", subject, ses,
+                        quality["nmi_sharpness"], quality["threshold"])  # fmt: skip
+        writer.write_with(xfm.save, meta=meta, sub=subject, ses=ses,
                           datatype="anat", **{"from": "T1w", "to": "subject"}, mode="image",
                           suffix="xfm", extension=".json")  # fmt: skip
     meta = writer.provenance(sources=list(t1ws.values()), parameters=params, seed=config.seed,

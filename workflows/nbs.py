@@ -68,7 +68,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
     regions = ref_path = None
     mats: dict[str, list[np.ndarray]] = {a: [], b: []}
     used, sources, exclusions = [], [], []
-    flagged = {} if config.group.include_flagged else flagged_sessions(out)
+    flagged = {} if config.group.include_flagged else flagged_sessions(out, ("anat", "func"))
     for sub in subjects:
         found, reason = {}, None
         for ses in (a, b):

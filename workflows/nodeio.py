@@ -54,9 +54,12 @@ def xfm_json(files: list[Path]) -> str:
 def register_to_t1w(moving: str, t1w: str, t1w_mask: str, *, source: str, out: Path) -> str:
     """Rigid ``moving`` -> skull-stripped T1w (Mattes mutual information, DIPY).
 
-    Saves the ``source`` -> T1w transform as ``out`` (JSON) and returns its path.
+    Saves the ``source`` -> T1w transform as ``out`` (JSON, with its registration-quality
+    record from :func:`pipeline.registration.registration_quality`) and returns its path.
     """
-    from pipeline.registration import register_rigid
+    import dataclasses
+
+    from pipeline.registration import register_rigid, registration_quality
 
     t1 = nib.load(t1w)
     mask = nib.load(t1w_mask)
@@ -68,4 +71,6 @@ def register_to_t1w(moving: str, t1w: str, t1w_mask: str, *, source: str, out: P
     voxel = float(min(moving_img.header.get_zooms()[:3]))
     xfm = register_rigid(brain, moving_img, static_mask=mask, source=source, target="T1w",
                          resolution_mm=max(2.0, voxel))  # fmt: skip
+    quality = registration_quality(brain, moving_img, xfm, mask=mask)
+    xfm = dataclasses.replace(xfm, quality=quality)
     return xfm_json(xfm.save(out))

@@ -36,9 +36,11 @@ from pipeline.report.html import (
     methods_boilerplate,
     render_report,
 )
+from pipeline.validation import read_json_object
 from workflows.derivatives import (
     atomic_write_text,
     read_dataset_description,
+    read_dwi_exclusions,
     read_plausibility,
     read_tsv,
 )
@@ -384,6 +386,20 @@ def session_report(
         banners = (Note(f"Structural results flagged as implausible ({', '.join(flag['failed'])}): "
                         f"{flag['reason']}. Every later stage stands on them; the group statistics "
                         "leave this session out unless group.include_flagged is true.", "error"),)  # fmt: skip
+    ex = read_dwi_exclusions(out, subject, session)
+    if ex and ex["flagged"]:
+        banners += (Note(f"DWI flagged: {ex['reason']}. The group statistics of the diffusion "
+                         "metrics leave this session out unless group.include_flagged is true.",
+                         "error"),)  # fmt: skip
+    elif ex and ex["warning"]:
+        banners += (Note(f"DWI: {ex['warning']}; see the confounds table for the reasons.",
+                         "warning"),)  # fmt: skip
+    for func_side in sorted((out / f"sub-{subject}" / f"ses-{session}" / "func").glob(
+            "sub-*_desc-summary_bold.json")):  # fmt: skip
+        side = read_json_object(func_side)
+        if side.get("Flagged"):
+            banners += (Note(f"BOLD flagged: {side.get('Reason', '')}. The NBS leaves this "
+                             "session out unless group.include_flagged is true.", "error"),)  # fmt: skip
     return Report(
         banners=banners,
         title=f"sub-{subject} ses-{session}",

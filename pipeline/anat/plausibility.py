@@ -45,6 +45,8 @@ Limits (:data:`LIMITS`) and their grounds:
     about 50 ml) stay near 0.1; an automatic segmentation labelling a third of the
     white matter has failed.
 ``flair_displacement_mm`` <= 10
+``flair_nmi_sharpness`` >= 0.2 (:func:`pipeline.registration.registration_quality`: 0.40-0.66
+    for FLAIR / T2w of the same person on the real scans, 0.05-0.11 for another person's)
     Mean displacement of the FLAIR -> T1w transform from the header alignment
     over the brain: images of one session are aligned by the scanner unless the
     head moved between the series; a centimetre means a failed registration (or a
@@ -86,6 +88,8 @@ LIMITS: dict[str, tuple[float | None, float | None, str]] = {
     "intensity_range": (1e-3, 1e5, "image units"),
     "lesion_wm_fraction": (None, 0.3, "fraction"),
     "flair_displacement_mm": (None, 10.0, "mm"),
+    "flair_nmi_sharpness": (0.2, None, "fraction"),
+    "reference_nmi_sharpness": (0.2, None, "fraction"),
     "t1w_csf_wm_ratio": (None, 0.7, "ratio"),
     "t1w_gm_wm_ratio": (None, 1.0, "ratio"),
     "flair_csf_wm_ratio": (None, 0.9, "ratio"),
@@ -101,6 +105,8 @@ _WHAT = {
     "intensity_range": "raw T1w intensity (99.9th percentile in the brain)",
     "lesion_wm_fraction": "lesion volume / (WM + lesion) volume",
     "flair_displacement_mm": "FLAIR -> T1w displacement from its start (header alignment, or session -> reference transform)",
+    "flair_nmi_sharpness": "FLAIR -> T1w alignment specificity (NMI lost under 3 mm / 3 degree perturbations, pipeline.registration.registration_quality)",
+    "reference_nmi_sharpness": "session T1w -> subject reference alignment specificity (as flair_nmi_sharpness)",
     "t1w_csf_wm_ratio": "T1w ventricles / WM median intensity",
     "t1w_gm_wm_ratio": "T1w cortical GM / WM median intensity",
     "flair_csf_wm_ratio": "FLAIR ventricles / WM median intensity",
@@ -119,6 +125,10 @@ _HINT = {
     "registration) or the provided mask is not a lesion mask",
     "flair_displacement_mm": "FLAIR -> T1w registration failed, or the FLAIR is from "
     "another session",
+    "flair_nmi_sharpness": "the FLAIR is not aligned with this T1w (registration failed), or "
+    "it is another person's",
+    "reference_nmi_sharpness": "the session -> subject reference registration failed, or this "
+    "session's T1w is another person's",
     "t1w_csf_wm_ratio": "the image does not have T1-weighted contrast (swapped series?)",
     "t1w_gm_wm_ratio": "the image does not have T1-weighted contrast (swapped series?)",
     "flair_csf_wm_ratio": "the image does not have FLAIR contrast (a T2w given as FLAIR?)",

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Overlay", "mosaic", "save_figure"]
+__all__ = ["Overlay", "mosaic", "plot_motion", "save_figure"]
 
 #: Salt of matplotlib's SVG element ids: fixed so the same figure gives the same bytes.
 SVG_HASHSALT = "msmri"
@@ -158,3 +158,80 @@ def _single(color: str):
     from matplotlib.colors import ListedColormap
 
     return ListedColormap([color])
+
+
+def plot_motion(
+    params: np.ndarray,
+    fd: np.ndarray,
+    *,
+    x: np.ndarray | None = None,
+    xlabel: str = "volume",
+    fd_threshold: float | None = None,
+    dvars_raw: np.ndarray | None = None,
+    dvars: np.ndarray | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    extra_label: str = "",
+    excluded: np.ndarray | None = None,
+    excluded_label: str = "excluded",
+    title: str | None = None,
+):
+    """Head motion on one time axis: translations, rotations, framewise displacement and,
+    when given, DVARS of the raw (not realigned) data next to the realigned one (a spike
+    in the estimates with no spike in the raw DVARS is an artefact of the estimate), a
+    further panel ``extra`` (e.g. eddy-current parameters) and the excluded or censored
+    volumes shaded in every panel.
+
+    ``params`` is (T, 6): tx, ty, tz (mm), rx, ry, rz (rad, drawn in degrees).
+    """
+    import matplotlib.pyplot as plt
+
+    params = np.asarray(params, dtype=float)
+    n = params.shape[0]
+    x = np.arange(n, dtype=float) if x is None else np.asarray(x, dtype=float)
+    step = float(np.median(np.diff(x))) if n > 1 else 1.0
+    rows = ["trans", "rot", "fd"] + (["dvars"] if dvars_raw is not None else []) + (
+        ["extra"] if extra else [])  # fmt: skip
+    fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.5 * len(rows) + 0.6), sharex=True)
+    axes = np.atleast_1d(axes)
+    ax = dict(zip(rows, axes, strict=True))
+    for k, name in enumerate("xyz"):
+        ax["trans"].plot(x, params[:, k], lw=1, label=name)
+        ax["rot"].plot(x, np.degrees(params[:, 3 + k]), lw=1, label=name)
+    ax["trans"].set_ylabel("translation\n(mm)")
+    ax["rot"].set_ylabel("rotation\n(deg)")
+    ax["trans"].legend(loc="upper left", ncol=3, fontsize=7, frameon=False)
+    ax["fd"].plot(x, fd, color="k", lw=1)
+    ax["fd"].set_ylabel("FD (mm)")
+    if fd_threshold is not None:
+        ax["fd"].axhline(fd_threshold, color="tab:red", ls="--", lw=1, label=f"{fd_threshold:g} mm")
+        ax["fd"].legend(loc="upper right", fontsize=7, frameon=False)
+    if dvars_raw is not None:
+        ax["dvars"].plot(x[1:], np.asarray(dvars_raw, float)[1:], color="tab:gray", lw=1,
+                         label="raw data")  # fmt: skip
+        if dvars is not None:
+            ax["dvars"].plot(x[1:], np.asarray(dvars, float)[1:], color="tab:blue", lw=1,
+                             label="realigned")  # fmt: skip
+        ax["dvars"].set_ylabel("DVARS")
+        ax["dvars"].legend(loc="upper right", ncol=2, fontsize=7, frameon=False)
+    if extra:
+        for name, values in extra.items():
+            ax["extra"].plot(x, values, lw=1, label=name)
+        ax["extra"].set_ylabel(extra_label)
+        ax["extra"].legend(loc="upper left", ncol=3, fontsize=7, frameon=False)
+    if excluded is not None:
+        bad = np.flatnonzero(np.asarray(excluded, dtype=bool))
+        for a in axes:
+            for k in bad:
+                a.axvspan(x[k] - step / 2, x[k] + step / 2, color="tab:red", alpha=0.2, lw=0)
+        if bad.size:
+            axes[0].plot([], [], color="tab:red", alpha=0.4, lw=6,
+                         label=f"{excluded_label} ({bad.size})")  # fmt: skip
+            axes[0].legend(loc="upper left", ncol=4, fontsize=7, frameon=False)
+    axes[-1].set_xlabel(xlabel)
+    axes[-1].set_xlim(x[0] - step / 2, x[-1] + step / 2)
+    for a in axes:
+        a.yaxis.set_label_coords(-0.07, 0.5)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

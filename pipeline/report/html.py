@@ -317,9 +317,11 @@ def _dwi_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> str:
         parts.append(f"corrected for head motion ({mc})")
     text = f"Diffusion-weighted images were {', '.join(parts) or 'used as acquired'}. "
     if d.get("exclude_outliers"):
-        text += (f"Volumes with framewise displacement above {d.get('fd_threshold_mm')} mm or "
-                 f"slice signal dropout (threshold {d.get('dropout_threshold')} robust SD) were "
-                 "left out of the fit. ")  # fmt: skip
+        fd = d.get("fd_threshold_mm")
+        text += ("Volumes with slice signal dropout against their leave-one-out prediction "
+                 f"(threshold {d.get('dropout_threshold')} robust SD)"
+                 + (f" or framewise displacement above {fd} mm" if fd else "")
+                 + " were left out of the fit. ")  # fmt: skip
     tensor = dict(params.get("tensor") or {})
     text += (
         f"The diffusion tensor [dti] was fitted with {tensor.get('method', d.get('tensor_method', '?'))} "
