@@ -338,9 +338,8 @@ def test_planted_eddy_currents_are_recovered(baseline, gradients):
     print(f"eddy: median |error| {np.median(err):.4f} vs median |planted| "
           f"{np.median(np.abs(true_mm[dw])):.4f} mm/mm ({100 * rel:.0f} %); motion median "
           f"error {np.median(t_err):.3f} mm, {np.median(r_err):.3f} deg")  # fmt: skip
-    # measured 26 % (scaling 0.0054 of 0.018, shears 0.0045 of 0.015-0.018); 20 % with
-    # four prediction rounds instead of two (dwi motion 1.5 x slower)
-    assert rel < 0.3
+    # measured 18 % with three prediction rounds (26 % with two, 15 % with four)
+    assert rel < 0.2
     assert np.median(t_err) <= 0.35 and np.median(r_err) <= 0.1
     # the b-vectors are rotated by the rigid part only, and no volume is a dropout
     assert not mc.dropout_outliers.any()

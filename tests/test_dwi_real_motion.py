@@ -47,15 +47,16 @@ def corrected(series):
     return correct_motion(data, img.affine, grads)
 
 
-def _mrregister_residuals(data: np.ndarray, affine: np.ndarray, dw: np.ndarray, tmp: Path):
+def _mrregister_residuals(data: np.ndarray, affine: np.ndarray, dw: np.ndarray, tmp: Path,
+                          every: int = 1):
     """Mean displacement (mm, over brain points) that mrregister finds for every
-    diffusion-weighted volume against the mean diffusion-weighted image."""
+    ``every``-th diffusion-weighted volume against the mean diffusion-weighted image."""
     mean = data[..., dw].mean(axis=-1)
     nib.save(nib.Nifti1Image(mean, affine), tmp / "ref.nii")
     brain = np.argwhere(mean > 0.15 * np.percentile(mean, 99))[::50]
     pts = nib.affines.apply_affine(affine, brain)
     out = []
-    for k in np.flatnonzero(dw):
+    for k in np.flatnonzero(dw)[every - 1 :: every]:
         nib.save(nib.Nifti1Image(data[..., k], affine), tmp / "vol.nii")
         subprocess.run(["mrregister", str(tmp / "vol.nii"), str(tmp / "ref.nii"), "-type",
                         "rigid", "-rigid", str(tmp / "T.txt"), "-nthreads", "1", "-quiet",
@@ -71,10 +72,12 @@ def test_corrected_series_agrees_with_mrtrix3(series, corrected, tmp_path):
             pytest.fail("MRtrix3 mrregister not found on PATH, but CI is set")
         pytest.skip("MRtrix3 (mrregister) not installed")
     img, _, grads = series
-    d = _mrregister_residuals(corrected.data, img.affine, grads.dw_mask, tmp_path)
+    # the even volumes (2, 4, ..., 32), which include the worst of the full check (24): CI time;
+    # benchmarks/bench_realign.py checks all 32
+    d = _mrregister_residuals(corrected.data, img.affine, grads.dw_mask, tmp_path, every=2)
     print(f"mrregister residual after correction: median {np.median(d):.3f} mm, "
           f"max {d.max():.3f} mm")  # fmt: skip
-    # measured 0.26 / 0.56 mm (before correction 1.81 / 3.59 mm)
+    # measured on all 32: 0.26 / 0.56 mm (before correction 1.81 / 3.59 mm)
     assert np.median(d) < 0.5 and d.max() < 1.5
 
 

@@ -390,3 +390,14 @@ def test_qc_figures(runs):
     ]
     for fig in figs:
         assert len(fig.axes) >= 1
+
+
+def test_identical_volumes_realign_to_no_motion(tiny_phantom_sessions):
+    """A series without any change (all volumes identical) is realigned to zero motion."""
+    img = tiny_phantom_sessions[0].images["bold"]
+    vol = np.asarray(img.dataobj, dtype=np.float32)[..., :1]
+    same = nib.Nifti1Image(np.repeat(vol, 12, axis=3), img.affine)
+    same.header.set_zooms((4.0, 4.0, 4.0, TR))
+    pre = preprocess_bold(same)
+    assert np.abs(pre.motion_params).max() < 1e-6 and pre.framewise_displacement.max() < 1e-6
+    assert np.allclose(pre.dvars, 0.0, atol=1e-3) and np.allclose(pre.dvars_raw, 0.0)

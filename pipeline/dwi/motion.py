@@ -10,8 +10,8 @@ across contrasts with a coarse grid:
 2. Each shell's volumes to the shell's mean (a first estimate), and the corrected shell
    mean to the b = 0 reference by mutual information (the one cross-contrast step:
    :func:`pipeline.registration.register_rigid`, native grid).
-3. ``n_iter`` rounds: the series is resampled with the current estimates, a log-linear
-   tensor is fitted per shell (gradients rotated), and every diffusion-weighted volume
+3. ``n_iter`` rounds (3): the series is resampled (trilinear) with the current estimates,
+   a log-linear tensor is fitted per shell (gradients rotated), and every diffusion-weighted volume
    is registered to the *leave-one-out prediction of itself* from the other volumes
    (exact from one OLS fit by the hat-matrix identity, :func:`tensor_loo_predictions`):
    the idea of FSL eddy's Gaussian-process prediction and of QSIPrep's SHORELine /
@@ -56,8 +56,9 @@ the volume's leave-one-out prediction carried there; the log ratio is standardis
 the volumes of the same shell by its robust spread (1.4826 x MAD, floored at 2 %). A
 slice is a dropout when its z-score is below ``-dropout_threshold`` and it lost more than
 ``dropout_min_loss`` of its expected signal. Slices with fewer than ``min_slice_voxels``
-brain voxels or 10 % of the largest slice's, and voxels whose prediction needs data from
-outside the field of view, are skipped. Comparing in the acquisition frame is what keeps a
+brain voxels or 10 % of the largest slice's, voxels whose prediction needs data from
+outside the field of view, and slices left with fewer than half of the shell's volumes
+are skipped. Comparing in the acquisition frame is what keeps a
 volume that merely moved through-plane from being called a dropout. Without a prediction
 (:func:`detect_dropout` called directly), a slice is compared with the median of that
 slice over the volumes of its shell.
@@ -292,7 +293,10 @@ def detect_dropout(
     for b, idx in gradients.shells:
         if b == 0.0 or idx.size < 4:
             continue
-        sub = means[idx]
+        sub = means[idx].copy()
+        # a slice scored in fewer than half of the shell's volumes (edge slices that move in
+        # and out of the field of view) has no reliable spread: not scored
+        sub[:, np.isfinite(sub).sum(axis=0) < max(4, idx.size / 2)] = np.nan
         if np.all(np.isnan(sub)):
             continue
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
@@ -380,7 +384,7 @@ def correct_motion(
     eddy: bool = True,
     pe_axis: int = 1,
     fwhm_mm: float = 4.0,
-    n_iter: int = 2,
+    n_iter: int = 3,
     order: int = 3,
 ) -> MotionCorrection:
     """Head-motion and eddy-current correction of a DWI series (module docstring).
@@ -505,7 +509,9 @@ def correct_motion(
     eddy_axis = pe_axis if eddy else None
     for _ in range(max(int(n_iter), 0)):
         fit = fit_of(affines, eddy_params, eddy_axis)
-        targets = _predicted_volumes(_apply(arr, fit, affine, range(n_vol), order), gradients,
+        # trilinear here: the targets are smoothed by fwhm_mm anyway (cubic, with its
+        # spline prefilter, doubled the time of a round)
+        targets = _predicted_volumes(_apply(arr, fit, affine, range(n_vol), 1), gradients,
                                      affines, mask)  # fmt: skip
         r = realign_rigid(arr, affine, reference=targets.__getitem__, volumes=dw_idx,
                           start=affines, eddy_axis=eddy_axis, eddy_volumes=dw,
