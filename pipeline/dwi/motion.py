@@ -350,12 +350,9 @@ def tensor_loo_predictions(signal: np.ndarray, bvals: np.ndarray, dirs: np.ndarr
 
     Returns (V, len(predict)) predicted signals.
     """
-    b = np.asarray(bvals, float)
-    g = np.asarray(dirs, float)
-    x = np.column_stack([
-        np.ones_like(b), -b * g[:, 0] ** 2, -b * g[:, 1] ** 2, -b * g[:, 2] ** 2,
-        -2 * b * g[:, 0] * g[:, 1], -2 * b * g[:, 0] * g[:, 2], -2 * b * g[:, 1] * g[:, 2],
-    ])  # fmt: skip
+    from pipeline.dwi.tensor import design_matrix
+
+    x = design_matrix(bvals, dirs)
     hat = x @ np.linalg.pinv(x)
     y = np.log(np.maximum(np.asarray(signal, float), 1.0))
     yhat = y @ hat.T
@@ -581,6 +578,8 @@ def _predicted_volumes(corrected: np.ndarray, gradients: DwiGradients, affines: 
     volumes, gradients rotated by the current motion); elsewhere, and for shells with
     fewer than six independent directions: the corrected shell mean.
     """
+    from pipeline.dwi.tensor import design_matrix
+
     rotated = gradients.rotated(np.swapaxes(affines[:, :3, :3], -1, -2))
     b0_idx = np.flatnonzero(gradients.b0_mask)
     inside = np.flatnonzero(mask.ravel())
@@ -589,7 +588,8 @@ def _predicted_volumes(corrected: np.ndarray, gradients: DwiGradients, affines: 
         if b == 0:
             continue
         mean_c = corrected[..., idx].mean(axis=-1)
-        if np.linalg.matrix_rank(_design(rotated.world_directions[idx])) < 6:
+        quadratic = design_matrix(np.ones(idx.size), rotated.world_directions[idx])[:, :6]
+        if np.linalg.matrix_rank(quadratic) < 6:
             pred = np.repeat(mean_c.ravel()[inside, None], idx.size, axis=1)
         else:
             use = np.concatenate([b0_idx, idx])
@@ -603,9 +603,3 @@ def _predicted_volumes(corrected: np.ndarray, gradients: DwiGradients, affines: 
             t.ravel()[inside] = pred[:, j]
             out[int(k)] = t
     return out
-
-
-def _design(dirs: np.ndarray) -> np.ndarray:
-    g = np.asarray(dirs, float)
-    return np.column_stack([g[:, 0] ** 2, g[:, 1] ** 2, g[:, 2] ** 2, g[:, 0] * g[:, 1],
-                            g[:, 0] * g[:, 2], g[:, 1] * g[:, 2]])  # fmt: skip
