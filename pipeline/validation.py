@@ -176,6 +176,9 @@ class DwiCheck:
 
     ``shells`` lists the diffusion-weighted shells as ``(b_value,
     n_distinct_directions)``; b=0 volumes are counted in ``n_b0`` only.
+    ``derived`` lists volumes with b > 0 and an all-zero gradient vector: not
+    acquisitions but scanner-derived trace / isotropic images, which the
+    diffusion stage leaves out (as dcm2niix does); they are in no shell.
     """
 
     bvals: np.ndarray
@@ -184,6 +187,7 @@ class DwiCheck:
     n_b0: int
     shells: tuple[tuple[float, int], ...]
     warnings: tuple[str, ...]
+    derived: tuple[int, ...] = ()
 
 
 def _volumes_text(idx: np.ndarray, limit: int = 8) -> str:
@@ -245,12 +249,20 @@ def validate_dwi(
 
     norms = np.linalg.norm(bvecs[dw], axis=1)
     zero = dw[norms < 1e-6]
-    if zero.size:
+    if zero.size == dw.size:
         raise InputError(
             bvec_path,
             f"expected a non-zero gradient direction for every b > {b0_threshold:g} volume, "
             f"got all-zero vectors at volume(s) {_volumes_text(zero)}",
         )
+    if zero.size:  # a derived trace / ADC image kept by the converter: left out downstream
+        notes.append(
+            f"volume(s) {_volumes_text(zero)} of {dwi_path.name} have b > {b0_threshold:g} and an "
+            "all-zero gradient vector: scanner-derived trace / isotropic image(s), not "
+            "acquisitions; the diffusion stage leaves them out (as dcm2niix does)"
+        )
+        keep = norms >= 1e-6
+        dw, norms = dw[keep], norms[keep]
     bad = np.abs(norms - 1.0) > bvec_norm_tolerance
     if bad.any():
         idx = dw[bad]
@@ -263,7 +275,10 @@ def validate_dwi(
         )
 
     shells: list[tuple[float, int]] = []
-    for b, idx in group_shells(bvals, b0_threshold=b0_threshold, tolerance=shell_tolerance):
+    acquired = np.setdiff1d(np.arange(bvals.size), zero)
+    for b, idx in group_shells(bvals[acquired], b0_threshold=b0_threshold,
+                               tolerance=shell_tolerance):  # fmt: skip
+        idx = acquired[idx]
         if b == 0.0:
             continue
         n_dirs = count_unique_directions(bvecs[idx], angle_tolerance_deg=1.0)
@@ -285,6 +300,7 @@ def validate_dwi(
         n_b0=n_b0,
         shells=tuple(shells),
         warnings=tuple(notes),
+        derived=tuple(int(k) for k in zero),
     )
 
 

@@ -214,14 +214,22 @@ def test_dwi_bvec_not_unit_length(make_dwi):
     assert "volume 4" in str(exc.value)
 
 
-def test_dwi_all_zero_bvec_for_weighted_volume(make_dwi):
+def test_dwi_zero_bvec_for_weighted_volume_is_a_derived_image(make_dwi):
+    """b > 0 with a zero vector: a scanner-derived trace image, reported and set apart
+    (the diffusion stage drops it); only when every weighted volume is like that is it
+    an error."""
     bvals, bvecs = gradient_table(n_b0=1, n_dirs=10)
     bvecs[7] = 0.0
+    files = make_dwi(bvals, bvecs)
+    with pytest.warns(UserWarning, match=r"volume\(s\) 7 .*trace"):
+        check = validate_dwi(files.dwi, files.bval, files.bvec)
+    assert check.derived == (7,)
+    assert sum(n for _, n in check.shells) == 9  # the derived volume is in no shell
+    bvecs[1:] = 0.0
     files = make_dwi(bvals, bvecs)
     with pytest.raises(InputError, match="non-zero gradient direction") as exc:
         validate_dwi(files.dwi, files.bval, files.bvec)
     assert str(files.bvec) in str(exc.value)
-    assert "volume(s) 7" in str(exc.value)
 
 
 def test_dwi_fewer_than_six_directions(make_dwi):
