@@ -9,6 +9,14 @@ signal is generated from a single tensor, fitting the tensor model to the
 noiseless signal recovers the ground truth exactly, which lets tests prove the
 gradient-table and affine conventions.
 
+With ``kurtosis=True`` the signal is the diffusion kurtosis (DKI) cumulant
+representation ``S = S0 exp(-b D(n) + b² D(n)² K(n) / 6)`` with the same
+diffusion tensor and a kurtosis tensor that is cylindrically symmetric about
+the fibre axis (see :func:`kurtosis_tensor_metrics`), so that a DKI fit of the
+noiseless signal recovers the truth exactly as well. A tensor fitted to such a
+signal is biased: its MD is lower than the truth by about ``b D K / 6``
+(relative), the known bias of DTI in tissue with positive kurtosis.
+
 Head motion between volumes is simulated the way it happens in a scanner: the
 head (and its tensors) rotates, while the gradient directions stay fixed in the
 scanner frame and are written to the .bvec file unrotated. A pipeline that does
@@ -20,7 +28,7 @@ Diffusivities are in mm^2/s.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,8 +48,11 @@ from pipeline.phantom.anatomy import (
 
 __all__ = [
     "COMPARTMENTS",
+    "KURTOSIS",
     "DwiPhantom",
     "gradient_scheme",
+    "kurtosis_tensor_metrics",
+    "multishell_scheme",
     "simulate_dwi",
     "tensor_metrics",
 ]
@@ -54,6 +65,95 @@ COMPARTMENTS: dict[str, dict[str, float]] = {
     "csf": {"ad": 3.0e-3, "rd": 3.0e-3, "s0": 2.40},  # isotropic
     "lesion": {"ad": 1.50e-3, "rd": 0.95e-3, "s0": 1.60},  # FA 0.27, raised MD
 }
+
+#: Axial (along the fibre) and radial (perpendicular) kurtosis per compartment,
+#: used when :func:`simulate_dwi` is called with ``kurtosis=True``. Values in the
+#: range reported for healthy adult brain at b <= 2500 s/mm^2 (white matter AK
+#: ~0.7-0.9, RK ~1.0-1.5 with the highest RK in coherent tracts; cortical grey
+#: matter MK ~0.7-0.9 and nearly isotropic; free water 0) and lower in MS lesions.
+KURTOSIS: dict[str, dict[str, float]] = {
+    "wm_tract": {"ak": 0.80, "rk": 1.40},
+    "wm": {"ak": 0.80, "rk": 1.10},
+    "gm": {"ak": 0.80, "rk": 0.80},
+    "csf": {"ak": 0.0, "rk": 0.0},
+    "lesion": {"ak": 0.60, "rk": 0.70},
+}
+
+#: Gauss-Legendre nodes on [0, 1] for the mean kurtosis over the sphere of a
+#: cylindrically symmetric (D, W): the integrand in cos(angle to the axis) is a
+#: rational function without poles on [0, 1], so 64 nodes give machine precision.
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(64)
+
+
+def kurtosis_tensor_metrics(
+    ad: np.ndarray, rd: np.ndarray, ak: np.ndarray, rk: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Kurtosis tensor and its MK, AK, RK, KFA for the phantom's cylindrical model.
+
+    The diffusion tensor has eigenvalues ``(ad, rd, rd)`` about an axis ``v``.
+    The kurtosis tensor is the fully symmetric ``W = sym(A ⊗ I)``, i.e.
+    ``W_ijkl = (A_ij δ_kl + A_ik δ_jl + A_il δ_jk + A_kl δ_ij + A_jl δ_ik +
+    A_jk δ_il) / 6``, with ``A = β I + (α - β) v vᵀ``, ``α = ak ad² / MD²``
+    and ``β = rk rd² / MD²``. In the eigenframe (axis 1 = v): ``W1111 = α``,
+    ``W2222 = W3333 = β = 3 W2233``, ``W1122 = W1133 = (α + β) / 6``, all
+    other elements 0. Along a unit direction n at cosine ``c = v·n`` to the axis
+    ``W(n) = α c² + β (1 - c²)``, so the apparent kurtosis
+    ``K(n) = MD² W(n) / D(n)²`` is ``ak`` along v and ``rk`` in every direction
+    perpendicular to it, and ``D(n)² K(n) = rk rd² + (ak ad² - rk rd²) c²``.
+
+    The metrics follow DIPY's definitions (``dipy.reconst.dki``), computed here
+    with exact formulas of this model, not with DIPY:
+
+    * MK, the mean of K(n) over the sphere, is ``∫_0^1 K(c) dc`` (c is uniform
+      on [-1, 1] for uniform directions), by 64-node Gauss-Legendre quadrature
+      (exact to rounding: the integrand is smooth on [0, 1]);
+    * AK = K(v) = ``ak`` and RK, the mean of K over directions perpendicular to
+      v, = ``rk``;
+    * KFA = ``||W - MKT I4||_F / ||W||_F`` (Glenn et al. 2015) with the mean
+      kurtosis tensor ``MKT = (α + 2β) / 3`` and ``I4`` the fully symmetric
+      isotropic tensor, from the eigenframe elements above; 0 where
+      ``||W|| = 0`` or ``MKT <= 1e-8`` (as DIPY).
+
+    Voxels with ``MD = 0`` (no tissue) get 0 everywhere.
+
+    Returns
+    -------
+    dict
+        ``mk``, ``ak``, ``rk``, ``kfa`` and the eigenframe elements ``w1111``,
+        ``w2222``, ``w1122``, ``w2233`` (arrays of the input shape).
+    """
+    ad, rd, ak, rk = (np.asarray(x, dtype=float) for x in (ad, rd, ak, rk))
+    md = (ad + 2 * rd) / 3
+    valid = md > 0
+    md2 = np.where(valid, md * md, 1.0)
+    alpha = np.where(valid, ak * ad * ad / md2, 0.0)
+    beta = np.where(valid, rk * rd * rd / md2, 0.0)
+    c2 = ((_GL_NODES + 1.0) / 2.0) ** 2  # nodes mapped to [0, 1]
+    num = (rk * rd * rd)[..., None] + (ak * ad * ad - rk * rd * rd)[..., None] * c2
+    den = rd[..., None] + (ad - rd)[..., None] * c2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k_c = np.where(valid[..., None], num / np.where(valid[..., None], den * den, 1.0), 0.0)
+    mk = k_c @ (_GL_WEIGHTS / 2.0)
+    w1111, w2222, w1122, w2233 = alpha, beta, (alpha + beta) / 6.0, beta / 3.0
+    mkt = (alpha + 2.0 * beta) / 3.0
+    dev = (
+        (w1111 - mkt) ** 2
+        + 2.0 * (w2222 - mkt) ** 2
+        + 6.0 * (2.0 * (w1122 - mkt / 3.0) ** 2 + (w2233 - mkt / 3.0) ** 2)
+    )
+    norm = w1111**2 + 2.0 * w2222**2 + 6.0 * (2.0 * w1122**2 + w2233**2)
+    ok = (norm > 0) & (mkt > 1e-8)
+    kfa = np.sqrt(np.divide(dev, norm, out=np.zeros_like(dev), where=ok))
+    return {
+        "mk": mk,
+        "ak": np.where(valid, ak, 0.0),
+        "rk": np.where(valid, rk, 0.0),
+        "kfa": kfa,
+        "w1111": w1111,
+        "w2222": w2222,
+        "w1122": w1122,
+        "w2233": w2233,
+    }
 
 
 def tensor_metrics(ad: np.ndarray, rd: np.ndarray) -> dict[str, np.ndarray]:
@@ -73,18 +173,75 @@ def gradient_scheme(
     Directions are spread by electrostatic repulsion (DIPY); b = 0 volumes are
     interleaved (first volume and evenly through the series), as on scanners.
     """
-    from dipy.core.sphere import HemiSphere, disperse_charges
-
-    theta = np.arccos(rng.uniform(-1, 1, n_directions))
-    phi = rng.uniform(0, 2 * np.pi, n_directions)
-    hemi, _ = disperse_charges(HemiSphere(theta=theta, phi=phi), 500)
-    dirs = hemi.vertices
+    dirs = _spread_directions(n_directions, rng)
     n = n_b0 + n_directions
     b0_pos = np.unique(np.round(np.linspace(0, n, n_b0, endpoint=False)).astype(int))
     bvals = np.full(n, float(bvalue))
     bvecs = np.zeros((n, 3))
     bvals[b0_pos] = 0.0
     bvecs[np.setdiff1d(np.arange(n), b0_pos)] = dirs
+    return bvals, bvecs
+
+
+def _spread_directions(n_directions: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit directions (n, 3) on a hemisphere spread by electrostatic repulsion (DIPY)."""
+    from dipy.core.sphere import HemiSphere, disperse_charges
+
+    theta = np.arccos(rng.uniform(-1, 1, n_directions))
+    phi = rng.uniform(0, 2 * np.pi, n_directions)
+    hemi, _ = disperse_charges(HemiSphere(theta=theta, phi=phi), 500)
+    return hemi.vertices
+
+
+def multishell_scheme(
+    n_b0: int,
+    shells: Mapping[float, int] | Sequence[tuple[float, int]],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A multi-shell scheme: b-values (N,) and unit world directions (N, 3).
+
+    Parameters
+    ----------
+    n_b0 : int
+        Number of b = 0 volumes, interleaved as in :func:`gradient_scheme`
+        (first volume and evenly through the series).
+    shells : mapping or sequence of (b-value, n_directions)
+        Diffusion-weighted shells in acquisition order, e.g.
+        ``{1000.0: 30, 2000.0: 30}``.
+    rng : numpy.random.Generator
+        Each shell gets its own set of directions spread by electrostatic
+        repulsion on the hemisphere (as :func:`gradient_scheme`), so the shells
+        do not share directions.
+
+    Returns
+    -------
+    bvals : ndarray (N,)
+    bvecs : ndarray (N, 3)
+        Zero rows for the b = 0 volumes. The diffusion-weighted volumes are
+        ordered shell by shell (in the order given).
+    """
+    items = list(shells.items()) if isinstance(shells, Mapping) else list(shells)
+    if not items:
+        raise ValueError("multishell_scheme needs at least one diffusion-weighted shell")
+    if n_b0 < 0:
+        raise ValueError(f"n_b0 must be >= 0, got {n_b0}")
+    dw_b: list[np.ndarray] = []
+    dw_dirs: list[np.ndarray] = []
+    for bvalue, n_dirs in items:
+        if float(bvalue) <= 0 or int(n_dirs) < 1:
+            raise ValueError(
+                f"each shell needs a positive b-value and >= 1 direction, got ({bvalue}, {n_dirs})"
+            )
+        dw_dirs.append(_spread_directions(int(n_dirs), rng))
+        dw_b.append(np.full(int(n_dirs), float(bvalue)))
+    n_dw = sum(len(b) for b in dw_b)
+    n = n_b0 + n_dw
+    b0_pos = np.unique(np.round(np.linspace(0, n, n_b0, endpoint=False)).astype(int))
+    dw_pos = np.setdiff1d(np.arange(n), b0_pos)
+    bvals = np.zeros(n)
+    bvecs = np.zeros((n, 3))
+    bvals[dw_pos] = np.concatenate(dw_b)
+    bvecs[dw_pos] = np.concatenate(dw_dirs)
     return bvals, bvecs
 
 
@@ -108,6 +265,8 @@ class DwiPhantom:
         principal direction in world coordinates, ``s0``, ``brain`` mask,
         tissue probabilities ``gm``, ``wm``, ``csf``, ``lesion``, ``left``
         hemisphere mask, and one boolean mask per bundle in ``TRACTS``.
+        With ``kurtosis=True`` also ``mk``, ``ak``, ``rk``, ``kfa`` (X, Y, Z)
+        of the kurtosis tensor (:func:`kurtosis_tensor_metrics`).
     sigma : float
         Standard deviation of the Gaussian noise in each channel (Rician noise).
     dropout_volumes : tuple of int
@@ -154,6 +313,7 @@ def simulate_dwi(
     n_dropout: int = 0,
     bias_field: np.ndarray | None = None,
     noiseless: bool = False,
+    kurtosis: bool = False,
 ) -> DwiPhantom:
     """Simulate one session's DWI series.
 
@@ -168,6 +328,12 @@ def simulate_dwi(
         Rigid head pose of each volume; None means no motion.
     noiseless : bool
         No noise, no motion and no dropout (for convention tests).
+    kurtosis : bool
+        Add the DKI term ``b² D(n)² K(n) / 6`` to the log-signal, with the
+        partial-volume weighted axial / radial kurtosis of :data:`KURTOSIS`
+        about the fibre axis (which moves with the head as the tensor does),
+        and the truth maps ``mk``, ``ak``, ``rk``, ``kfa``. False (default)
+        gives exactly the diffusion-tensor signal, as before this option.
     """
     shape = tuple(int(s) for s in grid_shape[:3])
     n_vol = len(bvals)
@@ -211,11 +377,19 @@ def simulate_dwi(
         ad = (wm * wm_ad + gm * c["gm"]["ad"] + csf * c["csf"]["ad"] + les * c["lesion"]["ad"]) / safe
         rd = (wm * wm_rd + gm * c["gm"]["rd"] + csf * c["csf"]["rd"] + les * c["lesion"]["rd"]) / safe
         s0 = sum(w * c[k]["s0"] for k, w in weights.items()) * 1000.0
+        kurt: dict[str, np.ndarray] = {}
+        if kurtosis:  # partial-volume weighted axial / radial kurtosis
+            for key in ("ak", "rk"):
+                kv = KURTOSIS
+                wm_k = np.where(in_tract, kv["wm_tract"][key], kv["wm"][key])
+                val = (wm * wm_k + gm * kv["gm"][key] + csf * kv["csf"][key]
+                       + les * kv["lesion"][key]) / safe  # fmt: skip
+                kurt[key] = np.where(total > 0, val, 0.0)
         if bias_field is not None:  # the coil's sensitivity is fixed in the scanner frame
             s0 = s0 * bias_field.reshape(-1)
         return {"ad": np.where(total > 0, ad, 0.0), "rd": np.where(total > 0, rd, 0.0),
                 "s0": s0, "v1": v1, "weights": weights, "left": left, "labels": labels,
-                "brain": prob["brain"], "mni": mni}  # fmt: skip
+                "brain": prob["brain"], "mni": mni, **kurt}  # fmt: skip
 
     if noiseless:
         motion = None
@@ -234,7 +408,16 @@ def simulate_dwi(
         model = rest if not np.any(motion[k]) else tissue(apply_affine(np.linalg.inv(mat), pts))
         g_head = mat[:3, :3].T @ bvecs_world[k]
         proj = model["v1"] @ g_head
-        sig = model["s0"] * np.exp(-bvals[k] * (model["rd"] + (model["ad"] - model["rd"]) * proj**2))
+        if not kurtosis:
+            sig = model["s0"] * np.exp(
+                -bvals[k] * (model["rd"] + (model["ad"] - model["rd"]) * proj**2)
+            )
+        else:  # DKI: ln S = ln S0 - b D(n) + b² D(n)² K(n) / 6 (kurtosis_tensor_metrics)
+            c2 = proj**2
+            d_n = model["rd"] + (model["ad"] - model["rd"]) * c2
+            rk_rd2 = model["rk"] * model["rd"] ** 2
+            d2k = rk_rd2 + (model["ak"] * model["ad"] ** 2 - rk_rd2) * c2
+            sig = model["s0"] * np.exp(-bvals[k] * d_n + bvals[k] ** 2 * d2k / 6.0)
         data[..., k] = sig.reshape(shape).astype(np.float32)
     ad, rd, s0, v1 = rest["ad"], rest["rd"], rest["s0"], rest["v1"]
     weights, left, labels = rest["weights"], rest["left"], rest["labels"]
@@ -261,6 +444,10 @@ def simulate_dwi(
     truth: dict[str, np.ndarray] = {
         k: v.reshape(shape).astype(np.float32) for k, v in metrics.items()
     }
+    if kurtosis:
+        kmet = kurtosis_tensor_metrics(ad, rd, rest["ak"], rest["rk"])
+        for key in ("mk", "ak", "rk", "kfa"):
+            truth[key] = kmet[key].reshape(shape).astype(np.float32)
     truth["v1"] = v1.reshape(*shape, 3).astype(np.float32)
     truth["s0"] = s0.reshape(shape).astype(np.float32)
     truth["brain"] = (prob["brain"] >= 0.5).reshape(shape)
