@@ -15,6 +15,7 @@ from workflows.snakemake import (
     anatomical_reference,
     bold_task,
     discover,
+    dwi_job_inputs,
     followups,
     func_input_mode,
     func_job_inputs,
@@ -34,15 +35,23 @@ OUT_DIR = Path(config["output_dir"]).resolve()
 PAIRS = discover(config)
 SUBJECTS = [s for s, _ in PAIRS]
 SESSIONS = [t for _, t in PAIRS]
-FOLLOWUPS = followups(config, PAIRS)
+# Sessions without a T1w get the inventory, the diffusion stage (on the DWI alone) and
+# the report; the structural, tract, lesion-change and raw-BOLD jobs need the T1w.
+T1W_PAIRS = with_modality(config, PAIRS, "T1w")
+FOLLOWUPS = followups(config, T1W_PAIRS)
 REFERENCE = {sub: ref for sub, _, ref in FOLLOWUPS}
 ANAT_REFERENCE = anatomical_reference(config)
 DWI_PAIRS = with_modality(config, PAIRS, "dwi")
+TRACT_PAIRS = [p for p in DWI_PAIRS if p in T1W_PAIRS]
 BOLD_TASK = bold_task(config)
-BOLD_PAIRS = with_modality(config, PAIRS, "bold", task=BOLD_TASK)
+FUNC_INPUT = func_input_mode(config)
+BOLD_PAIRS = [
+    p
+    for p in with_modality(config, PAIRS, "bold", task=BOLD_TASK)
+    if FUNC_INPUT == "fmriprep" or p in T1W_PAIRS
+]
 NBS_OUTPUT = nbs_output(config)
 QCFC_OUTPUT = qcfc_output(config)
-FUNC_INPUT = func_input_mode(config)
 
 
 wildcard_constraints:
@@ -82,13 +91,10 @@ rule all:
             session=SESSIONS,
         ),
         OUT_DIR / "group.html",
-        expand(
-            OUT_DIR
-            / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
-            zip,
-            subject=SUBJECTS,
-            session=SESSIONS,
-        ),
+        [
+            OUT_DIR / f"sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_volumes.tsv"
+            for s, t in T1W_PAIRS
+        ],
         [
             OUT_DIR / f"sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_desc-changes_lesions.tsv"
             for s, t, _ in FOLLOWUPS
@@ -101,7 +107,7 @@ rule all:
         [
             OUT_DIR
             / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
-            for s, t in DWI_PAIRS
+            for s, t in TRACT_PAIRS
         ],
         [
             OUT_DIR

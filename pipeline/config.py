@@ -286,6 +286,9 @@ class DwiConfig(Section):
     max_excluded_fraction: float = Field(ge=0, le=1)
     mask: Literal["structural", "median_otsu"]
     tensor_method: Literal["WLS", "OLS", "NLLS", "RESTORE"]
+    tensor_bmax: float | None = Field(gt=0, le=100000)
+    tensor_shells: list[float] | None
+    kurtosis: Literal["auto", True, False]
     wm_threshold: float = Field(gt=0, lt=1)
     lesion_margin_mm: float = Field(ge=0, le=10)
     perilesion_ring_mm: float = Field(gt=0, le=20)

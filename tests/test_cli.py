@@ -131,6 +131,30 @@ def test_a_stage_job_validates_only_the_raw_series_it_reads(tiny_bids):
         check_session(inputs, cfg, tiny_bids, series=["t1w"])
 
 
+def test_session_without_t1w_is_inventoried_for_the_diffusion_stage(make_bids):
+    """No T1w but a DWI series: the T1w row is skipped with the reason, the BOLD run is
+    skipped (it needs the T1w), and nothing raises. No T1w and no DWI: a clear error."""
+    from pipeline.config import load_config
+    from pipeline.errors import InputError
+    from workflows.bids import collect_inputs, index_dataset
+    from workflows.inventory import DWI_ONLY_REASON, check_session
+
+    bids = make_bids(subjects=["01"], sessions=["m00"], omit={("01", "m00"): ["T1w"]})
+    cfg = load_config([])
+    inputs = collect_inputs(index_dataset(bids), "01", "m00")
+    table, _ = check_session(inputs, cfg, bids)
+    rows = table.set_index("modality")
+    assert rows.loc["T1w", "status"] == "skipped" and rows.loc["T1w", "note"] == DWI_ONLY_REASON
+    assert rows.loc["dwi", "status"] == "used"
+    assert rows.loc["bold", "status"] == "skipped" and "T1w" in rows.loc["bold", "note"]
+    bids2 = make_bids(name="bids2", subjects=["01"], sessions=["m00"],
+                      omit={("01", "m00"): ["T1w", "dwi"]})  # fmt: skip
+    inputs = collect_inputs(index_dataset(bids2), "01", "m00")
+    with pytest.raises(InputError, match="no T1w image and no DWI series") as exc:
+        check_session(inputs, cfg, bids2)
+    assert "sub-01" in str(exc.value)
+
+
 def test_bad_config_is_a_clear_error(tiny_bids, tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("validation:\n  b0_treshold: 10\n")

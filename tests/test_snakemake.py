@@ -33,6 +33,18 @@ def test_dry_run_builds_one_job_per_subject_session(tiny_bids, tmp_path):
     assert "func 3" in " ".join(out.split())
 
 
+def test_dry_run_runs_only_the_diffusion_stage_for_a_session_without_t1w(make_bids, tmp_path):
+    """sub-01/ses-m03 has a DWI series but no T1w: inventory, dwi and report jobs only."""
+    bids = make_bids(omit={("01", "m03"): ["T1w", "FLAIR", "bold", "lesion"]})
+    res = _snakemake("-n", "--config", f"bids_dir={bids}", f"output_dir={tmp_path / 'out'}",
+                     cwd=tmp_path)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    text = " ".join((res.stdout + res.stderr).split())
+    assert "inventory 4" in text and "dwi 4" in text and "report 4" in text
+    assert "anat 3" in text and "tract 3" in text and "func 3" in text
+    assert "sub-01_ses-m03_volumes.tsv" not in text  # no structural job for it
+
+
 def test_dry_run_honours_label_filters(tiny_bids, tmp_path):
     res = _snakemake("-n", "--config", f"bids_dir={tiny_bids}", f"output_dir={tmp_path / 'o'}",
                      "participant_label=02", "session_label=m03", cwd=tmp_path)  # fmt: skip

@@ -256,6 +256,12 @@ def run_bids_app(args: argparse.Namespace) -> int:
             if ses == ref:
                 log.info("sub-%s ses-%s is the reference session: no lesion changes", sub, ses)
                 continue
+            if not (out / f"sub-{sub}/ses-{ses}/anat").exists() and collect_inputs(
+                layout, sub, ses, bold_task=config.bids.bold_task,
+                lesion_label=config.bids.lesion_label,
+            ).t1w is None:
+                log.warning("sub-%s ses-%s: lesion changes skipped: no T1w in this session", sub, ses)
+                continue
             ref_done = out / f"sub-{sub}/ses-{ref}/anat/sub-{sub}_ses-{ref}_desc-preproc_T1w.nii.gz"
             if (sub, ref) not in pairs and not ref_done.exists():
                 log.warning("sub-%s ses-%s: lesion changes skipped: the reference session %s was "
@@ -312,6 +318,13 @@ def _subject_references(layout, pairs, config, writer) -> list:
     return failures
 
 
+def _no_t1w(inputs, stage: str) -> None:
+    from workflows.inventory import DWI_ONLY_REASON
+
+    log.warning("sub-%s ses-%s: %s skipped: %s", inputs.subject, inputs.session, stage,
+                DWI_ONLY_REASON)  # fmt: skip
+
+
 def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
     """Build and run the structural Nipype workflow of one subject-session."""
     from pipeline.errors import InputError
@@ -320,6 +333,9 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
     from workflows.engine import run_workflow
     from workflows.longitudinal import reference_paths
 
+    if inputs.t1w is None:
+        _no_t1w(inputs, "structural stage")
+        return
     reference = {}
     mode = config.anat.anatomical_reference
     if mode != "sessionwise":
@@ -375,7 +391,7 @@ def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         dwi=str(inputs.dwi),
         bval=str(inputs.dwi_bval),
         bvec=str(inputs.dwi_bvec),
-        anat=structural_inputs(out, inputs.subject, inputs.session),
+        anat=None if inputs.t1w is None else structural_inputs(out, inputs.subject, inputs.session),
         subject=inputs.subject,
         session=inputs.session,
         output_dir=str(out),
@@ -402,6 +418,9 @@ def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
     if inputs.dwi is None:
         log.warning("sub-%s ses-%s: no DWI series; tract stage skipped",
                     inputs.subject, inputs.session)  # fmt: skip
+        return
+    if inputs.t1w is None:
+        _no_t1w(inputs, "tract stage (bundle waypoints come through the T1w -> MNI transform)")
         return
     cfg = config.to_dict()
     wf = init_tract_wf(
@@ -437,6 +456,9 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
         for key in ("atlas", "atlas_labels"):
             path = Path(fcfg[key])
             fcfg[key] = str(path if path.is_absolute() else bids_dir / path)
+    if fcfg["input"] == "raw" and inputs.t1w is None:
+        _no_t1w(inputs, "resting-state stage")
+        return
     if fcfg["input"] == "fmriprep":
         root = Path(fcfg["fmriprep_dir"])
         fcfg["fmriprep_dir"] = str(root if root.is_absolute() else bids_dir / root)

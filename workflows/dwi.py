@@ -1,9 +1,11 @@
-"""Diffusion workflow (Nipype): preprocessing, tensor maps, registration to T1w, ROI metrics.
+"""Diffusion workflow (Nipype): preprocessing, tensor and kurtosis maps, ROI metrics.
 
 ``init_dwi_wf`` builds a two-level graph; each interface below loads files,
 calls :mod:`pipeline.dwi` functions and saves its results in its node folder:
 
-1. :class:`LoadDwi`: one canonical gradient table, validated against the image.
+1. :class:`LoadDwi`: one canonical gradient table, validated against the image;
+   scanner-derived volumes (a trace / ADC image kept by the converter) left out
+   with a warning naming them.
 2. :class:`Denoise`: MP-PCA (default), Patch2Self or none; noise map saved.
 3. :class:`Gibbs`: Gibbs-ringing removal (optional).
 4. :class:`MotionCorrect`: every volume to the b = 0 reference, b-vectors
@@ -11,10 +13,17 @@ calls :mod:`pipeline.dwi` functions and saves its results in its node folder:
 5. :class:`DwiToT1w`: mean b = 0 -> preprocessed T1w (rigid, mutual information);
    the structural transforms are loaded, never recomputed.
 6. :class:`DwiMask`: the T1w brain mask brought into DWI space, or median_otsu.
-7. :class:`FitTensor`: FA, MD, AD, RD, colour FA, principal direction, residual.
-8. :class:`DwiRois`: NAWM (left / right / whole), WM, lesion, perilesional ring
+7. :class:`FitTensor`: FA, MD, AD, RD, colour FA, principal direction, residual,
+   on b = 0 and the shells up to ``dwi.tensor_bmax`` (or ``dwi.tensor_shells``).
+8. :class:`FitKurtosis`: MK, AK, RK, kurtosis FA on all shells when the series has
+   two or more (``dwi.kurtosis``).
+9. :class:`DwiRois`: NAWM (left / right / whole), WM, lesion, perilesional ring
    and optional atlas ROIs in DWI space; the ROI table.
-9. :class:`DwiQC` figures and :class:`DwiDerivatives` (the one writer).
+10. :class:`DwiQC` figures and :class:`DwiDerivatives` (the one writer).
+
+A session without a T1w (``anat=None``) skips 5, takes the mask from the DWI and
+replaces 9 by :class:`DwiOnlyRois` (``wholebrain``, ``WM_FA``); what needs the structural
+stage is listed as not produced in the ROI table's sidecar and the report.
 """
 
 from __future__ import annotations
@@ -36,7 +45,8 @@ from nipype.pipeline import engine as pe
 
 from workflows.nodeio import SERIES_EXT, dwi_gradients, load_array, register_to_t1w, save_array
 
-__all__ = ["TENSOR_MAPS", "init_dwi_wf", "structural_inputs"]
+__all__ = ["KURTOSIS_MAPS", "NOT_PRODUCED_WITHOUT_T1W", "ROI_METRICS", "TENSOR_MAPS", "init_dwi_wf",
+           "structural_inputs"]
 
 #: Tensor maps written as derivatives (``param-<name>``) and their description.
 TENSOR_MAPS = {
@@ -49,6 +59,9 @@ TENSOR_MAPS = {
     "s0": "fitted non-diffusion-weighted signal (arbitrary units)",
     "residual": "root-mean-square model-fit error of the signal relative to S0 (unitless)",
 }
+
+#: Maps summarised in the ROI table (the kurtosis ones when the DKI is fitted).
+ROI_METRICS = ("fa", "md", "ad", "rd", "mk", "ak", "rk", "kfa")
 
 
 def phase_encoding_axis(dwi: str, setting: str) -> tuple[int, str]:
@@ -102,23 +115,42 @@ class _DwiFilesSpec(TraitedSpec):
 class _LoadOutputSpec(_DwiFilesSpec):
     warnings = traits.List(traits.Str())
     shells = traits.List(traits.Float())
+    derived = traits.List(traits.Dict(), desc="scanner-derived volumes left out (raw index)")
 
 
 class LoadDwi(SimpleInterface):
-    """Validate the series and write its canonical gradient table (.bval/.bvec)."""
+    """Validate the series, leave out scanner-derived volumes (trace / ADC images kept
+    by the converter, :func:`pipeline.dwi.volumes.derived_volumes`) with a warning, and
+    write the canonical gradient table (.bval/.bvec)."""
 
     input_spec = _LoadInputSpec
     output_spec = _LoadOutputSpec
 
     def _run_interface(self, runtime):
+        import logging
+
+        from pipeline.dwi.volumes import derived_volumes
+
         grads = dwi_gradients(
             self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config
         )
         cwd = Path(runtime.cwd)
+        img = nib.load(self.inputs.dwi)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        found = derived_volumes(data, grads)
+        dwi, warnings = self.inputs.dwi, list(grads.warnings)
+        if found:
+            keep = np.setdiff1d(np.arange(grads.n_volumes), [d.index for d in found])
+            for d in found:
+                logging.getLogger("msmri.dwi").warning("%s: %s", Path(dwi).name, d.warning)
+                warnings.append(d.warning)
+            grads = grads.select(keep)
+            dwi = _save4d(data[..., keep], img, cwd / f"acquired{SERIES_EXT}")
         bval, bvec = grads.write(cwd / "dwi.bval", cwd / "dwi.bvec")
-        self._results.update(dwi=self.inputs.dwi, bval=str(bval), bvec=str(bvec),
-                             warnings=list(grads.warnings),
-                             shells=[float(b) for b, _ in grads.shells])  # fmt: skip
+        self._results.update(dwi=dwi, bval=str(bval), bvec=str(bvec), warnings=warnings,
+                             shells=[float(b) for b, _ in grads.shells],
+                             derived=[{"volume": int(d.index), "reason": d.warning}
+                                      for d in found])  # fmt: skip
         return runtime
 
 
@@ -291,8 +323,8 @@ class _MaskInputSpec(BaseInterfaceInputSpec):
     bval = File(exists=True, mandatory=True)
     bvec = File(exists=True, mandatory=True)
     config = traits.Dict(mandatory=True)
-    xfm = File(exists=True, mandatory=True)
-    t1w_mask = File(exists=True, mandatory=True)
+    xfm = File(exists=True, desc="dwi -> T1w (absent in a session without a T1w)")
+    t1w_mask = File(exists=True)
 
 
 class _MaskOutputSpec(TraitedSpec):
@@ -313,14 +345,16 @@ class DwiMask(SimpleInterface):
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
         ref = (img.shape[:3], img.affine)
-        if cfg["dwi"]["mask"] == "structural":
+        structural = isdefined(self.inputs.xfm) and isdefined(self.inputs.t1w_mask)
+        if cfg["dwi"]["mask"] == "structural" and structural:
             to_dwi = Transform.load(self.inputs.xfm).inverse()
             mask = to_dwi.resample_mask(nib.load(self.inputs.t1w_mask), ref)
             method = "structural: T1w brain mask through the dwi -> T1w transform (linear, >= 0.5)"
         else:
             grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
             mask = dwi_brain_mask(np.asarray(img.dataobj, dtype=np.float32), grads)
-            method = "median_otsu of the mean b = 0 image (DIPY)"
+            method = "median_otsu of the mean b = 0 image (DIPY)" + (
+                "" if structural else ": no T1w in this session")
         if not mask.any():
             from pipeline.errors import InputError
 
@@ -342,6 +376,7 @@ class _TensorInputSpec(_StepInputSpec):
 class _TensorOutputSpec(TraitedSpec):
     maps = traits.Dict(desc="name -> file (see TENSOR_MAPS)")
     parameters = traits.Dict()
+    volumes = traits.List(traits.Int(), desc="volumes fitted (index in the preprocessed series)")
 
 
 class FitTensor(SimpleInterface):
@@ -352,6 +387,7 @@ class FitTensor(SimpleInterface):
 
     def _run_interface(self, runtime):
         from pipeline.dwi.tensor import fit_tensor
+        from pipeline.dwi.volumes import tensor_volumes
 
         cfg = self.inputs.config
         img = nib.load(self.inputs.dwi)
@@ -360,12 +396,22 @@ class FitTensor(SimpleInterface):
         excluded = sorted(set(self.inputs.exclude)) if isdefined(self.inputs.exclude) else []
         excluded = excluded if cfg["dwi"]["exclude_outliers"] else []
         keep = np.setdiff1d(np.arange(grads.n_volumes), excluded)
-        kept = grads.select(keep)
-        if int((~kept.b0_mask).sum()) < 6 or not kept.b0_mask.any():
+        need = cfg["validation"]["min_directions"]
+        if int((~grads.b0_mask[keep]).sum()) < need or not grads.b0_mask[keep].any():
             from pipeline.errors import InputError
 
             raise InputError(self.inputs.dwi, f"too few volumes left after excluding outliers "
-                             f"{excluded} (need one b = 0 and 6 directions)")  # fmt: skip
+                             f"{excluded} (need one b = 0 and {need} directions, "
+                             "validation.min_directions)")  # fmt: skip
+        selection = tensor_volumes(grads.select(keep), bmax=cfg["dwi"]["tensor_bmax"],
+                                   shells=cfg["dwi"]["tensor_shells"])  # fmt: skip
+        if selection.warning:
+            import logging
+
+            logging.getLogger("msmri.dwi").warning("%s: %s", Path(self.inputs.dwi).name,
+                                                   selection.warning)  # fmt: skip
+        keep = keep[np.asarray(selection.indices, dtype=int)]
+        kept = grads.select(keep)
         sigma = None
         method = cfg["dwi"]["tensor_method"]
         if method == "RESTORE":
@@ -382,11 +428,84 @@ class FitTensor(SimpleInterface):
         self._results["maps"] = files
         self._results["parameters"] = {
             "method": method, "excluded_volumes": excluded, "n_volumes_fitted": int(keep.size),
+            "volumes_fitted": [int(k) for k in keep], "shells": selection.describe(),
             "n_voxels_fitted": int(maps.n_voxels_fitted),
             "n_negative_eigenvalue_voxels": int(maps.n_negative_eigenvalue_voxels),
             "min_diffusivity_mm2_s": float(maps.min_diffusivity),
             "negative_eigenvalues": "clipped to min_diffusivity (as DIPY); voxels counted",
             "outside_mask": "0 in every map",
+        }  # fmt: skip
+        self._results["volumes"] = [int(k) for k in keep]
+        return runtime
+
+
+#: Kurtosis maps written as derivatives (``model-dki_param-<name>``) and their description.
+KURTOSIS_MAPS = {
+    "mk": "mean kurtosis: apparent kurtosis averaged over all directions (unitless)",
+    "ak": "axial kurtosis: apparent kurtosis along the principal diffusion direction (unitless)",
+    "rk": "radial kurtosis: apparent kurtosis averaged perpendicular to the principal "
+          "direction (unitless)",
+    "kfa": "kurtosis fractional anisotropy (unitless, 0..1)",
+    "fa": "fractional anisotropy of the DKI's diffusion tensor (unitless, 0..1)",
+    "md": "mean diffusivity of the DKI's diffusion tensor (mm^2/s; not lowered by kurtosis "
+          "as a tensor fit at high b is)",
+    "ad": "axial diffusivity of the DKI's diffusion tensor (mm^2/s)",
+    "rd": "radial diffusivity of the DKI's diffusion tensor (mm^2/s)",
+}
+
+
+class _KurtosisOutputSpec(TraitedSpec):
+    maps = traits.Dict(desc="name -> file (see KURTOSIS_MAPS); empty when not fitted")
+    parameters = traits.Dict()
+
+
+class FitKurtosis(SimpleInterface):
+    """Diffusion kurtosis fit on all shells (:func:`pipeline.dwi.kurtosis.fit_kurtosis`).
+
+    ``dwi.kurtosis``: ``auto`` fits when the series supports DKI (two or more non-zero
+    shells, enough directions) and otherwise records why not; ``true`` makes an
+    unsuitable series an error naming the file.
+    """
+
+    input_spec = _TensorInputSpec
+    output_spec = _KurtosisOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.kurtosis import check_dki_scheme, fit_kurtosis
+        from pipeline.errors import InputError
+
+        cfg = self.inputs.config
+        setting = cfg["dwi"]["kurtosis"]
+        grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
+        excluded = sorted(set(self.inputs.exclude)) if isdefined(self.inputs.exclude) else []
+        excluded = excluded if cfg["dwi"]["exclude_outliers"] else []
+        keep = np.setdiff1d(np.arange(grads.n_volumes), excluded)
+        kept = grads.select(keep)
+        try:
+            check_dki_scheme(kept.bvals, kept.bvecs)
+        except ValueError as exc:
+            if setting is True:
+                raise InputError(self.inputs.dwi, f"dwi.kurtosis is true but {exc}") from None
+            self._results.update(maps={}, parameters={
+                "fitted": False, "setting": setting,
+                "reason": f"{exc} (dwi.kurtosis auto: DKI left out)"})  # fmt: skip
+            return runtime
+        img = nib.load(self.inputs.dwi)
+        data = np.asarray(img.dataobj, dtype=np.float32)
+        km = fit_kurtosis(data[..., keep], kept.dipy_gtab(), load_array(self.inputs.mask) > 0,
+                          n_procs=self.inputs.nprocs)  # fmt: skip
+        cwd = Path(runtime.cwd)
+        self._results["maps"] = {name: save_array(np.asarray(getattr(km, name)), img,
+                                                  cwd / f"dki_{name}.nii.gz")
+                                 for name in KURTOSIS_MAPS}  # fmt: skip
+        self._results["parameters"] = {
+            "fitted": True, "setting": setting, "method": km.method,
+            "shells": [float(b) for b in km.shells], "n_directions": int(km.n_directions),
+            "excluded_volumes": excluded, "volumes_fitted": [int(k) for k in keep],
+            "n_voxels_fitted": int(km.n_voxels_fitted), "n_failed_voxels": int(km.n_failed_voxels),
+            "kurtosis_range": [float(km.min_kurtosis), float(km.max_kurtosis)],
+            "implementation": "DIPY DiffusionKurtosisModel design and metrics "
+                              "(pipeline.dwi.kurtosis)",
         }  # fmt: skip
         return runtime
 
@@ -403,6 +522,15 @@ class _RoiInputSpec(BaseInterfaceInputSpec):
     hemisphere = File(exists=True, mandatory=True)
     mni_xfm = File(exists=True, mandatory=True, desc="T1w -> MNI (for atlas ROIs)")
     config = traits.Dict(mandatory=True)
+    kurtosis_maps = traits.Dict(desc="FitKurtosis maps (empty or absent: no DKI)")
+
+
+def _roi_maps(maps: dict, kurtosis: Any) -> dict[str, np.ndarray]:
+    """The maps of the ROI table: the tensor's, and the kurtosis ones when fitted."""
+    files = {k: maps[k] for k in ROI_METRICS if k in maps}
+    if isdefined(kurtosis) and kurtosis:
+        files.update({k: kurtosis[k] for k in ("mk", "ak", "rk", "kfa") if k in kurtosis})
+    return {k: load_array(v, np.float32) for k, v in files.items()}
 
 
 class _RoiOutputSpec(TraitedSpec):
@@ -461,7 +589,7 @@ class DwiRois(SimpleInterface):
                 raise ValueError(f"atlas ROI names {sorted(clash)} clash with built-in ROI names")
             rois.update({k: v & brain for k, v in extra.items()})
             atlas_names = list(extra)
-        maps = {k: load_array(self.inputs.maps[k], np.float32) for k in ("fa", "md", "ad", "rd")}
+        maps = _roi_maps(self.inputs.maps, self.inputs.kurtosis_maps)
         table = roi_table(maps, rois, lesion_loss=nawm_lesion_loss(rois))
         cwd = Path(runtime.cwd)
         table.to_csv(cwd / "rois.tsv", sep="\t", index=False, na_rep="n/a")
@@ -477,6 +605,50 @@ class DwiRois(SimpleInterface):
         return runtime
 
 
+class _DwiOnlyRoiInputSpec(BaseInterfaceInputSpec):
+    maps = traits.Dict(mandatory=True)
+    mask = File(exists=True, mandatory=True, desc="DWI brain mask")
+    kurtosis_maps = traits.Dict(desc="FitKurtosis maps (empty or absent: no DKI)")
+
+
+class DwiOnlyRois(SimpleInterface):
+    """ROIs of a session without a T1w (:func:`pipeline.dwi.rois.dwi_only_rois`)."""
+
+    input_spec = _DwiOnlyRoiInputSpec
+    output_spec = _RoiOutputSpec
+
+    def _run_interface(self, runtime):
+        from pipeline.dwi.rois import WM_FA_THRESHOLD, dwi_only_rois, roi_table
+
+        fa_img = nib.load(self.inputs.maps["fa"])
+        rois = dwi_only_rois(np.asarray(fa_img.dataobj, dtype=np.float32),
+                             load_array(self.inputs.mask) > 0)  # fmt: skip
+        table = roi_table(_roi_maps(self.inputs.maps, self.inputs.kurtosis_maps), rois)
+        cwd = Path(runtime.cwd)
+        table.to_csv(cwd / "rois.tsv", sep="\t", index=False, na_rep="n/a")
+        files = {name: save_array(m, fa_img, cwd / f"roi_{name}.nii.gz", np.uint8)
+                 for name, m in rois.items()}  # fmt: skip
+        self._results.update(rois=files, table=str(cwd / "rois.tsv"), parameters={
+            "rois": {"wholebrain": "DWI brain mask",
+                     "WM_FA": f"FA >= {WM_FA_THRESHOLD} in the brain mask eroded by one voxel "
+                              "(diffusion-defined white matter, not comparable with NAWM)"},
+            "not_produced": dict(NOT_PRODUCED_WITHOUT_T1W),
+        })  # fmt: skip
+        return runtime
+
+
+#: Measures of the diffusion stage that need the structural stage, and why they are
+#: missing from a session without a T1w (written to the ROI table's sidecar and shown
+#: in the report).
+NOT_PRODUCED_WITHOUT_T1W = {
+    "WM, NAWM_L, NAWM_R, NAWM": "need the structural stage's white-matter segmentation (T1w)",
+    "lesion, perilesion": "need the lesion mask placed on the session's T1w or FLAIR",
+    "atlas ROIs (dwi.atlas)": "need the T1w -> MNI transform of the structural stage",
+    "b = 0 -> T1w registration and its QC figure": "no T1w",
+    "tract profiles (tract stage)": "bundle waypoints come through the T1w -> MNI transform",
+}
+
+
 # --------------------------------------------------------------------------- QC
 
 
@@ -486,9 +658,10 @@ class _DwiQcInputSpec(BaseInterfaceInputSpec):
     mask = File(exists=True, mandatory=True)
     rois = traits.Dict(mandatory=True)
     confounds = File(exists=True, mandatory=True)
-    xfm = File(exists=True, mandatory=True)
-    t1w = File(exists=True, mandatory=True)
-    t1w_mask = File(exists=True, mandatory=True)
+    xfm = File(exists=True, desc="dwi -> T1w (absent without a T1w: no registration figure)")
+    t1w = File(exists=True)
+    t1w_mask = File(exists=True)
+    tensor_parameters = traits.Dict(desc="FitTensor parameters (volumes and shells fitted)")
 
 
 class _DwiQcOutputSpec(TraitedSpec):
@@ -520,25 +693,30 @@ class DwiQC(SimpleInterface):
         def save(fig, name):
             figs[name] = save_figure(fig, cwd / f"{name}.svg")
 
+        tp = self.inputs.tensor_parameters if isdefined(self.inputs.tensor_parameters) else {}
+        shells = ", ".join(f"{b:g}" for b in (tp.get("shells") or {}).get("tensor_shells", []))
+        fitted = (f" (tensor on b = {shells} s/mm², {tp['n_volumes_fitted']} volumes)"
+                  if shells else "")  # fmt: skip
         save(mosaic(fa, fa_img.affine, [Overlay(mask, "yellow", "DWI brain mask")],
-                    title="FA", focus=mask), "fa")  # fmt: skip
+                    title="FA" + fitted, focus=mask), "fa")  # fmt: skip
         rgb = np.asarray(nib.load(self.inputs.maps["rgb"]).dataobj, dtype=np.float32)
         save(mosaic(rgb, fa_img.affine, title="colour FA (red L-R, green A-P, blue S-I in voxel axes)",
                     focus=mask), "colorfa")  # fmt: skip
-        t1 = nib.load(self.inputs.t1w)
-        b0_in_t1 = Transform.load(self.inputs.xfm).resample(nib.load(self.inputs.b0), t1)
-        t1_mask = load_array(self.inputs.t1w_mask) > 0
-        save(mosaic(np.asarray(b0_in_t1.dataobj), t1.affine,
-                    [Overlay(t1_mask, "red", "T1w brain mask")],
-                    title="mean b = 0 in T1w space", focus=t1_mask), "b0toT1w")  # fmt: skip
+        if isdefined(self.inputs.xfm):
+            t1 = nib.load(self.inputs.t1w)
+            b0_in_t1 = Transform.load(self.inputs.xfm).resample(nib.load(self.inputs.b0), t1)
+            t1_mask = load_array(self.inputs.t1w_mask) > 0
+            save(mosaic(np.asarray(b0_in_t1.dataobj), t1.affine,
+                        [Overlay(t1_mask, "red", "T1w brain mask")],
+                        title="mean b = 0 in T1w space", focus=t1_mask), "b0toT1w")  # fmt: skip
         roi = {k: load_array(v) > 0 for k, v in self.inputs.rois.items()}
         overlays = [Overlay(roi[k], c, k, filled=True, alpha=0.35)
                     for k, c in (("NAWM_L", "tab:blue"), ("NAWM_R", "tab:green"),
-                                 ("lesion", "tab:red"), ("perilesion", "tab:orange")) if k in roi]  # fmt: skip
-        save(
-            mosaic(fa, fa_img.affine, overlays, title="NAWM and lesion ROIs on FA", focus=mask),
-            "rois",
-        )
+                                 ("lesion", "tab:red"), ("perilesion", "tab:orange"),
+                                 ("WM_FA", "tab:blue")) if k in roi]  # fmt: skip
+        title = ("NAWM and lesion ROIs on FA" if "NAWM" in roi else
+                 "diffusion-defined white matter (FA >= 0.2) on FA: no T1w, no NAWM / lesion ROIs")  # fmt: skip
+        save(mosaic(fa, fa_img.affine, overlays, title=title, focus=mask), "rois")
         conf = pd.read_csv(self.inputs.confounds, sep="\t")
         if "framewise_displacement" in conf:
             motion_cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
@@ -578,11 +756,14 @@ class _DwiSinkInputSpec(BaseInterfaceInputSpec):
     confounds = File(exists=True, mandatory=True)
     motion_parameters = traits.Dict()
     warnings = traits.List(traits.Str())
+    derived = traits.List(traits.Dict(), desc="scanner-derived volumes left out")
     mask = File(exists=True, mandatory=True)
     mask_method = traits.Str()
     maps = traits.Dict(mandatory=True)
     tensor_parameters = traits.Dict()
-    xfm = File(exists=True, mandatory=True)
+    kurtosis_maps = traits.Dict(desc="FitKurtosis maps (empty or absent: no DKI)")
+    kurtosis_parameters = traits.Dict()
+    xfm = File(exists=True, desc="dwi -> T1w (absent in a session without a T1w)")
     rois = traits.Dict(mandatory=True)
     table = File(exists=True, mandatory=True)
     roi_parameters = traits.Dict()
@@ -648,10 +829,15 @@ class DwiDerivatives(SimpleInterface):
         cfg = dict(i.config)
         w = DerivativesWriter(i.output_dir, config=cfg)
         ent = {"sub": i.subject, "ses": i.session, "datatype": "dwi"}
-        params = {"dwi": dict(cfg.get("dwi", {})), "denoise": i.denoise_parameters,
+        denoise = (i.denoise_parameters if isdefined(i.denoise_parameters)
+                   else {"method": "none (dwi.denoise none)"})  # fmt: skip
+        params = {"dwi": dict(cfg.get("dwi", {})), "denoise": denoise,
                   "motion": i.motion_parameters, "tensor": i.tensor_parameters,
+                  "kurtosis": i.kurtosis_parameters if isdefined(i.kurtosis_parameters) else {
+                      "fitted": False, "reason": "dwi.kurtosis false"},
                   "rois": i.roi_parameters, "mask": i.mask_method,
-                  "input_warnings": list(i.warnings)}  # fmt: skip
+                  "input_warnings": list(i.warnings),
+                  "derived_volumes_left_out": list(i.derived) if isdefined(i.derived) else []}  # fmt: skip
         out: list[str] = []
 
         def meta(description, **extra):
@@ -676,17 +862,22 @@ class DwiDerivatives(SimpleInterface):
         for name, description in TENSOR_MAPS.items():
             nifti(i.maps[name], description, space="dwi", model="tensor", param=name,
                   suffix="dwimap")  # fmt: skip
+        for name, path in (i.kurtosis_maps.items() if isdefined(i.kurtosis_maps) else ()):
+            nifti(path, KURTOSIS_MAPS[name], space="dwi", model="dki", param=name,
+                  suffix="dwimap")  # fmt: skip
         conf = pd.read_csv(i.confounds, sep="\t", keep_default_na=False)
         out.append(str(w.write_tsv(conf, columns={k: v for k, v in CONFOUND_COLUMNS.items() if k in conf},
                                    meta=meta("per-volume head motion, eddy currents and "
                                              "volume exclusions",
                                              **_exclusion_meta(i.motion_parameters,
-                                                               Transform.load(i.xfm).quality)),
+                                                               Transform.load(i.xfm).quality
+                                                               if isdefined(i.xfm) else None)),
                                    **ent, desc="confounds", suffix="timeseries")))  # fmt: skip
-        xfm = Transform.load(i.xfm)
-        out.append(str(w.write_with(xfm.save, meta=meta("rigid mean b = 0 -> T1w"), **ent,
-                                    **{"from": "dwi", "to": "T1w"}, mode="image", suffix="xfm",
-                                    extension=".json")))  # fmt: skip
+        if isdefined(i.xfm):
+            xfm = Transform.load(i.xfm)
+            out.append(str(w.write_with(xfm.save, meta=meta("rigid mean b = 0 -> T1w"), **ent,
+                                        **{"from": "dwi", "to": "T1w"}, mode="image",
+                                        suffix="xfm", extension=".json")))  # fmt: skip
         for name, path in i.rois.items():
             nifti(path, f"ROI {name} in DWI space", space="dwi",
                   desc="".join(c for c in name if c.isalnum()), suffix="mask")  # fmt: skip
@@ -695,9 +886,12 @@ class DwiDerivatives(SimpleInterface):
         table.insert(0, "subject", i.subject)
         columns = {"subject": {"Description": "participant label"},
                    "session": {"Description": "session label"}, **describe_roi_columns()}  # fmt: skip
+        not_produced = i.roi_parameters.get("not_produced") or {}
         out.append(str(w.write_tsv(table, columns=columns,
-                                   meta=meta("tensor metrics per ROI; diffusivities in um^2/ms "
-                                             "(= 1e-3 mm^2/s)"),
+                                   meta=meta("tensor metrics (and kurtosis metrics mk, ak, rk, "
+                                             "kfa when the DKI was fitted) per ROI; "
+                                             "diffusivities in um^2/ms (= 1e-3 mm^2/s)",
+                                             NotProduced=not_produced),
                                    **ent, space="dwi", model="tensor", suffix="roistats")))  # fmt: skip
         for name, path in i.figures.items():
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
@@ -749,7 +943,7 @@ def init_dwi_wf(
     dwi: str,
     bval: str,
     bvec: str,
-    anat: dict[str, str],
+    anat: dict[str, str] | None,
     subject: str,
     session: str,
     output_dir: str,
@@ -764,14 +958,17 @@ def init_dwi_wf(
         The whole resolved configuration (``dwi`` and ``validation`` sections used).
     dwi, bval, bvec : str
         Raw DWI series and its gradient files.
-    anat : dict
+    anat : dict or None
         Structural outputs of the same session: ``t1w`` (preprocessed), ``mask``,
-        ``wm`` (WM probability), ``lesion``, ``hemisphere``, ``mni_xfm``.
+        ``wm`` (WM probability), ``lesion``, ``hemisphere``, ``mni_xfm``. None for a
+        session without a T1w: brain mask from the DWI (median_otsu), no registration,
+        the ROIs ``wholebrain`` and ``WM_FA`` only, and the measures that need the
+        structural stage listed as not produced (:data:`NOT_PRODUCED_WITHOUT_T1W`).
     nprocs : int
         Processes for the per-volume steps (motion correction, Gibbs, tensor fit).
     """
     required = {"t1w", "mask", "wm", "lesion", "hemisphere", "mni_xfm"}
-    missing = required - set(anat)
+    missing = required - set(anat) if anat is not None else set()
     if missing:
         raise ValueError(f"init_dwi_wf: structural inputs {sorted(missing)} missing")
     dcfg = config["dwi"]
@@ -790,38 +987,58 @@ def init_dwi_wf(
         last = gib
     moco = pe.Node(MotionCorrect(config=config, nprocs=nprocs), name="motion")
     wf.connect([(last, moco, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
-    to_t1 = pe.Node(DwiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="dwi_to_t1w")
-    wf.connect(moco, "b0", to_t1, "b0")
-    mask = pe.Node(DwiMask(config=config, t1w_mask=anat["mask"]), name="mask")
-    wf.connect([(moco, mask, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")]),
-                (to_t1, mask, [("xfm", "xfm")])])  # fmt: skip
+    if anat is not None:
+        to_t1 = pe.Node(DwiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="dwi_to_t1w")
+        wf.connect(moco, "b0", to_t1, "b0")
+        mask = pe.Node(DwiMask(config=config, t1w_mask=anat["mask"]), name="mask")
+        wf.connect(to_t1, "xfm", mask, "xfm")
+    else:
+        mask = pe.Node(DwiMask(config=config), name="mask")
+    wf.connect([(moco, mask, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
     tensor = pe.Node(FitTensor(config=config, nprocs=nprocs), name="tensor")
     wf.connect([(moco, tensor, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
                                 ("outliers", "exclude")]),
                 (mask, tensor, [("mask", "mask")])])  # fmt: skip
     if dcfg["denoise"] != "none":
         wf.connect(den, "noise", tensor, "noise")
-    rois = pe.Node(DwiRois(config=config, wm_prob=anat["wm"], lesion=anat["lesion"],
-                           hemisphere=anat["hemisphere"], mni_xfm=anat["mni_xfm"]), name="rois")  # fmt: skip
-    wf.connect([(tensor, rois, [("maps", "maps")]), (mask, rois, [("mask", "mask")]),
-                (to_t1, rois, [("xfm", "xfm")])])  # fmt: skip
-    qc = pe.Node(DwiQC(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="qc")
-    wf.connect([(tensor, qc, [("maps", "maps")]), (moco, qc, [("b0", "b0"), ("confounds", "confounds")]),
-                (mask, qc, [("mask", "mask")]), (rois, qc, [("rois", "rois")]),
-                (to_t1, qc, [("xfm", "xfm")])])  # fmt: skip
+    kurt = None
+    if dcfg["kurtosis"] is not False:
+        kurt = pe.Node(FitKurtosis(config=config, nprocs=nprocs), name="kurtosis")
+        wf.connect([(moco, kurt, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
+                                  ("outliers", "exclude")]),
+                    (mask, kurt, [("mask", "mask")])])  # fmt: skip
+    if anat is not None:
+        rois = pe.Node(DwiRois(config=config, wm_prob=anat["wm"], lesion=anat["lesion"],
+                               hemisphere=anat["hemisphere"], mni_xfm=anat["mni_xfm"]),
+                       name="rois")  # fmt: skip
+        wf.connect(to_t1, "xfm", rois, "xfm")
+        qc = pe.Node(DwiQC(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="qc")
+        wf.connect(to_t1, "xfm", qc, "xfm")
+    else:
+        rois = pe.Node(DwiOnlyRois(), name="rois")
+        qc = pe.Node(DwiQC(), name="qc")
+    wf.connect([(tensor, rois, [("maps", "maps")]), (mask, rois, [("mask", "mask")])])
+    if kurt is not None:
+        wf.connect(kurt, "maps", rois, "kurtosis_maps")
+    wf.connect([(tensor, qc, [("maps", "maps"), ("parameters", "tensor_parameters")]), (moco, qc, [("b0", "b0"), ("confounds", "confounds")]),
+                (mask, qc, [("mask", "mask")]), (rois, qc, [("rois", "rois")])])  # fmt: skip
     sink = pe.Node(DwiDerivatives(output_dir=output_dir, subject=subject, session=session,
-                                  config=config, sources=[dwi, bval, bvec, *anat.values()]),
+                                  config=config,
+                                  sources=[dwi, bval, bvec, *(anat or {}).values()]),
                    name="derivatives")  # fmt: skip
     wf.connect([
-        (load, sink, [("warnings", "warnings")]),
+        (load, sink, [("warnings", "warnings"), ("derived", "derived")]),
         (moco, sink, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
                       ("confounds", "confounds"), ("parameters", "motion_parameters")]),
         (mask, sink, [("mask", "mask"), ("method", "mask_method")]),
         (tensor, sink, [("maps", "maps"), ("parameters", "tensor_parameters")]),
-        (to_t1, sink, [("xfm", "xfm")]),
         (rois, sink, [("rois", "rois"), ("table", "table"), ("parameters", "roi_parameters")]),
         (qc, sink, [("figures", "figures")]),
     ])  # fmt: skip
+    if anat is not None:
+        wf.connect(to_t1, "xfm", sink, "xfm")
+    if kurt is not None:
+        wf.connect([(kurt, sink, [("maps", "kurtosis_maps"), ("parameters", "kurtosis_parameters")])])
     if dcfg["denoise"] != "none":
         wf.connect([(den, sink, [("noise", "noise"), ("parameters", "denoise_parameters")])])
     return wf

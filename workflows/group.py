@@ -190,7 +190,8 @@ def _tract_means_long(summary):
     import pandas as pd
 
     rows = []
-    for metric in FIGURE_METRICS:
+    kurtosis = [m for m in ("mk", "ak", "rk", "kfa") if f"mean_{m}" in summary.columns]
+    for metric in (*FIGURE_METRICS, *kurtosis):
         for profile, column in (("plain", f"mean_{metric}"),
                                 ("lesion_masked", f"mean_{metric}_lesion_masked")):  # fmt: skip
             part = summary[["subject", "session", "bundle", column]].rename(

@@ -22,9 +22,17 @@ from pipeline.validation import validate_anat, validate_bold, validate_dwi, vali
 from workflows.bids import SessionInputs
 from workflows.derivatives import DerivativesWriter
 
-__all__ = ["INVENTORY_COLUMNS", "check_session", "summarise_inventories", "write_inventory"]
+__all__ = ["DWI_ONLY_REASON", "INVENTORY_COLUMNS", "check_session", "summarise_inventories", "write_inventory"]
 
 log = logging.getLogger("msmri.inventory")
+
+#: Inventory note of a session with a DWI series but no T1w (read back by the CLI,
+#: the Snakefile and the report: the ``T1w`` row is ``skipped`` with this note).
+DWI_ONLY_REASON = (
+    "no T1w in this session: the diffusion stage runs on the DWI alone (brain mask, tensor "
+    "maps, QC and whole-brain / FA-defined white-matter ROIs); the structural stage, NAWM, "
+    "lesion and atlas ROIs, tractography and the resting-state stage need a T1w and are not run"
+)
 
 #: Column descriptions of the inventory TSV (stored in its JSON sidecar).
 INVENTORY_COLUMNS = {
@@ -90,14 +98,23 @@ def check_session(
     missing = {m.split(":", 1)[0].strip(): m for m in inputs.missing}
     with warnings.catch_warnings(record=True) as record:
         warnings.simplefilter("always")
-        if inputs.t1w is None:
+        has_dwi = inputs.dwi is not None and inputs.dwi_bval is not None
+        if inputs.t1w is None and not has_dwi:
             raise InputError(
-                bids_dir / f"sub-{inputs.subject}" / f"ses-{inputs.session}" / "anat",
-                "no T1w image found; a T1w is required for every subject-session",
+                bids_dir / f"sub-{inputs.subject}" / f"ses-{inputs.session}",
+                "no T1w image and no DWI series (with .bval/.bvec) found: nothing to process. "
+                "Every stage except the diffusion stage needs a T1w (anat/sub-<label>_ses-<label>"
+                "_T1w.nii.gz); a session with only a DWI series gets the diffusion stage alone",
             )
-        validate_anat(inputs.t1w)
-        add(inputs.t1w, "T1w")
-        if inputs.flair is not None:
+        if inputs.t1w is None:
+            skip("T1w", DWI_ONLY_REASON)
+        else:
+            validate_anat(inputs.t1w)
+            add(inputs.t1w, "T1w")
+        if inputs.t1w is None:
+            if inputs.flair is not None:
+                add(inputs.flair, "FLAIR", "not used: no T1w in this session", status="unused")
+        elif inputs.flair is not None:
             validate_anat(inputs.flair)
             add(inputs.flair, "FLAIR")
         else:
@@ -106,7 +123,6 @@ def check_session(
             validate_anat(inputs.t2w)
             add(inputs.t2w, "T2w", "listed, not used: the structural stage reads the T1w and FLAIR",
                 status="unused")  # fmt: skip
-        has_dwi = inputs.dwi is not None and inputs.dwi_bval is not None
         if "dwi" in series and has_dwi and inputs.dwi_bvec is not None:
             chk = validate_dwi(
                 inputs.dwi, inputs.dwi_bval, inputs.dwi_bvec,
@@ -119,12 +135,20 @@ def check_session(
                 "dwi",
                 missing.get("dwi", missing.get("DWI", "no DWI series with .bval/.bvec found")),
             )
-        if "bold" in series and inputs.bold is not None:
+        raw_bold = config.func.input == "raw"
+        if "bold" in series and inputs.bold is not None and inputs.t1w is None and raw_bold:
+            skip("bold", "not processed: the resting-state stage registers the BOLD run to the "
+                 "session's T1w and takes its tissue masks and MNI transform from the structural "
+                 "stage; this session has no T1w")  # fmt: skip
+        elif "bold" in series and inputs.bold is not None:
             bchk = validate_bold(inputs.bold, inputs.bold_json, min_volumes=v.min_bold_volumes)
             add(inputs.bold, "bold", "; ".join(bchk.warnings), repetition_time=bchk.repetition_time)
         elif "bold" in series:
             skip("bold", missing.get("BOLD", missing.get("bold", "no resting-state BOLD found")))
-        if inputs.lesion_mask is not None:
+        if inputs.lesion_mask is not None and inputs.t1w is None:
+            skip("lesion_mask", "not used: no T1w in this session (lesions enter the diffusion "
+                 "ROIs through the structural stage)")  # fmt: skip
+        elif inputs.lesion_mask is not None:
             reference = inputs.t1w if inputs.lesion_space == "T1w" else inputs.flair
             if reference is None:
                 skip(

@@ -81,21 +81,26 @@ def session_report_inputs(
     bold: bool,
     followup: bool,
     task: str = "rest",
+    anat: bool = True,
 ) -> list[Path]:
     """The participant outputs one session's report job waits for (Snakemake input).
 
-    The inventory and structural tables always; the lesion-change table for a
-    follow-up session; the ROI and tract tables when the session has a DWI
-    series; the run summary when it has a resting-state BOLD run.
+    The inventory always; the structural table when the session has a T1w
+    (``anat``); the lesion-change table for a follow-up session; the ROI table
+    when the session has a DWI series, and the tract table when it also has a
+    T1w; the run summary when it has a resting-state BOLD run.
     """
     ses = Path(out_dir) / f"sub-{subject}/ses-{session}"
     stem = f"sub-{subject}_ses-{session}"
-    files = [ses / f"{stem}_inventory.tsv", ses / f"anat/{stem}_volumes.tsv"]
-    if followup:
+    files = [ses / f"{stem}_inventory.tsv"]
+    if anat:
+        files.append(ses / f"anat/{stem}_volumes.tsv")
+    if followup and anat:
         files.append(ses / f"anat/{stem}_desc-changes_lesions.tsv")
     if dwi:
-        files += [ses / f"dwi/{stem}_space-dwi_model-tensor_roistats.tsv",
-                  ses / f"dwi/{stem}_space-dwi_model-tensor_tractstats.tsv"]  # fmt: skip
+        files.append(ses / f"dwi/{stem}_space-dwi_model-tensor_roistats.tsv")
+    if dwi and anat:
+        files.append(ses / f"dwi/{stem}_space-dwi_model-tensor_tractstats.tsv")
     if bold:
         files.append(ses / f"func/{stem}_task-{task}_desc-summary_bold.tsv")
     return files
@@ -179,9 +184,11 @@ def _inventory_section(s: _Session) -> tuple[Section, dict[str, str], dict[str, 
     return Section("summary", "Summary and inputs", "ok", items=tuple(items)), skipped, meta
 
 
-def _anat_section(s: _Session) -> tuple[Section, dict[str, Any]]:
+def _anat_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict[str, Any]]:
     vol_path = s.file("anat", "volumes.tsv")
     meta = _json(_sidecar(vol_path))
+    if "T1w" in skipped:
+        return Section("anat", "Structural", "no input", skipped["T1w"]), meta
     vol = _tsv(vol_path)
     figs = (
         Figure(s.fig("brainseg", "T1w"), "Brain mask and tissue segmentation",
@@ -238,8 +245,9 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
         Figure(s.fig("motion", "dwi"), "Head motion and outlier volumes",
                "Framewise displacement and slice dropout per volume; flagged volumes are left "
                "out of the tensor fit."),
-        Figure(s.fig("b0toT1w", "dwi"), "Diffusion to T1w registration",
-               "Mean b = 0 image in T1w space with the T1w brain mask outline."),
+        *(() if "T1w" in skipped else (
+            Figure(s.fig("b0toT1w", "dwi"), "Diffusion to T1w registration",
+                   "Mean b = 0 image in T1w space with the T1w brain mask outline."),)),
         Figure(s.fig("fa", "dwi"), "Fractional anisotropy"),
         Figure(s.fig("colorfa", "dwi"), "Colour FA (red L-R, green A-P, blue S-I)"),
         Figure(s.fig("rois", "dwi"), "Regions of interest in diffusion space",
@@ -253,12 +261,19 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
                        f"no ROI table ({path.name}); run the dwi stage", items=figs), meta  # fmt: skip
     params = meta.get("Parameters") or {}
     motion, tensor = params.get("motion") or {}, params.get("tensor") or {}
+    kurt = params.get("kurtosis") or {}
     kv = (("tensor fit", tensor.get("method")),
           ("volumes fitted", tensor.get("n_volumes_fitted")),
           ("volumes excluded (0-based)", ", ".join(map(str, tensor.get("excluded_volumes", []))) or "none"),
           ("mean FD (mm)", motion.get("mean_framewise_displacement_mm")),
           ("max FD (mm)", motion.get("max_framewise_displacement_mm")),
-          ("negative-eigenvalue voxels", tensor.get("n_negative_eigenvalue_voxels")))  # fmt: skip
+          ("negative-eigenvalue voxels", tensor.get("n_negative_eigenvalue_voxels")),
+          ("tensor shells (s/mm²)", ", ".join(f"{b:g}" for b in (tensor.get("shells") or {}).get(
+              "tensor_shells", [])) or "n/a"),
+          ("shells left out of the tensor", ", ".join(f"{b:g}" for b in (tensor.get("shells") or {}).get(
+              "tensor_shells_left_out", [])) or "none"),
+          ("kurtosis (DKI)", ("fitted on b = " + ", ".join(f"{b:g}" for b in kurt["shells"]))
+           if kurt.get("fitted") else (kurt.get("reason") or "not run")))  # fmt: skip
     items: list[Any] = [KeyValues(kv, "Motion and tensor fit")]
     items += list(figs)
     items.append(Table(_cols(table, ["roi", "metric", "units", "n_voxels", "mean", "median",
@@ -266,6 +281,12 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
                        "Diffusivities in µm²/ms (= 10⁻³ mm²/s)."))  # fmt: skip
     for w in params.get("input_warnings") or []:
         items.append(Note(str(w), "warning"))
+    not_produced = meta.get("NotProduced") or {}
+    for what, why in not_produced.items():
+        items.append(Note(f"not produced: {what} ({why})", "warning"))
+    if not_produced:
+        return Section("dwi", "Diffusion", "partial", "no T1w: DWI-only measures",
+                       items=tuple(items)), meta  # fmt: skip
     return Section("dwi", "Diffusion", "ok", items=tuple(items)), meta
 
 
@@ -280,6 +301,9 @@ def _tract_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, di
     )  # fmt: skip
     if "dwi" in skipped:
         return Section("tract", "Tracts", "no input", skipped["dwi"]), meta
+    if "T1w" in skipped:
+        return Section("tract", "Tracts", "no input", "no T1w in this session: bundle "
+                       "waypoints come through the structural stage's T1w -> MNI transform"), meta
     table = _tsv(path)
     if table is None:
         return Section("tract", "Tracts", "not run",
@@ -354,7 +378,7 @@ def session_report(
         raise InputError(s.dir, f"no outputs for sub-{subject} ses-{session} in {out}; run the "
                          "participant stages for this subject-session first")  # fmt: skip
     summary, skipped, inv_meta = _inventory_section(s)
-    anat, anat_meta = _anat_section(s)
+    anat, anat_meta = _anat_section(s, skipped)
     dwi, dwi_meta = _dwi_section(s, skipped)
     tract, tract_meta = _tract_section(s, skipped)
     func, func_meta = _func_section(s, skipped)

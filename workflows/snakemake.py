@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "followups",
+    "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "dwi_job_inputs", "followups",
     "func_input_mode", "func_job_inputs", "msmri_cmd", "nbs_output", "qcfc_output", "with_modality",
 ]  # fmt: skip
 
@@ -130,6 +130,15 @@ def anat_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> lis
     if mode != "sessionwise":
         inputs.append(out_dir / f"sub-{subject}/anat/sub-{subject}_desc-subjectref_T1w.nii.gz")
     return inputs
+
+
+def dwi_job_inputs(out_dir: Path, subject: str, session: str, has_t1w: bool) -> list[Path]:
+    """Inputs of one diffusion job: the session's structural table, or its inventory when
+    the session has no T1w (the diffusion stage then runs on the DWI alone)."""
+    ses_dir = Path(out_dir) / f"sub-{subject}/ses-{session}"
+    if has_t1w:
+        return [ses_dir / f"anat/sub-{subject}_ses-{session}_volumes.tsv"]
+    return [ses_dir / f"sub-{subject}_ses-{session}_inventory.tsv"]
 
 
 def func_input_mode(config: Mapping[str, Any]) -> str:

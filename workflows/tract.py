@@ -46,6 +46,8 @@ __all__ = ["bundle_entity", "diffusion_inputs", "init_tract_wf", "tracking_param
 log = logging.getLogger(__name__)
 
 METRICS = ("fa", "md", "ad", "rd")
+#: Diffusion kurtosis maps profiled along the bundles when the diffusion stage wrote them.
+KURTOSIS_METRICS = ("mk", "ak", "rk", "kfa")
 
 
 def bundle_entity(name: str) -> str:
@@ -224,7 +226,7 @@ class Tractometry(SimpleInterface):
         streamlines = _load_tractogram(self.inputs.tractogram, fa_img)
         to_mni = Transform.load(self.inputs.xfm).compose(Transform.load(self.inputs.mni_xfm))
         definitions = load_bundle_definitions(t["bundles"])
-        maps = {m: load_array(self.inputs.maps[m], np.float32) for m in METRICS}
+        maps = {m: load_array(path, np.float32) for m, path in self.inputs.maps.items()}
         lesion = load_array(self.inputs.lesion, np.float32)
         clean = ({"enabled": True, "distance_threshold": t["clean_distance_sd"],
                   "length_threshold": t["clean_length_sd"], "n_iterations": t["clean_iterations"]}
@@ -381,6 +383,10 @@ SUMMARY_COLUMNS = {
                         + (", lesion samples excluded" if s else ""),
                         **({"Units": "um^2/ms"} if m != "fa" else {})}
        for m in METRICS for s in ("", "_lesion_masked")},
+    **{f"mean_{m}{s}": {"Description": f"mean of the {m.upper()} (diffusion kurtosis) profile "
+                        "over nodes" + (", lesion samples excluded" if s else ""),
+                        "Units": "unitless"}
+       for m in KURTOSIS_METRICS for s in ("", "_lesion_masked")},
 }  # fmt: skip
 
 
@@ -478,6 +484,11 @@ def diffusion_inputs(
         "mni_xfm": build_path(out, mode="image", suffix="xfm", extension=".json",
                               **{"from": "T1w", "to": SPACE}, **{**dwi, "datatype": "anat"}),
     }  # fmt: skip
+    for m in KURTOSIS_METRICS:  # profiled too when the diffusion stage fitted the DKI
+        path = build_path(out, space="dwi", model="dki", param=m, suffix="dwimap",
+                          extension=".nii.gz", **dwi)  # fmt: skip
+        if path.exists():
+            files[m] = path
     if model != "tensor":
         files.update({
             key: build_path(out, space="dwi", desc="preproc", suffix="dwi", extension=ext, **dwi)
@@ -512,7 +523,8 @@ def init_tract_wf(
     inputs : dict
         From :func:`diffusion_inputs`: ``fa``, ``md``, ``ad``, ``rd``, ``v1``,
         ``brain``, ``wm``, ``lesion`` (DWI space), ``xfm`` (dwi -> T1w) and
-        ``mni_xfm`` (T1w -> MNI); with ``tract.model`` csa / csd also ``dwi``,
+        ``mni_xfm`` (T1w -> MNI); optionally ``mk``, ``ak``, ``rk``, ``kfa`` (DKI maps,
+        profiled too); with ``tract.model`` csa / csd also ``dwi``,
         ``bval``, ``bvec`` (preprocessed series) and ``confounds``.
     """
     required = {*METRICS, "v1", "brain", "wm", "lesion", "xfm", "mni_xfm"}
@@ -526,7 +538,8 @@ def init_tract_wf(
     track = pe.Node(Track(config=config,
                           **{k: inputs[k] for k in ("fa", "v1", "brain", "wm", "lesion")},
                           **{k: inputs[k] for k in odf_inputs if k in inputs}), name="track")  # fmt: skip
-    metry = pe.Node(Tractometry(config=config, maps={m: inputs[m] for m in METRICS},
+    profiled = (*METRICS, *(m for m in KURTOSIS_METRICS if m in inputs))
+    metry = pe.Node(Tractometry(config=config, maps={m: inputs[m] for m in profiled},
                                 lesion=inputs["lesion"], xfm=inputs["xfm"],
                                 mni_xfm=inputs["mni_xfm"], subject=subject, session=session),
                     name="tractometry")  # fmt: skip

@@ -13,6 +13,10 @@ already in DWI space:
 * ``lesion``: the lesion mask;
 * ``perilesion``: WM voxels within ``ring_mm`` of a lesion, excluding the lesion.
 
+A session without a T1w has none of these; :func:`dwi_only_rois` gives the two
+ROIs the DWI itself defines: ``wholebrain`` (the DWI brain mask) and ``WM_FA``
+(FA >= 0.2 inside the brain mask eroded by one voxel).
+
 Diffusivities are reported in µm²/ms (= 1e-3 mm²/s); input maps are mm²/s.
 """
 
@@ -29,6 +33,7 @@ __all__ = [
     "atlas_rois",
     "build_rois",
     "describe_roi_columns",
+    "dwi_only_rois",
     "nawm_lesion_loss",
     "roi_table",
 ]
@@ -41,7 +46,35 @@ _METRIC_NAMES = {
     "md": "mean diffusivity",
     "ad": "axial diffusivity",
     "rd": "radial diffusivity",
+    "mk": "mean kurtosis (DKI)",
+    "ak": "axial kurtosis (DKI)",
+    "rk": "radial kurtosis (DKI)",
+    "kfa": "kurtosis fractional anisotropy (DKI)",
 }
+#: Unitless metrics (the others are diffusivities or signal intensities).
+UNITLESS = ("fa", "mk", "ak", "rk", "kfa")
+
+#: FA threshold of the DWI-defined white matter ``WM_FA`` (:func:`dwi_only_rois`):
+#: the usual FA cut for white matter (e.g. the TBSS skeleton threshold 0.2).
+WM_FA_THRESHOLD = 0.2
+
+
+def dwi_only_rois(fa: np.ndarray, brain: np.ndarray) -> dict[str, np.ndarray]:
+    """ROIs of a session without a T1w: ``wholebrain`` and ``WM_FA``.
+
+    ``WM_FA`` is FA >= :data:`WM_FA_THRESHOLD` inside the brain mask eroded by one
+    voxel (the erosion drops the high-FA rim that misregistered edges produce). It
+    is a diffusion-defined white matter, not the structural WM or NAWM: it excludes
+    low-FA white matter (crossings, lesions) and is not comparable with NAWM.
+    """
+    from scipy import ndimage
+
+    brain = _bool(brain, "brain mask")
+    fa = np.asarray(fa, dtype=float)
+    if fa.shape != brain.shape:
+        raise InputError(None, f"FA map {fa.shape} and brain mask {brain.shape} differ in shape")
+    core = ndimage.binary_erosion(brain, iterations=1)
+    return {"wholebrain": brain, "WM_FA": core & (fa >= WM_FA_THRESHOLD)}
 
 
 def _bool(a: np.ndarray, what: str, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -225,7 +258,7 @@ def roi_table(
                     "roi": roi_name,
                     "metric": name,
                     "units": _UNIT_DIFF if name.lower() in DIFFUSIVITIES else (
-                        "unitless" if name.lower() == "fa" else "arbitrary"
+                        "unitless" if name.lower() in UNITLESS else "arbitrary"
                     ),
                     "n_voxels": n,
                     "mean": float(vals.mean()) if n else np.nan,
@@ -249,15 +282,18 @@ def describe_roi_columns() -> dict[str, dict[str, str]]:
             "LongName": "Region of interest",
             "Description": "ROI name: WM, WM_L, WM_R (white matter, left/right), NAWM, NAWM_L, "
             "NAWM_R (normal-appearing white matter: WM minus dilated lesions), lesion, "
-            "perilesion (WM ring around lesions, lesions excluded), or an atlas label name.",
+            "perilesion (WM ring around lesions, lesions excluded), an atlas label name; in a "
+            "session without a T1w: wholebrain (DWI brain mask) and WM_FA (FA >= 0.2 in the eroded "
+            "brain mask).",
         },
         "metric": {
             "LongName": "Diffusion metric",
-            "Description": f"Diffusion tensor metric: {metrics}.",
+            "Description": f"Diffusion tensor or kurtosis metric: {metrics}.",
         },
         "units": {
             "LongName": "Units of the statistics",
-            "Description": "um^2/ms (= 1e-3 mm^2/s) for diffusivities, unitless for FA.",
+            "Description": "um^2/ms (= 1e-3 mm^2/s) for diffusivities, unitless for FA and the "
+            "kurtosis metrics.",
         },
         "n_voxels": {
             "LongName": "Number of voxels",

@@ -145,9 +145,11 @@ def masked_weighted_profile(
         return np.where(total > 0, (w * v).sum(axis=0) / np.where(total > 0, total, 1), np.nan)
 
 
-def _nan_result(name: str, status: str, reason: str, n_nodes: int, n_rec: int) -> BundleProfile:
+def _nan_result(
+    name: str, status: str, reason: str, n_nodes: int, n_rec: int, metrics=METRICS
+) -> BundleProfile:
     log.warning("bundle %s: %s", name, reason)
-    nan = {m: np.full(n_nodes, np.nan) for m in METRICS}
+    nan = {m: np.full(n_nodes, np.nan) for m in metrics}
     return BundleProfile(
         name=name, status=status, reason=reason, n_streamlines=0, n_recognised=n_rec,
         profiles=nan, profiles_lesion_masked={m: v.copy() for m, v in nan.items()},
@@ -209,13 +211,13 @@ def bundle_profiles(
     n_rec = 0 if streamlines is None else len(streamlines)
     metrics = list(maps)
     if n_rec == 0:
-        res = _nan_result(name, "not_found", "no streamline matched the bundle's ROIs", n_nodes, 0)
-        return res
+        return _nan_result(name, "not_found", "no streamline matched the bundle's ROIs", n_nodes,
+                           0, metrics)  # fmt: skip
     if n_rec < min_streamlines:
         return _nan_result(
             name, "too_few",
             f"only {n_rec} streamline(s) recognised, fewer than min_streamlines={min_streamlines}",
-            n_nodes, n_rec,
+            n_nodes, n_rec, metrics,
         )  # fmt: skip
     sl = Streamlines(streamlines)
     ref = streamlines_mni

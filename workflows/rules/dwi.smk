@@ -1,10 +1,10 @@
-"""Diffusion stage: one job per subject-session with a DWI series, after its structural job."""
+"""Diffusion stage: one job per subject-session with a DWI series, after its structural job
+(after its inventory in a session without a T1w: the DWI alone)."""
 
 
 rule dwi:
     input:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+        lambda w: dwi_job_inputs(OUT_DIR, w.subject, w.session, (w.subject, w.session) in T1W_PAIRS),
     output:
         OUT_DIR
         / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_roistats.tsv",

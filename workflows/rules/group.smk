@@ -31,7 +31,7 @@ rule tract_stats:
         [
             OUT_DIR
             / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
-            for s, t in DWI_PAIRS
+            for s, t in TRACT_PAIRS
         ],
     output:
         OUT_DIR / "group/desc-tests_tractstats.tsv",
@@ -106,7 +106,7 @@ rule clinical_stats:
         [
             OUT_DIR
             / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
-            for s, t in DWI_PAIRS
+            for s, t in TRACT_PAIRS
         ],
     output:
         OUT_DIR / "group/desc-tests_clinicalstats.tsv",

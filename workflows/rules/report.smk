@@ -13,6 +13,7 @@ rule report:
             w.subject,
             w.session,
             dwi=(w.subject, w.session) in DWI_PAIRS,
+            anat=(w.subject, w.session) in T1W_PAIRS,
             bold=(w.subject, w.session) in BOLD_PAIRS,
             followup=w.subject in REFERENCE and REFERENCE[w.subject] != w.session,
             task=BOLD_TASK,
