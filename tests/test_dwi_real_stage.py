@@ -90,7 +90,7 @@ def test_session_without_t1w_is_inventoried_with_the_reason(stage):
     t1w = inv[inv["modality"] == "T1w"].iloc[0]
     assert t1w["status"] == "skipped" and t1w["note"] == DWI_ONLY_REASON
     dwi = inv[inv["modality"] == "dwi"].iloc[0]
-    assert dwi["status"] == "used"
+    assert dwi["status"] == "used" and "volume 33" in dwi["note"] and "trace" in dwi["note"]
     assert not (stage / "sub-01/ses-1/anat").exists()  # no structural stage ran
 
 
@@ -142,7 +142,8 @@ def test_tensor_maps_agree_with_mrtrix3_default_on_the_stages_own_series(stage, 
                     str(tmp_path / "dt.mif")], check=True)  # fmt: skip
     subprocess.run(["tensor2metric", "-quiet", "-force", "-mask", str(mask),
                     str(tmp_path / "dt.mif"), "-fa", str(tmp_path / "fa.nii"),
-                    "-adc", str(tmp_path / "md.nii")], check=True)  # fmt: skip
+                    "-adc", str(tmp_path / "md.nii"), "-vector", str(tmp_path / "v1.nii"),
+                    "-modulate", "none"], check=True)  # fmt: skip
     m = np.asanyarray(nib.load(mask).dataobj) > 0
     ours_fa = nib.load(_dwi(stage, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).get_fdata()[m]
     ours_md = nib.load(_dwi(stage, "space-dwi_model-tensor_param-md_dwimap.nii.gz")).get_fdata()[m]
@@ -154,6 +155,18 @@ def test_tensor_maps_agree_with_mrtrix3_default_on_the_stages_own_series(stage, 
     print(f"real series, stage output vs MRtrix3 dwi2tensor default: median |dFA| {dfa:.4f}, "
           f"median |dMD| {dmd:.3%} over {ok.sum()} voxels")  # fmt: skip
     assert dfa < 0.005 and dmd < 0.01
+    # principal directions in world coordinates (the series is stored LPS; MRtrix3 reads
+    # the FSL b-vectors in its own convention): the same axis in white matter
+    ours_v1 = nib.load(_dwi(stage, "space-dwi_model-tensor_param-v1_dwimap.nii.gz")).get_fdata()[m]
+    mr_v1 = nib.load(tmp_path / "v1.nii").get_fdata()[m]
+    wm = ok & (ours_fa > 0.4)
+    cos = np.abs(np.sum(ours_v1[wm] * mr_v1[wm], axis=1))
+    print(f"principal direction vs MRtrix3 in {wm.sum()} voxels with FA > 0.4: median "
+          f"{np.degrees(np.arccos(np.median(np.clip(cos, 0, 1)))):.2f} deg")  # fmt: skip
+    assert np.median(cos) > np.cos(np.radians(2.0))
+    # the NaN pixdim4 of the raw header does not reach the outputs
+    pre_img = nib.load(f"{pre}.nii.gz")
+    assert np.all(np.isfinite(pre_img.header["pixdim"]))
 
 
 def test_fa_without_the_trace_volume_equals_the_series_without_it(tmp_path_factory):

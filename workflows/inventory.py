@@ -51,6 +51,24 @@ INVENTORY_COLUMNS = {
 }
 
 
+def _derived_volume_notes(dwi: Path, chk, v) -> list[str]:
+    """Warnings for the "b = 0" volumes that are scanner-derived images (a trace / ADC
+    image kept by the converter; :func:`pipeline.dwi.volumes.derived_volumes`), which the
+    diffusion stage leaves out. b > 0 volumes with a zero vector are already in
+    ``chk.warnings``."""
+    import nibabel as nib
+    import numpy as np
+
+    from pipeline.dwi.gradtable import DwiGradients
+    from pipeline.dwi.volumes import derived_volumes
+
+    img = nib.load(dwi)
+    grads = DwiGradients(bvals=chk.bvals, bvecs=chk.bvecs, affine=img.affine,
+                         b0_threshold=v.b0_threshold, shell_tolerance=v.shell_tolerance)  # fmt: skip
+    found = derived_volumes(np.asarray(img.dataobj, dtype=np.float32), grads)
+    return [d.warning for d in found if d.index not in chk.derived]
+
+
 def check_session(
     inputs: SessionInputs,
     config: Config,
@@ -129,7 +147,8 @@ def check_session(
                 b0_threshold=v.b0_threshold, shell_tolerance=v.shell_tolerance,
                 bvec_norm_tolerance=v.bvec_norm_tolerance, min_directions=v.min_directions,
             )  # fmt: skip
-            add(inputs.dwi, "dwi", "; ".join(chk.warnings), bvals=chk.bvals, bvecs=chk.bvecs)
+            notes = [*chk.warnings, *_derived_volume_notes(inputs.dwi, chk, v)]
+            add(inputs.dwi, "dwi", "; ".join(notes), bvals=chk.bvals, bvecs=chk.bvecs)
         elif "dwi" in series:
             skip(
                 "dwi",
