@@ -176,10 +176,12 @@ def test_bad_config_is_a_clear_error(tiny_bids, tmp_path, capsys):
     assert str(cfg) in err and "validation.b0_treshold" in err
 
 
-def test_missing_t1w_is_an_error_naming_the_folder(make_bids, tmp_path, capsys):
-    bids = make_bids(omit={("01", "m00"): {"T1w"}})
+def test_session_without_t1w_and_dwi_is_an_error_naming_the_folder(make_bids, tmp_path, capsys):
+    bids = make_bids(omit={("01", "m00"): {"T1w", "dwi"}})
     assert main([str(bids), str(tmp_path / "out"), "participant", "--stages", "inventory"]) == 1
-    assert "sub-01/ses-m00/anat" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "sub-01/ses-m00" in err and "no T1w image and no DWI series" in err
+    assert (tmp_path / "out/sub-02/ses-m00/sub-02_ses-m00_inventory.tsv").exists()
 
 
 # --------------------------------------------------------------------------- structural bad input
@@ -270,8 +272,8 @@ def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_
     elif case == "no_b0":
         write_gradients(files["bval"], files["bvec"], np.full_like(bvals, 1000.0),
                         np.where(bvals[:, None] == 0, [1.0, 0, 0], bvecs))  # fmt: skip
-    elif case == "zero_bvec":
-        bvecs[-1] = 0.0
+    elif case == "zero_bvec":  # one zero vector is a derived (trace) volume; all is an error
+        bvecs[bvals > 0] = 0.0
         write_gradients(files["bval"], files["bvec"], bvals, bvecs)
     elif case == "five_directions":
         n = len(bvals)

@@ -4,7 +4,9 @@
 
 rule dwi:
     input:
-        lambda w: dwi_job_inputs(OUT_DIR, w.subject, w.session, (w.subject, w.session) in T1W_PAIRS),
+        lambda w: dwi_job_inputs(
+            OUT_DIR, w.subject, w.session, (w.subject, w.session) in T1W_PAIRS
+        ),
     output:
         OUT_DIR
         / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_roistats.tsv",
