@@ -22,6 +22,7 @@ from pipeline.stats.longitudinal import (
     profile_tests,
     session_summary,
     spaghetti_plot,
+    wilcoxon_signed_rank,
 )
 
 SESSIONS = ["baseline", "m03", "m06"]
@@ -112,16 +113,65 @@ def test_paired_and_friedman_values_equal_direct_scipy_calls():
     assert not fr2.exact and fr2.p == pytest.approx(ref.pvalue, rel=1e-12)
 
 
-def test_wilcoxon_with_ties_falls_back_to_approximation_and_says_so():
-    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
-    y = x + np.array([0.5, 0.5, 1.0, -0.2, 0.7, 0.9])  # tied |d|
-    df = pd.concat(
-        [pd.DataFrame({"subject": range(6), "session": s, "roi": "R", "metric": "m", "median": v})
-         for s, v in (("baseline", x), ("m06", y))]
-    )  # fmt: skip
-    w = _row(LongitudinalTests(["baseline", "m06"]).fit(df).table, "R", "m", "wilcoxon")
-    ref = stats.wilcoxon(y, x, method="approx", correction=True)
-    assert not w.exact and w.p == pytest.approx(ref.pvalue) and "tied" in w.method
+def _wilcoxon_brute_force(d: np.ndarray) -> float:
+    """Two-sided exact conditional p by listing all 2^m sign patterns of the mid-ranks
+    (zeros dropped): the fraction of patterns with |W+ - E| >= the observed one."""
+    nz = d[d != 0]
+    ranks = stats.rankdata(np.abs(nz))
+    centre = ranks.sum() / 2
+    obs = abs(ranks[nz > 0].sum() - centre)
+    hits = sum(abs(sum(r for r, s in zip(ranks, signs, strict=True) if s) - centre) >= obs - 1e-9
+               for signs in itertools.product((0, 1), repeat=nz.size))  # fmt: skip
+    return hits / 2**nz.size
+
+
+@pytest.mark.parametrize(
+    "d",
+    [
+        [0.5, 0.5, 0.5, 1.0, 0.5],  # EDSS-like steps, all tied but one
+        [0.5, 0.5, 0.5, 1.0, 0.0],  # one zero
+        [0.5, 0.5, 1.0, -0.2, 0.7, 0.9],
+        [1.0, -1.0, 0.5, 0.5, -0.5, 0.0, 0.0, 1.5, 2.0],
+        [0.3, -0.1, 0.2, 0.4, 0.5, -0.6, 0.7, 0.8, 0.9, 1.0, -1.1, 1.2],  # no ties
+        [-0.5, -0.5, -1.0, -1.0, -1.0, -0.5, 0.5, -1.5],
+    ],
+)
+def test_wilcoxon_exact_with_ties_and_zeros_equals_enumeration(d):
+    d = np.asarray(d)
+    res = wilcoxon_signed_rank(d)
+    assert res["exact"] and res["p"] == pytest.approx(_wilcoxon_brute_force(d), abs=1e-12)
+    m = int((d != 0).sum())
+    assert res["min_p"] == pytest.approx(min(1.0, 2 / 2**m)) and res["p"] >= res["min_p"]
+    if not res["ties"] and not res["n_zero"]:  # scipy's exact method where it applies
+        assert res["p"] == pytest.approx(stats.wilcoxon(d, method="exact").pvalue, rel=1e-12)
+
+
+def test_wilcoxon_edss_ties_cannot_be_significant_at_n5():
+    """EDSS changes +0.5, +0.5, +0.5, +1, +0.5: exact p = 2/32 = 0.0625, not 0.0477
+    (normal approximation); one zero: 2/16 = 0.125, not 0.089. The flags agree."""
+    x = np.array([3.0, 4.0, 4.5, 6.0, 5.5])
+    for change, p_exact in (([0.5, 0.5, 0.5, 1.0, 0.5], 2 / 32), ([0.5, 0.5, 0.5, 1.0, 0.0], 2 / 16)):
+        y = x + np.array(change)
+        df = pd.concat(
+            [pd.DataFrame({"subject": range(5), "session": s, "roi": "clinical",
+                           "metric": "edss", "median": v})
+             for s, v in (("baseline", x), ("m06", y))]
+        )  # fmt: skip
+        w = _row(LongitudinalTests(["baseline", "m06"]).fit(df).table, "clinical", "edss",
+                 "wilcoxon")  # fmt: skip
+        assert w.exact and w.p == pytest.approx(p_exact) and w.min_p == pytest.approx(p_exact)
+        assert not w.significant and not w.can_reach_alpha
+        assert "exact conditional" in w.method and "mid-ranks" in w.method
+
+
+def test_wilcoxon_above_the_exact_limit_is_the_tie_corrected_normal_approximation():
+    rng = np.random.default_rng(4)
+    d = np.round(rng.normal(0.3, 1.0, 60), 1)  # ties and zeros
+    res = wilcoxon_signed_rank(d, exact_max_n=50)
+    ref = stats.wilcoxon(d, method="approx", correction=False)  # scipy's tie-corrected z
+    assert not res["exact"] and res["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+    exact = wilcoxon_signed_rank(d, exact_max_n=100)
+    assert exact["exact"] and abs(exact["p"] - res["p"]) < 0.01  # n = 60: close
 
 
 def test_bh_equals_hand_computation():

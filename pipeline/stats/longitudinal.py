@@ -20,11 +20,14 @@ value column (``median`` by default, as written by
   ``exact_limit``, otherwise the chi-square approximation.
 * **Paired tests** for every contrast ``(a, b)`` on the subjects with both
   sessions (others are excluded and listed in :attr:`LongitudinalResult.exclusions`):
-  Wilcoxon signed-rank (:func:`scipy.stats.wilcoxon`, EXACT null distribution
-  when ``n <= wilcoxon_exact_max_n`` and the differences have no zeros and no
-  tied magnitudes, otherwise the normal approximation with continuity
-  correction) and paired t (:func:`scipy.stats.ttest_rel`). Differences are
-  ``b - a``.
+  Wilcoxon signed-rank (:func:`wilcoxon_signed_rank`: Wilcoxon's zero convention,
+  zero differences dropped and listed; mid-ranks for tied magnitudes; the EXACT
+  conditional null distribution of the rank sum given the ties, by enumeration of
+  every sign pattern, when the non-zero differences number at most
+  ``wilcoxon_exact_max_n`` (default 50), otherwise the normal approximation with tie
+  correction, said so in ``method``; ``min_p`` is the exact smallest attainable p,
+  2 / 2^m for m non-zero differences) and paired t (:func:`scipy.stats.ttest_rel`).
+  Differences are ``b - a``.
 * **Linear mixed model** ``value ~ time`` with a random intercept per subject
   (:class:`statsmodels.regression.mixed_linear_model.MixedLM`, REML), on all
   available observations (subjects with missing sessions included). The slope
@@ -85,6 +88,7 @@ __all__ = [
     "profile_tests",
     "session_summary",
     "spaghetti_plot",
+    "wilcoxon_signed_rank",
 ]
 
 logger = logging.getLogger(__name__)
@@ -198,6 +202,59 @@ def friedman_exact_p(data: np.ndarray, limit: int = 100_000) -> tuple[float, flo
     p = float(np.mean(s2 >= obs - tol))
     min_p = float(np.mean(s2 >= s2.max() - tol))
     return p, min_p, total
+
+
+def wilcoxon_signed_rank(
+    d: np.ndarray, *, exact_max_n: int = 50
+) -> dict[str, Any]:
+    """Two-sided Wilcoxon signed-rank test of paired differences ``d`` (zeros, ties).
+
+    Zero differences are dropped (Wilcoxon's convention, scipy's ``zero_method="wilcox"``);
+    the m remaining magnitudes get mid-ranks. Under the null every sign pattern of the m
+    ranks is equally likely; the exact conditional distribution of W+ (sum of the ranks of
+    the positive differences) given the tie pattern is computed by enumerating the 2^m
+    patterns as a convolution over the doubled (integer) mid-ranks, O(m^2 n) and exact
+    in float64 up to m = 50. scipy's exact method does not handle ties or zeros (it falls
+    back to the normal approximation), hence this function. Two-sided p = P(|W+ - E| >=
+    |w - E|), E = sum(ranks) / 2 (the distribution is symmetric about E).
+
+    Returns a dict: ``statistic`` (min(W+, W-), as scipy), ``w_plus``, ``p``, ``min_p``
+    (2 / 2^m, the exact smallest attainable p), ``n_nonzero``, ``n_zero``, ``ties``
+    (bool) and ``exact`` (False above ``exact_max_n`` non-zero differences: normal
+    approximation with tie correction, no continuity correction).
+    """
+    d = np.asarray(d, dtype=float).ravel()
+    if not np.all(np.isfinite(d)):
+        raise ValueError("differences must be finite")
+    nz = d[d != 0]
+    m = int(nz.size)
+    out: dict[str, Any] = {"n_nonzero": m, "n_zero": int(d.size - m)}
+    if m == 0:
+        return {**out, "statistic": np.nan, "w_plus": np.nan, "p": np.nan, "min_p": np.nan,
+                "ties": False, "exact": False}  # fmt: skip
+    ranks = stats.rankdata(np.abs(nz))  # mid-ranks: integers or halves
+    w_plus = float(ranks[nz > 0].sum())
+    total = float(ranks.sum())
+    out.update(statistic=min(w_plus, total - w_plus), w_plus=w_plus,
+               min_p=min(1.0, 2.0 / 2.0**m), ties=bool(np.unique(ranks).size < m))  # fmt: skip
+    if m <= exact_max_n:
+        r2 = np.rint(2 * ranks).astype(int)
+        counts = np.zeros(int(r2.sum()) + 1)
+        counts[0] = 1.0
+        for r in r2:  # add one rank with a random sign: S -> S or S + r
+            shifted = np.zeros_like(counts)
+            shifted[r:] = counts[: counts.size - r]
+            counts += shifted
+        k = np.arange(counts.size)
+        centre, obs = r2.sum() / 2.0, 2.0 * w_plus
+        extreme = np.abs(k - centre) >= abs(obs - centre) - 1e-9
+        out.update(p=float(min(1.0, counts[extreme].sum() / 2.0**m)), exact=True)
+    else:
+        _, t_counts = np.unique(ranks, return_counts=True)
+        var = m * (m + 1) * (2 * m + 1) / 24.0 - (t_counts**3 - t_counts).sum() / 48.0
+        z = (w_plus - total / 2.0) / np.sqrt(var)
+        out.update(p=float(min(1.0, 2.0 * stats.norm.sf(abs(z)))), exact=False)
+    return out
 
 
 def _lmm_fit(y: np.ndarray, t: np.ndarray, groups: np.ndarray, df_method: LMMDf) -> dict[str, Any]:
@@ -422,7 +479,8 @@ class LongitudinalTests:
     exact_limit : int
         Largest ``(k!)**n`` enumerated for the exact Friedman p-value.
     wilcoxon_exact_max_n : int
-        Largest number of pairs for the exact Wilcoxon distribution.
+        Largest number of non-zero differences for the exact Wilcoxon distribution
+        (above it the normal approximation; exact enumeration is cheap up to 50).
     time_units : str
         Label of the time axis (for the output).
     """
@@ -440,7 +498,7 @@ class LongitudinalTests:
         paired_t: bool = True,
         wilcoxon: bool = True,
         exact_limit: int = 100_000,
-        wilcoxon_exact_max_n: int = 25,
+        wilcoxon_exact_max_n: int = 50,
         time_units: str = "months",
     ) -> None:
         self.sessions = [str(s) for s in sessions]
@@ -547,29 +605,23 @@ class LongitudinalTests:
             if nz.size < 1 or n < 2:
                 row["reason"] = f"Wilcoxon needs non-zero differences, has {nz.size} of {n}"
             else:
-                ties = np.unique(np.abs(nz)).size < nz.size
-                exact = nz.size == n and not ties and n <= self.wilcoxon_exact_max_n
-                res = stats.wilcoxon(
-                    y, x, method="exact" if exact else "approx", correction=not exact
-                )
-                row.update(
-                    statistic=float(res.statistic),
-                    p=float(res.pvalue),
-                    exact=exact,
-                    estimate=float(np.median(d)),
-                )
-                if exact:
-                    row["min_p"] = min(1.0, 2.0 / 2.0**n)
-                    row["method"] = f"exact signed-rank distribution, {n} pairs, two-sided"
-                else:
-                    why = (
-                        "zero differences"
-                        if nz.size < n
-                        else ("tied |differences|" if ties else f"n > {self.wilcoxon_exact_max_n}")
-                    )
-                    row["method"] = f"normal approximation with continuity correction ({why})"
-                    if nz.size < n:
-                        row["reason"] = f"{n - nz.size} zero difference(s) dropped (Wilcox)"
+                res = wilcoxon_signed_rank(d, exact_max_n=self.wilcoxon_exact_max_n)
+                m = res["n_nonzero"]
+                row.update(statistic=float(res["statistic"]), p=res["p"], exact=res["exact"],
+                           estimate=float(np.median(d)), min_p=res["min_p"])  # fmt: skip
+                detail = ", ".join(
+                    [f"{m} non-zero differences"]
+                    + (["mid-ranks for tied |differences|"] if res["ties"] else [])
+                    + ([f"{res['n_zero']} zero difference(s) dropped (Wilcoxon's convention)"]
+                       if res["n_zero"] else []))  # fmt: skip
+                row["method"] = (
+                    f"exact conditional signed-rank distribution ({detail}), two-sided"
+                    if res["exact"] else
+                    f"normal approximation with tie correction (more than "
+                    f"{self.wilcoxon_exact_max_n} non-zero differences; {detail}), two-sided"
+                )  # fmt: skip
+                if res["n_zero"]:
+                    row["reason"] = f"{res['n_zero']} zero difference(s) dropped (Wilcoxon)"
             rows.append(row)
         if self.paired_t:
             row = {
