@@ -35,7 +35,11 @@ value column (``median`` by default, as written by
   freedom ``n_obs - n_subjects - 1`` (time varies within subjects; exact for a
   balanced complete design, where the REML slope test equals the within-subject
   regression test); ``lmm_df="wald"`` uses the asymptotic normal instead.
-  Fits that raise or do not converge give NaN with the reason.
+  Fits that raise, do not converge, or put the subject variance on the boundary
+  (zero) are replaced by the within-subject least-squares test
+  (:func:`within_subject_slope`, one intercept per subject, the same t test for a
+  balanced design), named in ``method`` with the LMM's problem in ``reason``: no
+  row leaves the FDR family because the LMM could not be fitted.
 
 Multiple comparisons: Benjamini-Hochberg FDR (:func:`scipy.stats.false_discovery_control`)
 over a *family* that is stated in the output: by default (``fdr_family="test"``)
@@ -89,6 +93,7 @@ __all__ = [
     "session_summary",
     "spaghetti_plot",
     "wilcoxon_signed_rank",
+    "within_subject_slope",
 ]
 
 logger = logging.getLogger(__name__)
@@ -257,7 +262,72 @@ def wilcoxon_signed_rank(
     return out
 
 
+def within_subject_slope(y: np.ndarray, t: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """Least-squares slope of ``y`` on ``t`` with one intercept per subject (fixed effects).
+
+    The within-subject regression test: y and t are centred within each subject, the
+    slope is ``sum(t~ y~) / sum(t~^2)`` and its t statistic has ``n_obs - n_subjects - 1``
+    degrees of freedom. For a balanced complete design it equals the REML random-intercept
+    LMM slope test with between-within degrees of freedom; it needs no variance component,
+    so it is the fallback when the LMM fails or its subject variance is on the boundary.
+    Returns ``slope``, ``se``, ``statistic``, ``p``, ``df``, ``intercept`` (mean of the
+    subject intercepts) and ``reason`` (non-empty when not estimable).
+    """
+    y, t = np.asarray(y, float), np.asarray(t, float)
+    groups = np.asarray(groups)
+    out: dict[str, Any] = {"slope": np.nan, "se": np.nan, "statistic": np.nan, "p": np.nan,
+                           "df": np.nan, "intercept": np.nan, "reason": ""}  # fmt: skip
+    labels, inv = np.unique(groups, return_inverse=True)
+    df = y.size - labels.size - 1
+    counts = np.bincount(inv)
+    yc = y - (np.bincount(inv, y) / counts)[inv]
+    tc = t - (np.bincount(inv, t) / counts)[inv]
+    sxx = float(np.sum(tc**2))
+    if df < 1 or sxx <= 0:
+        out["reason"] = (f"within-subject slope not estimable: {y.size} observations, "
+                         f"{labels.size} subjects, no time variation within subjects"
+                         if sxx <= 0 else f"within-subject slope not estimable: df = {df}")  # fmt: skip
+        return out
+    slope = float(np.sum(tc * yc) / sxx)
+    sse = float(np.sum((yc - slope * tc) ** 2))
+    scale = max(float(np.sum(yc**2)), float(np.finfo(float).tiny))
+    if sse <= 1e-20 * scale:
+        out.update(slope=slope, df=float(df), reason="within-subject slope fits the data "
+                   "exactly (no residual variance): no test")  # fmt: skip
+        return out
+    se = float(np.sqrt(sse / df / sxx))
+    stat = slope / se
+    intercept = float(np.mean((np.bincount(inv, y) - slope * np.bincount(inv, t)) / counts))
+    out.update(slope=slope, se=se, statistic=stat, p=float(2 * stats.t.sf(abs(stat), df)),
+               df=float(df), intercept=intercept)  # fmt: skip
+    return out
+
+
+#: Subject variance of the random-intercept LMM below this fraction of the residual
+#: variance counts as on the boundary (zero): the within-subject test is used instead.
+LMM_BOUNDARY = 1e-6
+
+
 def _lmm_fit(y: np.ndarray, t: np.ndarray, groups: np.ndarray, df_method: LMMDf) -> dict[str, Any]:
+    """Random-intercept LMM ``y ~ 1 + t``; slope, SE, statistic, p, reason, method.
+
+    When the fit fails, does not converge, gives a non-finite slope / SE, or its subject
+    variance is on the boundary (< :data:`LMM_BOUNDARY` x the residual variance), the
+    slope is tested by :func:`within_subject_slope` instead; ``method`` says which
+    (``"lmm"`` or ``"within"``) and ``reason`` why.
+    """
+    fit = _lmm_fit_raw(y, t, groups, df_method)
+    if fit["method"] == "lmm" or not fit.get("fallback", False):
+        return fit
+    alt = within_subject_slope(y, t, groups)
+    alt["method"] = "within"
+    alt["reason"] = "; ".join(r for r in (f"LMM: {fit['reason']}", alt["reason"]) if r)
+    return alt
+
+
+def _lmm_fit_raw(
+    y: np.ndarray, t: np.ndarray, groups: np.ndarray, df_method: LMMDf
+) -> dict[str, Any]:
     """Random-intercept LMM ``y ~ 1 + t``; slope, SE, statistic, p, reason."""
     from statsmodels.regression.mixed_linear_model import MixedLM
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
@@ -270,6 +340,8 @@ def _lmm_fit(y: np.ndarray, t: np.ndarray, groups: np.ndarray, df_method: LMMDf)
         "se": np.nan,
         "df": np.nan,
         "reason": "",
+        "method": "none",
+        "fallback": False,
     }
     n_groups = np.unique(groups).size
     df = y.size - n_groups - 1
@@ -290,16 +362,25 @@ def _lmm_fit(y: np.ndarray, t: np.ndarray, groups: np.ndarray, df_method: LMMDf)
             if issubclass(w.category, ConvergenceWarning | RuntimeWarning | UserWarning):
                 notes.append(msg)
     except (np.linalg.LinAlgError, ValueError, FloatingPointError) as exc:
-        out["reason"] = f"LMM fit failed: {type(exc).__name__}: {exc}"
+        out["reason"] = f"fit failed: {type(exc).__name__}: {exc}"
+        out["fallback"] = True
         return out
     if not getattr(res, "converged", True):
-        out["reason"] = "LMM did not converge" + (f" ({'; '.join(notes)})" if notes else "")
+        out["reason"] = "did not converge" + (f" ({'; '.join(notes)})" if notes else "")
+        out["fallback"] = True
         return out
     slope, se = float(res.fe_params[1]), float(res.bse_fe[1])
     if not (np.isfinite(slope) and np.isfinite(se) and se > 0):
-        out["reason"] = "LMM gave a non-finite slope or standard error" + (
+        out["reason"] = "non-finite slope or standard error" + (
             f" ({'; '.join(notes)})" if notes else ""
         )
+        out["fallback"] = True
+        return out
+    subject_var = float(np.asarray(res.cov_re).ravel()[0]) if np.size(res.cov_re) else 0.0
+    if not subject_var > LMM_BOUNDARY * float(res.scale):
+        out["reason"] = (f"subject variance on the boundary ({subject_var:.3g} vs residual "
+                         f"{float(res.scale):.3g})")  # fmt: skip
+        out["fallback"] = True
         return out
     z = slope / se
     if df_method == "wald":
@@ -308,7 +389,8 @@ def _lmm_fit(y: np.ndarray, t: np.ndarray, groups: np.ndarray, df_method: LMMDf)
     else:
         p = float(2 * stats.t.sf(abs(z), df))
         out["df"] = float(df)
-    out.update(statistic=z, p=p, slope=slope, intercept=float(res.fe_params[0]), se=se)
+    out.update(statistic=z, p=p, slope=slope, intercept=float(res.fe_params[0]), se=se,
+               method="lmm")  # fmt: skip
     if notes:
         out["reason"] = "warning: " + "; ".join(dict.fromkeys(notes))
     return out
@@ -670,6 +752,9 @@ class LongitudinalTests:
                     if self.lmm_df != "wald"
                     else "Wald z (asymptotic)"
                 )
+            ) if fit["method"] != "within" else (
+                f"within-subject least squares (one intercept per subject), t with df = "
+                f"{fit['df']:g} (fallback: the LMM could not be used)"
             ),
             "reason": fit["reason"],
         }
