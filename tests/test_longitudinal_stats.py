@@ -464,3 +464,15 @@ def test_figures_return_figures():
     res = profile_tests(prof, ("baseline", "m06"), n_permutations=500, random_state=0)
     f3 = profile_plot(prof, ["baseline", "m06"], {"bundle": "CST_L", "metric": "fa"}, result=res)
     assert isinstance(f3, Figure) and len(f3.axes[0].patches) >= 1
+
+
+def test_paired_t_with_the_same_change_up_to_float_noise_is_not_a_test():
+    x = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    y = x + 0.1  # 0.1 added in float: differences equal up to rounding
+    assert np.ptp(y - x) > 0  # not exactly equal
+    df = pd.concat(
+        [pd.DataFrame({"subject": range(5), "session": s, "roi": "R", "metric": "m", "median": v})
+         for s, v in (("baseline", x), ("m06", y))]
+    )  # fmt: skip
+    row = _row(LongitudinalTests(["baseline", "m06"]).fit(df).table, "R", "m", "paired_t")
+    assert np.isnan(row.p) and "no variance" in row.reason

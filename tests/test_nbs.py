@@ -506,3 +506,27 @@ def test_bad_input_raises_clear_errors(paired_small):
     inf[0, 0, 1] = inf[0, 1, 0] = np.inf
     with pytest.raises(ValueError, match="infinite"):
         nbs.fit_paired(inf, fu)
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-15])
+def test_edge_with_the_same_change_in_every_subject_is_left_out_and_reported(noise, caplog):
+    """An edge that changes by exactly (or up to float noise) the same amount in every
+    subject has no residual variance: its t would be ~1e6-1e16 and seed a component. It is
+    left out (t = 0), listed in ``degenerate_edges``, the summary and a warning; every
+    other edge's t is unchanged."""
+    rng = np.random.default_rng(8)
+    n, nodes = 6, 8
+    base = np.stack([sym(rng.normal(size=(nodes, nodes))) for _ in range(n)])
+    follow = base + np.stack([sym(rng.normal(size=(nodes, nodes))) for _ in range(n)])
+    follow[:, 2, 5] = follow[:, 5, 2] = base[:, 2, 5] + 0.3 + noise * rng.standard_normal(n)
+    follow[:, 0, 1] = follow[:, 1, 0] = base[:, 0, 1]  # no change at all
+    nbs = NetworkBasedStatistic(threshold=2.0, n_permutations=64, random_state=0)
+    with caplog.at_level(logging.WARNING, logger="pipeline.stats.nbs"):
+        res = nbs.fit_paired(base, follow)
+    assert set(res.degenerate_edges) == {(0, 1), (2, 5)}
+    assert res.statistics[0, 2, 5] == 0 and res.statistics[0, 0, 1] == 0
+    assert "without residual variance" in caplog.text and "2-5" in caplog.text
+    assert "excluded edges without residual variance" in res.summary()
+    assert all((2, 5) not in {tuple(sorted(e)) for e in c.edges} for c in res.components)
+    d = follow[:, 3, 6] - base[:, 3, 6]  # an ordinary edge: the one-sample t
+    assert res.statistics[0, 3, 6] == pytest.approx(stats.ttest_1samp(d, 0).statistic)

@@ -713,8 +713,12 @@ class LongitudinalTests:
                 "method": f"paired t, df = {n - 1}, two-sided",
                 "exact": False,
             }
-            if n < 2 or np.allclose(d, d[0] if n else 0.0, rtol=0, atol=0):
-                row["reason"] = f"paired t needs >= 2 pairs with non-constant differences (n = {n})"
+            # constant differences (up to float noise: an identical change in every
+            # subject) have no variance, and a t from rounding error would be ~1e15
+            constant = n >= 2 and np.ptp(d) <= 1e-9 * max(float(np.abs(d).max()), 1e-300)
+            if n < 2 or constant:
+                row["reason"] = (f"paired t needs >= 2 pairs with non-constant differences "
+                                 f"(n = {n}; the same change in every subject has no variance)")  # fmt: skip
             else:
                 res = stats.ttest_rel(y, x)
                 row.update(

@@ -148,6 +148,11 @@ class NBSResult:
         Node names, if given.
     parameters : dict
         Estimator parameters and design description.
+    degenerate_edges : tuple of tuple[int, int]
+        Edges (node pairs) without residual variance in the observed data: identical
+        change in every subject (up to float noise, :data:`DEGENERATE_RTOL`) or constant
+        zero. Their t is undefined (a tiny variance gives t ~ 1e6), so they are left out of
+        the test (t = 0) and listed here, with a warning.
     """
 
     components: tuple[Component, ...]
@@ -166,6 +171,7 @@ class NBSResult:
     tests: tuple[tuple[int, int], ...]
     node_labels: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
+    degenerate_edges: tuple[tuple[int, int], ...] = ()
 
     # ------------------------------------------------------------ accessors
     @property
@@ -258,6 +264,9 @@ class NBSResult:
         if self.excluded_nodes:
             names = ", ".join(self._label(n) for n in self.excluded_nodes)
             lines.append(f"  excluded nodes (NaN in an input): {names}")
+        if self.degenerate_edges:
+            lines.append(f"  excluded edges without residual variance (same change in every "
+                         f"observation): {_edge_text(self.degenerate_edges, self._label)}")  # fmt: skip
         lines.append(
             f"  primary threshold: t > {self.threshold_t:.4g}"
             + (
@@ -323,6 +332,23 @@ def _orth(a: np.ndarray, tol: float = 1e-10, absolute: bool = False) -> np.ndarr
     if s.size == 0 or s[0] <= (tol if absolute else 0.0):
         return np.zeros((a.shape[0], 0))
     return u[:, s > cut]
+
+
+#: An edge whose residual sum of squares is below this fraction of its raw sum of
+#: squares has no residual variance (float noise on an identical change): degenerate.
+DEGENERATE_RTOL = 1e-10
+
+
+def _edge_text(edges, label, limit: int = 8) -> str:
+    shown = ", ".join(f"{label(i)}-{label(j)}" for i, j in edges[:limit])
+    return shown + (f" and {len(edges) - limit} more" if len(edges) > limit else "")
+
+
+def _degenerate(y: np.ndarray, part: _Partition) -> np.ndarray:
+    """Edges of ``y`` (n_obs, E) with no residual variance under ``part``'s full model."""
+    rss = part.ss - (part.vectors[:, 0] @ part.resid) ** 2 / part.xx
+    raw = np.einsum("ne,ne->e", y, y)
+    return rss <= DEGENERATE_RTOL * raw
 
 
 def _partition(
@@ -928,6 +954,21 @@ class NetworkBasedStatistic:
         if exchangeability == "permute" and blocks is not None:
             invariant = (blocks[:, None] == np.arange(blocks.max() + 1)[None, :]).astype(float)
         parts = [_partition(y, design, c, df, invariant) for c in contrasts]
+        degenerate = np.zeros(n_edges, dtype=bool)
+        for part in parts:
+            degenerate |= _degenerate(y, part)
+        degenerate_edges = tuple((int(keep[iu[e]]), int(keep[ju[e]]))
+                                 for e in np.flatnonzero(degenerate))  # fmt: skip
+        if degenerate.any():  # no t: left out of the test (t = 0), reported
+            names = node_labels or tuple(str(k) for k in range(n_all))
+            logger.warning(
+                "NBS: %d edge(s) without residual variance (the same change in every "
+                "observation) left out of the test: %s", int(degenerate.sum()),
+                _edge_text(degenerate_edges, lambda k: names[k]),
+            )  # fmt: skip
+            y = y.copy()
+            y[:, degenerate] = 0.0
+            parts = [_partition(y, design, c, df, invariant) for c in contrasts]
         signs = {"greater": (1,), "less": (-1,), "two-sided": (1, -1)}[self.alternative]
         tests = tuple((r, s) for r in range(contrasts.shape[0]) for s in signs)
         n_tests = len(tests)
@@ -1061,6 +1102,7 @@ class NetworkBasedStatistic:
             tests=tests,
             node_labels=node_labels,
             parameters=params,
+            degenerate_edges=degenerate_edges,
         )
         logger.info(
             "NBS: done in %.2f s, %d component(s), min attainable p %.4g",
