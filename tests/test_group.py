@@ -229,6 +229,28 @@ def test_group_nbs_finds_the_planted_component_and_states_exactness(tiny_bids, t
         assert Path(f"{stem}_desc-{fig}_nbs.svg").exists(), fig
 
 
+def test_group_nbs_leaves_out_an_all_nan_subject_and_names_nan_nodes(tiny_bids, tmp_path):
+    """sub-03's m06 matrix is NaN everywhere (it would remove every node): sub-03 is
+    excluded with the reason; a region NaN in sub-02 only is excluded and the subject
+    named."""
+    out = tmp_path / "out"
+    seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=6)
+    for sub, nan_nodes in (("03", slice(None)), ("02", [4])):
+        rel = out / f"sub-{sub}/ses-m06/func/sub-{sub}_ses-m06_task-rest_seg-{seg}_stat-fisherz_relmat.tsv"
+        m = pd.read_csv(rel, sep="\t", index_col=0)
+        m.iloc[nan_nodes, :] = np.nan
+        m.iloc[:, nan_nodes] = np.nan
+        m.to_csv(rel, sep="\t", na_rep="n/a")  # as the func stage writes NaN
+    assert main([str(tiny_bids), str(out), "group", "--stages", "nbs"]) == 0
+    stem = out / f"group/task-rest_seg-{seg}_stat-fisherz"
+    excl = pd.read_csv(f"{stem}_desc-exclusions_nbs.tsv", sep="\t", dtype={"subject": str})
+    assert excl["subject"].tolist() == ["03"] and "NaN everywhere" in excl["reason"].item()
+    meta = json.loads(Path(f"{stem}_desc-edges_nbs.json").read_text())["Parameters"]
+    assert meta["subjects"] == ["01", "02", "04", "05", "06"]
+    assert [n["name"] for n in meta["excluded_nodes"]] == ["R04"]
+    assert "sub-02 ses-m06" in meta["excluded_nodes"][0]["reason"]
+
+
 def test_group_nbs_refuses_matrices_with_different_region_tables(tiny_bids, tmp_path, capsys):
     out = tmp_path / "out"
     seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=3, rename=("02", "m06"))

@@ -68,6 +68,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
     regions = ref_path = None
     mats: dict[str, list[np.ndarray]] = {a: [], b: []}
     used, sources, exclusions = [], [], []
+    nan_by_node: dict[int, list[str]] = {}
     flagged = {} if config.group.include_flagged else flagged_sessions(out, ("anat", "func"))
     for sub in subjects:
         found, reason = {}, None
@@ -92,6 +93,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
             exclusions.append({"subject": sub, "reason": reason})
             log.warning("group nbs: sub-%s excluded: %s", sub, reason)
             continue
+        loaded = {}
         for ses, rel in found.items():
             table_path = path(sub, ses, seg=seg, suffix="dseg", extension=".tsv")
             if not table_path.exists():
@@ -108,12 +110,24 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
                 raise InputError(
                     rel, f"row / column labels do not match the region table {table_path.name}"
                 )
-            mats[ses].append(m.to_numpy(dtype=float))
+            loaded[ses] = (m.to_numpy(dtype=float), rel, table_path)
+        empty = [ses for ses, (arr, _, _) in loaded.items()
+                 if np.isnan(arr[~np.eye(arr.shape[0], dtype=bool)]).all()]  # fmt: skip
+        if empty:  # would remove every node for every subject: leave the subject out
+            reason = (f"ses-{empty[0]} matrix {loaded[empty[0]][1].name} is NaN everywhere "
+                      "(no valid region: check that run's coverage / func stage)")  # fmt: skip
+            exclusions.append({"subject": sub, "reason": reason})
+            log.warning("group nbs: sub-%s excluded: %s", sub, reason)
+            continue
+        for ses, (arr, rel, table_path) in loaded.items():
+            mats[ses].append(arr)
             sources += [str(rel), str(table_path)]
+            for k in np.flatnonzero(np.isnan(arr).any(axis=1)):
+                nan_by_node.setdefault(int(k), []).append(f"sub-{sub} ses-{ses}")
         used.append(sub)
     return {"baseline": np.array(mats[a]), "followup": np.array(mats[b]), "subjects": used,
             "regions": regions, "sources": sources, "exclusions": exclusions, "seg": seg,
-            "stat": stat, "task": task}  # fmt: skip
+            "stat": stat, "task": task, "nan_by_node": nan_by_node}  # fmt: skip
 
 
 def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
@@ -166,8 +180,13 @@ def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
         "n_permutations": res.n_permutations, "n_distinct_available": res.n_distinct_available,
         "exact": res.exact, "min_attainable_p": res.min_attainable_p, "seed": res.seed,
         "threshold_t": res.threshold_t, "df": res.df,
-        "excluded_nodes": [{"index": int(k), "name": names[k], "reason": "NaN in an input matrix"}
+        "excluded_nodes": [{"index": int(k), "name": names[k],
+                            "reason": "NaN in the matrices of "
+                            + ", ".join(data["nan_by_node"].get(int(k), ["an input"]))}
                            for k in res.excluded_nodes],
+        "degenerate_edges": [{"node_1": names[i], "node_2": names[j],
+                              "reason": "no residual variance (the same change in every subject)"}
+                             for i, j in res.degenerate_edges],
         "exclusions": data["exclusions"],
     }  # fmt: skip
     meta = writer.provenance(sources=data["sources"], parameters=params, seed=config.seed,

@@ -571,6 +571,14 @@ def group_report(out: str | os.PathLike[str]) -> Report:
             items.append(Note(f"cannot reach p < {alpha} with this design (smallest attainable "
                               f"p = {min_p}): no component can be significant; collect more "
                               "data.", "warning"))  # fmt: skip
+        items.append(Note("Sign-flip inference assumes that each subject's change is "
+                          "symmetric about zero under the null (exchangeable signs); a skewed "
+                          "null distribution of changes (e.g. a drift that affects some subjects "
+                          "strongly) inflates false positives.", "info"))  # fmt: skip
+        if p.get("degenerate_edges"):
+            items.append(Note(f"{len(p['degenerate_edges'])} edge(s) without residual variance "
+                              "(the same change in every subject) were left out of the test.",
+                              "warning"))  # fmt: skip
         if meta.get("Summary"):
             items.append(Note(str(meta["Summary"]), pre=True))
         comps = _tsv(g / f"{stem}_desc-components_nbs.tsv")
