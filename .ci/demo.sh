@@ -17,5 +17,6 @@ export PATH="$PWD/.venv/bin:$PATH"
 if [ ! -f "$DEMO/bids/dataset_description.json" ]; then
     msmri synth "$DEMO" --preset "$PRESET"
 fi
-snakemake --cores "$CORES" --config bids_dir="$DEMO/bids" output_dir="$DEMO/derivatives"
+snakemake --cores "$CORES" --config bids_dir="$DEMO/bids" output_dir="$DEMO/derivatives" \
+    msmri_config="$PWD/configs/demo.yaml"
 echo "msmri demo finished: outputs in $DEMO/derivatives"

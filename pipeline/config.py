@@ -427,7 +427,8 @@ class NbsConfig(Section):
     threshold: float = Field(gt=0)
     threshold_type: Literal["t", "p"]
     size: Literal["extent", "intensity"]
-    alternative: Literal["greater", "less", "two-sided"]
+    alternative: Literal["greater", "less", "two-sided", "both-one-sided"]
+    hypothesis: str | None
     n_permutations: int = Field(ge=100, le=1_000_000)
     alpha: float = Field(gt=0, lt=1)
 

@@ -530,3 +530,23 @@ def test_edge_with_the_same_change_in_every_subject_is_left_out_and_reported(noi
     assert all((2, 5) not in {tuple(sorted(e)) for e in c.edges} for c in res.components)
     d = follow[:, 3, 6] - base[:, 3, 6]  # an ordinary edge: the one-sample t
     assert res.statistics[0, 3, 6] == pytest.approx(stats.ttest_1samp(d, 0).statistic)
+
+
+@pytest.mark.parametrize("size", ["extent", "intensity"])
+def test_both_one_sided_equals_two_separate_one_sided_runs(paired_small, size):
+    """NBS-toolbox contrasts: [1] and [-1] as two tests with their own nulls. Each equals
+    the single one-sided run (itself checked against brute force above), and the smallest
+    attainable p is the one-sided 1/64, not the two-sided 2/64."""
+    base, fu = paired_small
+    kw = {"size": size, "n_permutations": 5000}
+    both = NetworkBasedStatistic(2.0, alternative="both-one-sided", **kw).fit_paired(base, fu)
+    runs = {1: NetworkBasedStatistic(2.0, alternative="greater", **kw).fit_paired(base, fu),
+            -1: NetworkBasedStatistic(2.0, alternative="less", **kw).fit_paired(base, fu)}  # fmt: skip
+    for sign, single in runs.items():
+        mine = sorted((round(c.size, 8), c.p_fwe) for c in both.components if c.sign == sign)
+        ref = sorted((round(c.size, 8), c.p_fwe) for c in single.components)
+        assert mine == ref and len(ref) > 0
+        np.testing.assert_allclose(both.null_by_test[both.tests.index((0, sign))],
+                                   single.null_distribution)  # fmt: skip
+    assert both.min_attainable_p == pytest.approx(1 / 64)
+    assert "two separate one-sided tests" in both.summary()

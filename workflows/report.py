@@ -571,6 +571,17 @@ def group_report(out: str | os.PathLike[str]) -> Report:
             items.append(Note(f"cannot reach p < {alpha} with this design (smallest attainable "
                               f"p = {min_p}): no component can be significant; collect more "
                               "data.", "warning"))  # fmt: skip
+        cfg_nbs = p.get("nbs") or {}
+        side = {"greater": "one-sided, follow-up > baseline", "less": "one-sided, follow-up < "
+                "baseline", "two-sided": "two-sided (both signs, FWE across them)",
+                "both-one-sided": "both one-sided contrasts as separate tests"}.get(
+                    cfg_nbs.get("alternative"), str(cfg_nbs.get("alternative")))  # fmt: skip
+        if cfg_nbs.get("hypothesis"):
+            items.append(Note(f"Pre-specified hypothesis (nbs.hypothesis): "
+                              f"{cfg_nbs['hypothesis']}; tested {side}.", "info"))  # fmt: skip
+        else:
+            items.append(Note(f"No pre-specified hypothesis (nbs.hypothesis is empty): the "
+                              f"NBS ({side}) is exploratory.", "info"))  # fmt: skip
         items.append(Note("Sign-flip inference assumes that each subject's change is "
                           "symmetric about zero under the null (exchangeable signs); a skewed "
                           "null distribution of changes (e.g. a drift that affects some subjects "

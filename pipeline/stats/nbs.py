@@ -57,7 +57,7 @@ __all__ = ["Component", "NBSResult", "NetworkBasedStatistic"]
 
 logger = logging.getLogger(__name__)
 
-Alternative = Literal["greater", "less", "two-sided"]
+Alternative = Literal["greater", "less", "two-sided", "both-one-sided"]
 SizeMeasure = Literal["extent", "intensity"]
 ThresholdType = Literal["t", "p"]
 
@@ -122,6 +122,8 @@ class NBSResult:
     null_distribution : numpy.ndarray
         ``(n_permutations,)`` largest component size per relabelling (maximum
         over the tested contrasts); entry 0 is the identity (observed data).
+        With ``alternative="both-one-sided"`` each test's p comes from its own
+        row of ``null_by_test`` instead.
     n_permutations : int
         Relabellings used, identity included.
     n_distinct_available : int
@@ -172,6 +174,7 @@ class NBSResult:
     node_labels: tuple[str, ...] | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     degenerate_edges: tuple[tuple[int, int], ...] = ()
+    null_by_test: np.ndarray | None = None
 
     # ------------------------------------------------------------ accessors
     @property
@@ -275,7 +278,9 @@ class NBSResult:
                 else ""
             )
             + f"; size = {p.get('size', 'extent')}; alternative = {p.get('alternative')}"
-            + (" (FWE controlled across both signs)" if len(self.tests) > 1 else "")
+            + (" (two separate one-sided tests, each with its own FWE)"
+               if p.get("alternative") == "both-one-sided"
+               else " (FWE controlled across both signs)" if len(self.tests) > 1 else "")
         )
         kind = "sign-flip patterns" if self.exchangeability == "sign-flip" else "permutations"
         if self.exact:
@@ -575,10 +580,13 @@ class NetworkBasedStatistic:
         Meaning of ``threshold``.
     size : {"extent", "intensity"}
         Component size: number of edges, or sum of ``t - threshold`` over edges.
-    alternative : {"greater", "less", "two-sided"}
+    alternative : {"greater", "less", "two-sided", "both-one-sided"}
         ``"greater"`` tests ``c'b > 0``, ``"less"`` tests ``c'b < 0``;
         ``"two-sided"`` tests both with FWE control across them (never merging
-        positive and negative edges into one component).
+        positive and negative edges into one component); ``"both-one-sided"``
+        runs both one-sided contrasts as separate tests, each with its own null
+        distribution and FWE p (as the NBS toolbox runs ``[1]`` and ``[-1]``:
+        two tests, two families, reported separately).
     n_permutations : int
         Relabellings to use, identity included. If the design allows at most
         this many distinct relabellings, all are enumerated (exact test).
@@ -614,8 +622,10 @@ class NetworkBasedStatistic:
             raise ValueError("a t threshold must be positive (one-sided contrasts)")
         if size not in ("extent", "intensity"):
             raise ValueError("size must be 'extent' or 'intensity'")
-        if alternative not in ("greater", "less", "two-sided"):
-            raise ValueError("alternative must be 'greater', 'less' or 'two-sided'")
+        if alternative not in ("greater", "less", "two-sided", "both-one-sided"):
+            raise ValueError(
+                "alternative must be 'greater', 'less', 'two-sided' or 'both-one-sided'"
+            )
         if int(n_permutations) < 2:
             raise ValueError("n_permutations must be >= 2")
         if chunk_size is not None and int(chunk_size) < 1:
@@ -969,7 +979,9 @@ class NetworkBasedStatistic:
             y = y.copy()
             y[:, degenerate] = 0.0
             parts = [_partition(y, design, c, df, invariant) for c in contrasts]
-        signs = {"greater": (1,), "less": (-1,), "two-sided": (1, -1)}[self.alternative]
+        signs = {"greater": (1,), "less": (-1,), "two-sided": (1, -1),
+                 "both-one-sided": (1, -1)}[self.alternative]  # fmt: skip
+        separate = self.alternative == "both-one-sided"
         tests = tuple((r, s) for r in range(contrasts.shape[0]) for s in signs)
         n_tests = len(tests)
 
@@ -983,6 +995,7 @@ class NetworkBasedStatistic:
         weights_fp2 = fp_rng.standard_normal(n_edges)
         part_fp = [p.resid @ weights_fp for p in parts]
         null = np.zeros(n_rel)
+        null_by_test = np.zeros((n_tests, n_rel))
         fingerprints = np.zeros((n_tests, n_rel))
         observed_t: list[np.ndarray] = []
         logger.info(
@@ -1032,7 +1045,8 @@ class NetworkBasedStatistic:
                 ju,
                 n_keep,
             )
-            null[start:stop] = sizes.reshape(n_tests, k).max(axis=0)
+            null_by_test[:, start:stop] = sizes.reshape(n_tests, k)
+            null[start:stop] = null_by_test[:, start:stop].max(axis=0)
             done = stop / n_rel
             if done >= next_log or stop == n_rel:
                 logger.info(
@@ -1052,16 +1066,21 @@ class NetworkBasedStatistic:
             np.abs(np.sort(fingerprints, axis=0) - obs_fp[:, None]) <= 1e-8 * scale, axis=0
         )
         min_p = float(equiv.sum()) / n_rel
+        if separate:  # each one-sided test on its own: only its own maps need to match
+            scales = np.maximum(1.0, np.abs(fingerprints[:, :1]))
+            own = np.abs(fingerprints - fingerprints[:, :1]) <= 1e-8 * scales
+            min_p = float(own.sum(axis=1).min()) / n_rel
 
         # observed components and FWE p-values
         comps: list[Component] = []
         tol = 1e-9
-        for row, sgn in tests:
+        for t_idx, (row, sgn) in enumerate(tests):
+            ref_null = null_by_test[t_idx] if separate else null
             for e, sz in sorted(
                 _observed_components(observed_t[row], sgn, thr, self.size, iu, ju, n_keep),
                 key=lambda item: -item[1],
             ):
-                p = float(np.count_nonzero(null >= sz - tol * max(1.0, abs(sz)))) / n_rel
+                p = float(np.count_nonzero(ref_null >= sz - tol * max(1.0, abs(sz)))) / n_rel
                 comps.append(
                     Component(
                         contrast=row,
@@ -1103,6 +1122,7 @@ class NetworkBasedStatistic:
             node_labels=node_labels,
             parameters=params,
             degenerate_edges=degenerate_edges,
+            null_by_test=_frozen(null_by_test),
         )
         logger.info(
             "NBS: done in %.2f s, %d component(s), min attainable p %.4g",
