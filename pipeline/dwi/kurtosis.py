@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipeline.dwi.tensor import weighted_normal_solve
 from pipeline.gradients import count_unique_directions, group_shells
 from pipeline.parallel import single_threaded_blas
 
@@ -242,7 +243,6 @@ def _linear_fit(
         Coefficients in DIPY's order (rows of failed voxels 0).
     ok : ndarray (n,) bool
     """
-    n_par = design.shape[1]
     scale = np.linalg.norm(design, axis=0)
     xs = design / scale
     log_s = np.log(sig, dtype=np.float64)
@@ -252,21 +252,7 @@ def _linear_fit(
         pred = beta @ xs.T
         pred -= pred.max(axis=1, keepdims=True)
         w2 = np.exp(2.0 * pred)
-        iu = np.triu_indices(n_par)
-        outer = (xs[:, :, None] * xs[:, None, :])[:, iu[0], iu[1]]  # (g, 253)
-        sym = np.zeros((n_par, n_par), dtype=np.intp)
-        sym[iu] = np.arange(len(iu[0]))
-        sym = np.maximum(sym, sym.T)
-        lhs = np.take(w2 @ outer, sym.ravel(), axis=1).reshape(-1, n_par, n_par)
-        rhs = (w2 * log_s) @ xs
-        try:
-            beta = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            # a singular voxel in this chunk: per-voxel pseudo-inverse, as DIPY does
-            w = np.sqrt(w2)
-            wx = xs[None] * w[:, :, None]
-            with np.errstate(all="ignore"):
-                beta = np.einsum("nij,nj->ni", np.linalg.pinv(wx), log_s * w)
+        beta = weighted_normal_solve(xs, w2, log_s)
     beta = beta / scale
     ok = np.all(np.isfinite(beta), axis=1)
     beta[~ok] = 0.0

@@ -213,6 +213,32 @@ def _eig_sym3(lt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return evals, v1
 
 
+def weighted_normal_solve(xs: np.ndarray, w2: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weighted least squares of many voxels with one design: ``(n, p)`` coefficients.
+
+    ``xs`` (g, p) is the (column-scaled) design, ``w2`` (n, g) the squared weights and
+    ``y`` (n, g) the data of n voxels. X^T W X of every voxel is built from its
+    p(p+1)/2 distinct entries by one (n, g) x (g, p(p+1)/2) product and the normal
+    equations are solved batched; a chunk with a singular voxel falls back to a
+    per-voxel pseudo-inverse, as DIPY does. Shared by the tensor and kurtosis fits.
+    """
+    n_par = xs.shape[1]
+    iu = np.triu_indices(n_par)
+    outer = (xs[:, :, None] * xs[:, None, :])[:, iu[0], iu[1]]  # (g, p(p+1)/2)
+    sym = np.zeros((n_par, n_par), dtype=np.intp)
+    sym[iu] = np.arange(len(iu[0]))
+    sym = np.maximum(sym, sym.T)  # position of (i, j) among the distinct entries
+    lhs = np.take(w2 @ outer, sym.ravel(), axis=1).reshape(-1, n_par, n_par)
+    rhs = (w2 * y) @ xs
+    try:
+        return np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
+    except np.linalg.LinAlgError:
+        w = np.sqrt(w2)
+        wx = xs[None] * w[:, :, None]
+        with np.errstate(all="ignore"):
+            return np.einsum("nij,nj->ni", np.linalg.pinv(wx), y * w)
+
+
 def _linear_fit(
     design: np.ndarray, sig: np.ndarray, weighted: bool
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -256,22 +282,7 @@ def _linear_fit(
         pred -= pred.max(axis=1, keepdims=True)
         pred *= 2.0
         w2 = np.exp(pred, out=pred).astype(np.float64)
-        # X^T W X for every voxel from its 28 distinct entries: one (n, g) x (g, 28) product
-        iu = np.triu_indices(7)
-        outer = (xs[:, :, None] * xs[:, None, :])[:, iu[0], iu[1]]  # (g, 28)
-        sym = np.zeros((7, 7), dtype=np.intp)
-        sym[iu] = np.arange(len(iu[0]))
-        sym = np.maximum(sym, sym.T)  # position of (i, j) among the 28 entries
-        lhs = np.take(w2 @ outer, sym.ravel(), axis=1).reshape(-1, 7, 7)
-        rhs = (w2 * log_s) @ xs
-        try:
-            beta = np.linalg.solve(lhs, rhs[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            # a singular voxel in this chunk: per-voxel pseudo-inverse, as DIPY does
-            w = np.sqrt(w2)
-            wx = xs[None] * w[:, :, None]
-            with np.errstate(all="ignore"):
-                beta = np.einsum("nij,nj->ni", np.linalg.pinv(wx), log_s * w)
+        beta = weighted_normal_solve(xs, w2, log_s)
     beta = beta / scale
     ok = np.all(np.isfinite(beta), axis=1)
     beta[~ok] = 0.0
