@@ -431,12 +431,38 @@ class NbsConfig(Section):
     hypothesis: str | None
     n_permutations: int = Field(ge=100, le=1_000_000)
     alpha: float = Field(gt=0, lt=1)
+    power_repetitions: int = Field(ge=0, le=100_000)
+    power_n_subjects: tuple[int, ...] = Field(strict=False, min_length=1)
+    power_effects: tuple[float, ...] = Field(strict=False, min_length=1)
+    power_thresholds: tuple[float, ...] | None = Field(strict=False)
+    power_regions: int = Field(ge=2, le=100_000)
+    power_edges: int = Field(ge=1, le=10_000_000)
+    power_noise: Literal["wishart", "gaussian", "resample"]
+    power_permutations: int = Field(ge=100, le=1_000_000)
 
     @model_validator(mode="after")
     def _p_threshold(self) -> NbsConfig:
         if self.threshold_type == "p" and not self.threshold < 0.5:
             raise _KeyedError("threshold", "a p-value threshold must lie in (0, 0.5)",
                               related=("threshold_type",))  # fmt: skip
+        for thr in self.power_thresholds or ():
+            if not thr > 0 or (self.threshold_type == "p" and not thr < 0.5):
+                raise _KeyedError("power_thresholds", f"threshold {thr} is not a valid "
+                                  f"{self.threshold_type} threshold", related=("threshold_type",))  # fmt: skip
+        if any(n < 3 for n in self.power_n_subjects):
+            raise _KeyedError("power_n_subjects", "every simulated subject count must be >= 3")
+        if any(e < 0 for e in self.power_effects):
+            raise _KeyedError("power_effects", "effects are sizes (>= 0); the direction is "
+                              "`alternative`'s")  # fmt: skip
+        k, m = self.power_regions, self.power_edges
+        if not k - 1 <= m <= k * (k - 1) // 2:
+            raise _KeyedError("power_edges", f"a connected subnetwork of {k} regions has "
+                              f"{k - 1} .. {k * (k - 1) // 2} edges, got {m}",
+                              related=("power_regions",))  # fmt: skip
+        if self.power_noise == "wishart" and self.measure == "partial_correlation":
+            raise _KeyedError("power_noise", "the wishart noise model simulates correlation "
+                              "matrices; use gaussian or resample with partial_correlation",
+                              related=("measure",))  # fmt: skip
         return self
 
 

@@ -424,3 +424,39 @@ def test_dwi_and_bold_flags_leave_only_their_own_statistics(tiny_bids, tmp_path)
                       sep="\t", dtype={"subject": str})  # fmt: skip
     assert nbs["subject"].tolist() == ["05"]
     assert "BOLD -> T1w registration failed" in nbs["reason"].item()
+
+
+def test_group_nbs_power_analysis_writes_table_figure_and_report(tiny_bids, tmp_path):
+    """nbs.power_repetitions > 0: the power table (grid of n x effect), its sidecar with
+    the seed and noise model, the figure and the report section; detection grows with
+    n and effect, and the null cell (effect 0) keeps the family-wise error rate."""
+    from pipeline.config import load_config
+
+    out = tmp_path / "out"
+    seg = _write_func_outputs(out, np.random.default_rng(3), n_subjects=6)
+    cfg = tmp_path / "power.yaml"
+    cfg.write_text("nbs:\n  power_repetitions: 30\n  power_n_subjects: [4, 10]\n"
+                   "  power_effects: [0.0, 2.0]\n  power_regions: 6\n  power_edges: 8\n"
+                   "  power_permutations: 200\n")  # fmt: skip
+    assert main([str(tiny_bids), str(out), "group", "--stages", "nbs", "report",
+                 "--config", str(cfg)]) == 0  # fmt: skip
+    stem = out / f"group/task-rest_seg-{seg}_stat-fisherz"
+    power = pd.read_csv(f"{stem}_desc-power_nbs.tsv", sep="\t")
+    assert len(power) == 4 and set(power["n_subjects"]) == {4, 10}
+    cell = power.set_index(["n_subjects", "effect"])
+    # 4 subjects: 16 sign patterns, one-sided min p 1/16 > 0.05 (two-sided default: 2/16)
+    assert cell.loc[(4, 2.0), "detection"] == 0.0 and bool(cell.loc[(4, 2.0), "exact"])
+    assert cell.loc[(10, 2.0), "detection"] > 0.5
+    assert cell.loc[(10, 0.0), "detection"] == 0.0
+    assert cell.loc[(10, 0.0), "false_positive"] <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 30)
+    meta = json.loads(Path(f"{stem}_desc-power_nbs.json").read_text())
+    params = meta["Parameters"]
+    assert params["noise_model"] == "wishart" and params["noise_estimated_from_subjects"] == 6
+    assert params["seed"] == meta["RandomSeed"] == load_config([]).seed
+    assert Path(f"{stem}_desc-power_nbs.svg").exists()
+    nbs_meta = json.loads(Path(f"{stem}_desc-edges_nbs.json").read_text())["Parameters"]
+    assert nbs_meta["power"]["run"] is True
+    from workflows.report import group_report_path
+
+    html = group_report_path(out).read_text()
+    assert "NBS power analysis" in html and "desc-power_nbs.svg" in html

@@ -32,6 +32,28 @@ __all__ = ["collect_nbs_inputs", "read_table", "write_nbs"]
 
 log = logging.getLogger("msmri.group")
 
+#: Column descriptions of ``desc-power_nbs.tsv``.
+POWER_COLUMNS = {
+    "n_subjects": {"Description": "simulated subjects with both sessions"},
+    "threshold": {"Description": "primary threshold as configured (t, or one-sided p)"},
+    "threshold_t": {"Description": "t threshold applied at this number of subjects"},
+    "effect": {"Description": "planted change per planted edge, standardised (mean change / "
+                              "SD of the change, Cohen's d_z)"},
+    "n_repetitions": {"Description": "simulated studies"},
+    "detection": {"Description": "proportion of simulated studies with a significant component "
+                                 "containing a planted edge"},
+    "recall": {"Description": "mean fraction of planted edges inside significant components"},
+    "precision": {"Description": "mean fraction of significant-component edges that are planted "
+                                 "(studies with a significant component)"},
+    "false_positive": {"Description": "proportion of studies with a significant component "
+                                      "containing no planted edge (effect 0: family-wise error "
+                                      "rate)"},
+    "n_permutations": {"Description": "relabellings per simulated NBS"},
+    "exact": {"Description": "all distinct sign patterns enumerated"},
+}  # fmt: skip
+for _name in ("detection", "recall", "precision", "false_positive"):
+    POWER_COLUMNS[f"{_name}_se"] = {"Description": f"Monte Carlo standard error of {_name}"}
+
 #: Components written as GraphML (largest first); the rest are in the edge table.
 MAX_GRAPHML = 20
 
@@ -189,6 +211,7 @@ def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
                              for i, j in res.degenerate_edges],
         "exclusions": data["exclusions"],
     }  # fmt: skip
+    power, params["power"] = _power(data, config, n_used_nodes=len(names) - len(res.excluded_nodes))
     meta = writer.provenance(sources=data["sources"], parameters=params, seed=config.seed,
                              extra={"Description": f"network-based statistic, ses-{b} vs ses-{a}",
                                     "Summary": res.summary(c.alpha)})  # fmt: skip
@@ -206,9 +229,100 @@ def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
                                          **ent))  # fmt: skip
     if order:
         written += _figures(writer, res, order[0], names, coords, regions, ent, c.alpha)
+    if power is not None:
+        written += _write_power(writer, power, data, config, ent)
     # written last: the Snakemake job's output, present only when everything else is
     written.append(writer.write_tsv(excl, meta=meta, desc="exclusions", suffix="nbs", **ent))
     return written
+
+
+def _power(data: dict[str, Any], config: Config, n_used_nodes: int):
+    """Run the NBS power analysis on the study's own change noise (``nbs.power_*``).
+
+    Returns ``(PowerResult or None, status dict for the NBS sidecar)``.
+    """
+    from pipeline.stats.nbs_power import ChangeNoise, nbs_power
+
+    c = config.nbs
+    if c.power_repetitions == 0:
+        return None, {"run": False, "reason": "nbs.power_repetitions is 0"}
+    n = len(data["subjects"])
+    if n < 3:
+        reason = f"the change noise needs >= 3 subjects with both sessions, {n} available"
+        log.warning("group nbs: power analysis not run: %s", reason)
+        return None, {"run": False, "reason": reason}
+    regions, edges, notes = c.power_regions, c.power_edges, []
+    if regions > n_used_nodes:
+        regions = n_used_nodes
+        edges = min(max(edges, regions - 1), regions * (regions - 1) // 2)
+        notes.append(f"nbs.power_regions {c.power_regions} exceeds the {n_used_nodes} usable "
+                     f"regions: subnetwork of {regions} regions and {edges} edges simulated")  # fmt: skip
+        log.warning("group nbs: power analysis: %s", notes[-1])
+    measure = c.measure if c.measure in ("correlation", "fisher_z") else None
+    noise = ChangeNoise.from_paired(data["baseline"], data["followup"], measure=measure)
+    power = nbs_power(
+        noise, n_subjects=c.power_n_subjects, effects=c.power_effects,
+        thresholds=c.power_thresholds or (c.threshold,), threshold_type=c.threshold_type,
+        n_regions=regions, n_edges=edges, alternative=c.alternative, size=c.size,
+        noise_model=c.power_noise, n_repetitions=c.power_repetitions,
+        n_permutations=c.power_permutations, alpha=c.alpha, random_state=config.seed,
+    )  # fmt: skip
+    power.parameters["notes"] = notes
+    log.info("group nbs: power analysis (%s noise, %d simulated studies per cell, %.0f s)\n%s",
+             c.power_noise, c.power_repetitions, power.parameters["elapsed_s"],
+             power.table.to_string(index=False))  # fmt: skip
+    return power, {"run": True, "elapsed_s": power.parameters["elapsed_s"], "notes": notes}
+
+
+def _write_power(writer: DerivativesWriter, power, data, config: Config, ent) -> list[Path]:
+    """``desc-power_nbs.tsv`` with its sidecar and the power figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    p = power.parameters
+    sub = p["subnetwork"]
+    text = (f"NBS power by simulation: a random connected subnetwork of {sub['n_regions']} regions "
+            f"and {sub['n_edges']} edges planted in this study's change noise ({p['noise_model']} "
+            f"model, estimated from {p['noise_estimated_from_subjects']} subjects), "
+            f"{p['n_repetitions']} simulated studies per cell; detection = a significant component "
+            f"(FWE p < {p['alpha']}) contains a planted edge; recall / precision of the planted "
+            "edges in significant components; false_positive = a significant component without "
+            "planted edges (at effect 0 the family-wise error rate)")  # fmt: skip
+    meta = writer.provenance(sources=data["sources"], parameters=p, seed=config.seed,
+                             extra={"Description": text})  # fmt: skip
+    out = [writer.write_tsv(power.table, meta=meta, columns=POWER_COLUMNS, desc="power",
+                            suffix="nbs", **ent)]  # fmt: skip
+    t = power.table
+    thresholds = sorted(t["threshold"].unique())
+    fig, axes = plt.subplots(2, len(thresholds), figsize=(4.2 * len(thresholds), 6.4),
+                             squeeze=False, sharex=True, sharey=True)  # fmt: skip
+    kind = "t" if p["threshold_type"] == "t" else "p"
+    for col, thr in enumerate(thresholds):
+        for eff, g in t[t["threshold"] == thr].groupby("effect", sort=True):
+            g = g.sort_values("n_subjects")
+            for row, name in enumerate(("detection", "recall")):
+                axes[row, col].errorbar(g["n_subjects"], g[name], yerr=1.96 * g[f"{name}_se"],
+                                        marker="o", ms=3, capsize=2, label=f"d = {eff:g}")  # fmt: skip
+        for row, name in enumerate(("detection probability", "recall of planted edges")):
+            ax = axes[row, col]
+            ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(name)
+            if row == 1:
+                ax.set_xlabel("subjects (paired sessions)")
+        axes[0, col].set_title(f"primary threshold {kind} = {thr:g}", fontsize=9)
+    axes[0, -1].legend(fontsize=7, title="effect (d_z)", title_fontsize=7)
+    fig.suptitle(f"NBS power: {sub['n_regions']}-region / {sub['n_edges']}-edge subnetwork, "
+                 f"{p['alternative']}, {p['noise_model']} noise; bars: 95 % Monte Carlo interval",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    out.append(writer.write_figure(fig, desc="power", suffix="nbs", **ent))
+    plt.close(fig)
+    return out
 
 
 def _graphml(graph, path: Path) -> list[Path]:

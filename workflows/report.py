@@ -596,6 +596,12 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         items.append(Table(comps, "Components"))
         items.append(_group_figs([g / f"{stem}_desc-{k}_nbs.svg"
                                   for k in ("adjacency", "circle", "glassbrain")]))  # fmt: skip
+        power = _tsv(g / f"{stem}_desc-power_nbs.tsv")
+        if power is not None:
+            pmeta = _json(g / f"{stem}_desc-power_nbs.json")
+            items.append(Note(str(pmeta.get("Description", "NBS power analysis")), "info"))
+            items.append(Table(power, "NBS power analysis (simulated)"))
+            items.append(_group_figs([g / f"{stem}_desc-power_nbs.svg"]))
         sections.append(Section("nbs", "Network-based statistic", "ok", items=tuple(items)))
         excl = _tsv(g / f"{stem}_desc-exclusions_nbs.tsv")
         if excl is not None:

@@ -93,8 +93,9 @@ class PhantomSpec:
     bold_volumes: int = 160
     bold_tr: float = 2.0
     bold_atlas: str = "seitzman"
-    bold_planted_regions: int = 10
-    bold_planted_edges: int = 15
+    # the seed study's 6-month NBS subnetwork: 113 regions, 143 edges
+    bold_planted_regions: int = 113
+    bold_planted_edges: int = 143
     bold_effect: tuple[float, ...] = (0.0, 0.5, 1.0)  # fraction of the largest feasible effect
 
     def __post_init__(self) -> None:
@@ -121,6 +122,9 @@ class PhantomSpec:
 
 PRESETS: dict[str, PhantomSpec] = {
     "trial": PhantomSpec(),
+    # the trial without any planted change (NAWM RD, connectivity): what the group
+    # statistics must not find
+    "trial-null": PhantomSpec(rd_change=(0.0, 0.0, 0.0), bold_effect=(0.0, 0.0, 0.0)),
     "tiny": PhantomSpec(
         n_subjects=2,
         sessions=("baseline", "m06"),
@@ -453,6 +457,42 @@ def bold_design(spec: PhantomSpec) -> BoldDesign:
         edges=tuple(edges),
         max_effect=0.95 * float(max_planted_effect(loadings, edges)),
     )
+
+
+def simulate_region_connectomes(
+    spec: PhantomSpec, n_subjects: int, session_index: int, *, seed: int
+) -> np.ndarray:
+    """Fisher-z connectomes of the trial's region time series, without images.
+
+    The reduced simulation of the resting-state phantom: the same population
+    (:func:`bold_design`: atlas, loadings, planted subnetwork and effect of
+    ``spec``), run length and TR, drawn directly at the region level (no image,
+    no preprocessing). Its between-session noise is the sampling noise of the
+    factor model, the part of the image-level trial's noise that the pipeline
+    cannot remove; for power and calibration studies over many synthetic
+    trials (a full trial takes minutes per subject).
+
+    Subject ``s`` uses ``default_rng([seed, s, session_index, 5])``, so sessions
+    of one subject and subjects are independent and reproducible.
+
+    Returns
+    -------
+    numpy.ndarray, shape (n_subjects, M, M)
+        Fisher z of the correlation matrices, diagonal 0.
+    """
+    from pipeline.phantom.bold import simulate_region_timeseries
+
+    design = bold_design(spec)
+    effect = spec.bold_effect[session_index] * design.max_effect
+    out = np.empty((n_subjects, design.atlas.n_regions, design.atlas.n_regions))
+    for s in range(n_subjects):
+        rng = np.random.default_rng([int(seed), s, int(session_index), _STREAMS["bold"]])
+        x = simulate_region_timeseries(design.loadings, design.edges, effect,
+                                       n_volumes=spec.bold_volumes, tr=spec.bold_tr, rng=rng)  # fmt: skip
+        r = np.corrcoef(x, rowvar=False)
+        np.fill_diagonal(r, 0.0)
+        out[s] = np.arctanh(np.clip(r, -1 + 1e-7, 1 - 1e-7))
+    return out
 
 
 def simulate_session_bold(
