@@ -597,6 +597,9 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         items.append(_group_figs([g / f"{stem}_desc-{k}_nbs.svg"
                                   for k in ("adjacency", "circle", "glassbrain")]))  # fmt: skip
         power = _tsv(g / f"{stem}_desc-power_nbs.tsv")
+        pstat = p.get("power") or {}
+        if power is None and pstat.get("run") is False and "is 0" not in str(pstat.get("reason")):
+            items.append(Note(f"NBS power analysis not run: {pstat.get('reason')}", "warning"))
         if power is not None:
             pmeta = _json(g / f"{stem}_desc-power_nbs.json")
             items.append(Note(str(pmeta.get("Description", "NBS power analysis")), "info"))
