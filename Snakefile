@@ -24,6 +24,7 @@ from workflows.snakemake import (
     qcfc_output,
     with_modality,
 )
+from workflows.outputs import participant_output, participant_pattern
 from workflows.report import session_report_inputs
 
 
@@ -72,8 +73,7 @@ rule all:
     default_target: True
     input:
         expand(
-            OUT_DIR
-            / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+            OUT_DIR / participant_pattern("inventory"),
             zip,
             subject=SUBJECTS,
             session=SESSIONS,
@@ -91,26 +91,14 @@ rule all:
             session=SESSIONS,
         ),
         OUT_DIR / "group.html",
-        [
-            OUT_DIR / f"sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_volumes.tsv"
-            for s, t in T1W_PAIRS
-        ],
+        [OUT_DIR / participant_output("anat", s, t) for s, t in T1W_PAIRS],
         [
             OUT_DIR / f"sub-{s}/ses-{t}/anat/sub-{s}_ses-{t}_desc-changes_lesions.tsv"
             for s, t, _ in FOLLOWUPS
         ],
+        [OUT_DIR / participant_output("dwi", s, t) for s, t in DWI_PAIRS],
+        [OUT_DIR / participant_output("tract", s, t) for s, t in TRACT_PAIRS],
         [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_roistats.tsv"
-            for s, t in DWI_PAIRS
-        ],
-        [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
-            for s, t in TRACT_PAIRS
-        ],
-        [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/func/sub-{s}_ses-{t}_task-{BOLD_TASK}_desc-summary_bold.tsv"
+            OUT_DIR / participant_output("func", s, t, task=BOLD_TASK)
             for s, t in BOLD_PAIRS
         ],

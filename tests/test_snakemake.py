@@ -166,3 +166,19 @@ def test_rerun_incomplete_after_a_killed_run_gives_the_uninterrupted_outputs(tin
                      f"output_dir={out}", cwd=tmp_path)  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
     assert tree_checksums(out) == tree_checksums(whole)
+
+
+def test_building_the_dag_does_not_import_nipype(tiny_bids, tmp_path):
+    """The Snakefile builds every path through workflows.outputs: a dry run (the whole DAG,
+    group jobs included) must not import Nipype (seconds saved per Snakemake start)."""
+    code = (
+        "import sys\n"
+        "from snakemake.cli import main\n"
+        f"sys.argv = ['snakemake', '-n', '--cores', '1', '-s', {str(ROOT / 'Snakefile')!r}, "
+        f"'--config', 'bids_dir={tiny_bids}', 'output_dir={tmp_path / 'out'}']\n"
+        "try:\n    main()\nexcept SystemExit as exc:\n    status = exc.code\n"
+        "print('EXIT', status, 'NIPYPE', 'nipype' in sys.modules)\n"
+    )
+    res = subprocess.run([str(BIN / "python"), "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=300)  # fmt: skip
+    assert "EXIT 0 NIPYPE False" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]

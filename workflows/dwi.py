@@ -44,6 +44,7 @@ from nipype.interfaces.base import (
 from nipype.pipeline import engine as pe
 
 from workflows.nodeio import SERIES_EXT, dwi_gradients, load_array, register_to_t1w, save_array
+from workflows.outputs import STAGE_OUTPUTS
 
 __all__ = ["KURTOSIS_MAPS", "NOT_PRODUCED_WITHOUT_T1W", "ROI_METRICS", "TENSOR_MAPS", "init_dwi_wf",
            "structural_inputs"]
@@ -892,7 +893,7 @@ class DwiDerivatives(SimpleInterface):
                                              "kfa when the DKI was fitted) per ROI; "
                                              "diffusivities in um^2/ms (= 1e-3 mm^2/s)",
                                              NotProduced=not_produced),
-                                   **ent, space="dwi", model="tensor", suffix="roistats")))  # fmt: skip
+                                   **{**ent, **STAGE_OUTPUTS["dwi"]})))  # fmt: skip
         for name, path in i.figures.items():
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
                                          datatype="figures", desc=name, suffix="dwi",

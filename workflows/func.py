@@ -80,6 +80,7 @@ from nipype.interfaces.base import (
 from nipype.pipeline import engine as pe
 
 from workflows.nodeio import SERIES_EXT, load_array, register_to_t1w, save_array
+from workflows.outputs import MEASURE_STATS, seg_name
 
 __all__ = [
     "MEASURE_STATS",
@@ -94,15 +95,6 @@ __all__ = [
 log = logging.getLogger("msmri.func")
 
 #: Connectivity measures (``func.measures``) -> (nilearn kind, ``stat-`` entity, description).
-MEASURE_STATS = {
-    "correlation": ("correlation", "pearsoncorrelation",
-                    "Pearson correlation of the denoised region time series (empirical "
-                    "covariance, nilearn ConnectivityMeasure)"),
-    "fisher_z": ("fisher_z", "fisherz",
-                 "Fisher z (arctanh) of the correlation matrix; diagonal set to 0"),
-    "partial_correlation": ("partial correlation", "partialcorrelation",
-                            "partial correlation (Ledoit-Wolf shrunk covariance, nilearn)"),
-}  # fmt: skip
 
 
 #: How the fMRIPrep space is related to the atlases' MNI frame (written to the sidecars).
@@ -113,15 +105,6 @@ SPACE_NOTE = (
     "as nilearn does: both are ICBM 2009 non-linear averages of the MNI152 subjects, and their "
     "differences are small next to the region size"
 )
-
-
-def seg_name(atlas: str, atlas_labels: str | None = None) -> str:
-    """The ``seg-`` entity of an atlas: its name, or the label table's file stem (alphanumeric)."""
-    if atlas_labels is None:
-        return atlas
-    stem = Path(atlas_labels).name.split(".")[0]
-    name = "".join(c for c in stem if c.isalnum())
-    return name or "labels"
 
 
 def _read_tsv(path: str):

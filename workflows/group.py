@@ -92,9 +92,9 @@ def collect_roi_tables(out: Path):
     """All participant ROI tables of a derivatives folder in one long DataFrame."""
     import pandas as pd
 
-    paths = sorted(
-        Path(out).glob("sub-*/ses-*/dwi/sub-*_ses-*_space-dwi_model-tensor_roistats.tsv")
-    )
+    from workflows.outputs import participant_output
+
+    paths = sorted(Path(out).glob(participant_output("dwi", "*", "*")))
     if not paths:
         return None, []
     tables = [pd.read_csv(p, sep="\t", dtype={"subject": str, "session": str}) for p in paths]

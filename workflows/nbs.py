@@ -74,7 +74,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
     file whose region table differs from the first one's.
     """
     from pipeline.errors import InputError
-    from workflows.func import MEASURE_STATS, seg_name
+    from workflows.outputs import MEASURE_STATS, seg_name
 
     out = Path(out)
     a, b = config.group.compare

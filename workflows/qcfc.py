@@ -43,7 +43,7 @@ def collect_qcfc_inputs(out: Path, config: Config) -> dict:
     from the first one, or a time-series file whose columns are not the regions.
     """
     from pipeline.errors import InputError
-    from workflows.func import MEASURE_STATS, seg_name
+    from workflows.outputs import MEASURE_STATS, seg_name
 
     out = Path(out)
     seg = seg_name(config.func.atlas, config.func.atlas_labels)

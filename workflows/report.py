@@ -44,6 +44,7 @@ from workflows.derivatives import (
     read_plausibility,
     read_tsv,
 )
+from workflows.outputs import participant_output
 
 __all__ = [
     "check_derivatives",
@@ -90,19 +91,21 @@ def session_report_inputs(
     when the session has a DWI series, and the tract table when it also has a
     T1w; the run summary when it has a resting-state BOLD run.
     """
-    ses = Path(out_dir) / f"sub-{subject}/ses-{session}"
-    stem = f"sub-{subject}_ses-{session}"
-    files = [ses / f"{stem}_inventory.tsv"]
+    def output(stage: str, **entities: Any) -> Path:
+        return Path(out_dir) / participant_output(stage, subject, session, **entities)
+
+    files = [output("inventory")]
     if anat:
-        files.append(ses / f"anat/{stem}_volumes.tsv")
+        files.append(output("anat"))
     if followup and anat:
-        files.append(ses / f"anat/{stem}_desc-changes_lesions.tsv")
+        files.append(Path(out_dir) / f"sub-{subject}/ses-{session}/anat/"
+                     f"sub-{subject}_ses-{session}_desc-changes_lesions.tsv")  # fmt: skip
     if dwi:
-        files.append(ses / f"dwi/{stem}_space-dwi_model-tensor_roistats.tsv")
+        files.append(output("dwi"))
     if dwi and anat:
-        files.append(ses / f"dwi/{stem}_space-dwi_model-tensor_tractstats.tsv")
+        files.append(output("tract"))
     if bold:
-        files.append(ses / f"func/{stem}_task-{task}_desc-summary_bold.tsv")
+        files.append(output("func", task=task))
     return files
 
 
@@ -239,7 +242,7 @@ def _anat_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dic
 
 
 def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict[str, Any]]:
-    path = s.file("dwi", "space-dwi_model-tensor_roistats.tsv")
+    path = s.out / participant_output("dwi", s.sub, s.ses)
     meta = _json(_sidecar(path))
     figs = (
         Figure(s.fig("motion", "dwi"), "Head motion and outlier volumes",
@@ -291,7 +294,7 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
 
 
 def _tract_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict[str, Any]]:
-    path = s.file("dwi", "space-dwi_model-tensor_tractstats.tsv")
+    path = s.out / participant_output("tract", s.sub, s.ses)
     meta = _json(_sidecar(path))
     figs = (
         Figure(s.fig("bundles", "tract"), "Recognised bundles over FA",

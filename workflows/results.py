@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.errors import InputError
 from pipeline.validation import read_json_object
 from workflows.derivatives import build_path, read_dataset_description, read_tsv
+from workflows.outputs import MEASURE_STATS, STAGE_OUTPUTS
 
 if TYPE_CHECKING:  # imported lazily: keep `import workflows.results` cheap
     import bids
@@ -70,25 +71,8 @@ PYBIDS_CONFIG: dict[str, Any] = {
     ],
 }
 
-#: Configuration names of the connectivity measures -> their ``stat`` entity
-#: (the same mapping as ``workflows.func.MEASURE_STATS``, repeated here so that
-#: reading results does not import Nipype; a test checks they agree).
-MEASURE_ALIASES: dict[str, str] = {
-    "correlation": "pearsoncorrelation",
-    "fisher_z": "fisherz",
-    "partial_correlation": "partialcorrelation",
-}
-
-#: The participant stage that writes each kind of output, and the file that shows it ran.
-STAGE_OUTPUTS: dict[str, dict[str, Any]] = {
-    "inventory": {"datatype": None, "suffix": "inventory", "extension": ".tsv"},
-    "anat": {"datatype": "anat", "suffix": "volumes", "extension": ".tsv"},
-    "dwi": {"datatype": "dwi", "space": "dwi", "model": "tensor", "suffix": "roistats",
-            "extension": ".tsv"},
-    "tract": {"datatype": "dwi", "space": "dwi", "model": "tensor", "suffix": "tractstats",
-              "extension": ".tsv"},
-    "func": {"datatype": "func", "desc": "summary", "suffix": "bold", "extension": ".tsv"},
-}  # fmt: skip
+#: Configuration names of the connectivity measures -> their ``stat`` entity.
+MEASURE_ALIASES: dict[str, str] = {name: v[1] for name, v in MEASURE_STATS.items()}
 
 #: Group-level suffix -> the group stage that writes it.
 GROUP_STAGES: dict[str, str] = {
@@ -320,14 +304,12 @@ class SubjectSession:
         Diffusivities in um^2/ms (= 1e-3 mm^2/s). ``rois`` / ``metrics`` select rows
         (e.g. ``rois=["NAWM_L", "NAWM_R"]``), in the file's order.
         """
-        table = self._table("ROI table", "dwi", datatype="dwi", space="dwi", model="tensor",
-                            suffix="roistats")  # fmt: skip
+        table = self._table("ROI table", "dwi", **STAGE_OUTPUTS["dwi"])
         return _select(table, roi=rois, metric=metrics)
 
     def tract_table(self) -> pd.DataFrame:
         """Per-bundle status (``ok | not_found | too_few``), reason, counts and mean metrics."""
-        return self._table("tract table", "tract", datatype="dwi", space="dwi", model="tensor",
-                           suffix="tractstats")  # fmt: skip
+        return self._table("tract table", "tract", **STAGE_OUTPUTS["tract"])
 
     def tract_profiles(self, *, bundles: Iterable[str] | None = None,
                        metrics: Iterable[str] | None = None,

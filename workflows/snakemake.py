@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from workflows.outputs import participant_output
+
 __all__ = [
     "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "dwi_job_inputs", "followups",
     "func_input_mode", "func_job_inputs", "msmri_cmd", "nbs_output", "qcfc_output", "with_modality",
@@ -126,7 +128,7 @@ def bold_task(config: Mapping[str, Any]) -> str:
 def anat_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> list[Path]:
     """Inputs of one structural job: its inventory, plus the subject reference when used."""
     out_dir = Path(out_dir)
-    inputs = [out_dir / f"sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv"]
+    inputs = [out_dir / participant_output("inventory", subject, session)]
     if mode != "sessionwise":
         inputs.append(out_dir / f"sub-{subject}/anat/sub-{subject}_desc-subjectref_T1w.nii.gz")
     return inputs
@@ -135,10 +137,7 @@ def anat_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> lis
 def dwi_job_inputs(out_dir: Path, subject: str, session: str, has_t1w: bool) -> list[Path]:
     """Inputs of one diffusion job: the session's structural table, or its inventory when
     the session has no T1w (the diffusion stage then runs on the DWI alone)."""
-    ses_dir = Path(out_dir) / f"sub-{subject}/ses-{session}"
-    if has_t1w:
-        return [ses_dir / f"anat/sub-{subject}_ses-{session}_volumes.tsv"]
-    return [ses_dir / f"sub-{subject}_ses-{session}_inventory.tsv"]
+    return [Path(out_dir) / participant_output("anat" if has_t1w else "inventory", subject, session)]
 
 
 def func_input_mode(config: Mapping[str, Any]) -> str:
@@ -154,11 +153,8 @@ def func_job_inputs(out_dir: Path, mode: str, subject: str, session: str) -> lis
     already in MNI space with their own confounds: the job needs only the
     session's inventory and runs as soon as it exists.
     """
-    out_dir = Path(out_dir)
-    ses_dir = out_dir / f"sub-{subject}/ses-{session}"
-    if mode == "fmriprep":
-        return [ses_dir / f"sub-{subject}_ses-{session}_inventory.tsv"]
-    return [ses_dir / f"anat/sub-{subject}_ses-{session}_volumes.tsv"]
+    stage = "inventory" if mode == "fmriprep" else "anat"
+    return [Path(out_dir) / participant_output(stage, subject, session)]
 
 
 def followups(
@@ -178,12 +174,9 @@ def followups(
 
 
 def _group_func_output(config: Mapping[str, Any], desc: str, suffix: str) -> str:
-    from workflows.func import MEASURE_STATS, seg_name
+    from workflows.outputs import group_func_output
 
-    cfg = _msmri_config(config)
-    seg = seg_name(cfg.func.atlas, cfg.func.atlas_labels)
-    stat = MEASURE_STATS[cfg.nbs.measure][1]
-    return f"group/task-{cfg.bids.bold_task}_seg-{seg}_stat-{stat}_desc-{desc}_{suffix}.tsv"
+    return group_func_output(_msmri_config(config), desc, suffix)
 
 
 def nbs_output(config: Mapping[str, Any]) -> str:

@@ -28,8 +28,7 @@ rule anat:
     input:
         lambda w: anat_job_inputs(OUT_DIR, ANAT_REFERENCE, w.subject, w.session),
     output:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+        OUT_DIR / participant_pattern("anat"),
     log:
         OUT_DIR / "logs/anat/sub-{subject}_ses-{session}.log",
     benchmark:
@@ -52,9 +51,8 @@ rule anat:
 rule lesion_changes:
     input:
         reference=lambda w: OUT_DIR
-        / f"sub-{w.subject}/ses-{REFERENCE[w.subject]}/anat/sub-{w.subject}_ses-{REFERENCE[w.subject]}_volumes.tsv",
-        followup=OUT_DIR
-        / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_volumes.tsv",
+        / participant_output("anat", w.subject, REFERENCE[w.subject]),
+        followup=OUT_DIR / participant_pattern("anat"),
     output:
         OUT_DIR
         / "sub-{subject}/ses-{session}/anat/sub-{subject}_ses-{session}_desc-changes_lesions.tsv",

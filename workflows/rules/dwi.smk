@@ -8,8 +8,7 @@ rule dwi:
             OUT_DIR, w.subject, w.session, (w.subject, w.session) in T1W_PAIRS
         ),
     output:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_roistats.tsv",
+        OUT_DIR / participant_pattern("dwi"),
     log:
         OUT_DIR / "logs/dwi/sub-{subject}_ses-{session}.log",
     benchmark:

@@ -12,8 +12,7 @@ rule func:
     input:
         lambda w: func_job_inputs(OUT_DIR, FUNC_INPUT, w.subject, w.session),
     output:
-        OUT_DIR
-        / f"sub-{{subject}}/ses-{{session}}/func/sub-{{subject}}_ses-{{session}}_task-{BOLD_TASK}_desc-summary_bold.tsv",
+        OUT_DIR / participant_pattern("func", task=BOLD_TASK),
     log:
         OUT_DIR / "logs/func/sub-{subject}_ses-{session}.log",
     benchmark:

@@ -3,11 +3,7 @@
 
 rule dwi_stats:
     input:
-        [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_roistats.tsv"
-            for s, t in DWI_PAIRS
-        ],
+        [OUT_DIR / participant_output("dwi", s, t) for s, t in DWI_PAIRS],
     output:
         OUT_DIR / "group/desc-tests_dwistats.tsv",
     log:
@@ -28,11 +24,7 @@ rule dwi_stats:
 
 rule tract_stats:
     input:
-        [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
-            for s, t in TRACT_PAIRS
-        ],
+        [OUT_DIR / participant_output("tract", s, t) for s, t in TRACT_PAIRS],
     output:
         OUT_DIR / "group/desc-tests_tractstats.tsv",
     log:
@@ -54,8 +46,7 @@ rule tract_stats:
 rule nbs:
     input:
         [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/func/sub-{s}_ses-{t}_task-{BOLD_TASK}_desc-summary_bold.tsv"
+            OUT_DIR / participant_output("func", s, t, task=BOLD_TASK)
             for s, t in BOLD_PAIRS
         ],
     output:
@@ -79,8 +70,7 @@ rule nbs:
 rule qcfc:
     input:
         [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/func/sub-{s}_ses-{t}_task-{BOLD_TASK}_desc-summary_bold.tsv"
+            OUT_DIR / participant_output("func", s, t, task=BOLD_TASK)
             for s, t in BOLD_PAIRS
         ],
     output:
@@ -103,11 +93,7 @@ rule qcfc:
 
 rule clinical_stats:
     input:
-        [
-            OUT_DIR
-            / f"sub-{s}/ses-{t}/dwi/sub-{s}_ses-{t}_space-dwi_model-tensor_tractstats.tsv"
-            for s, t in TRACT_PAIRS
-        ],
+        [OUT_DIR / participant_output("tract", s, t) for s, t in TRACT_PAIRS],
     output:
         OUT_DIR / "group/desc-tests_clinicalstats.tsv",
     log:

@@ -5,8 +5,7 @@ rule inventory:
     input:
         BIDS_DIR / "dataset_description.json",
     output:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+        OUT_DIR / participant_pattern("inventory"),
     log:
         OUT_DIR / "logs/inventory/sub-{subject}_ses-{session}.log",
     benchmark:
@@ -27,8 +26,7 @@ rule inventory:
 rule group_inventory:
     input:
         expand(
-            OUT_DIR
-            / "sub-{subject}/ses-{session}/sub-{subject}_ses-{session}_inventory.tsv",
+            OUT_DIR / participant_pattern("inventory"),
             zip,
             subject=SUBJECTS,
             session=SESSIONS,

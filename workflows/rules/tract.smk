@@ -3,11 +3,9 @@
 
 rule tract:
     input:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_roistats.tsv",
+        OUT_DIR / participant_pattern("dwi"),
     output:
-        OUT_DIR
-        / "sub-{subject}/ses-{session}/dwi/sub-{subject}_ses-{session}_space-dwi_model-tensor_tractstats.tsv",
+        OUT_DIR / participant_pattern("tract"),
     log:
         OUT_DIR / "logs/tract/sub-{subject}_ses-{session}.log",
     benchmark:
