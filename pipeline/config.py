@@ -772,6 +772,30 @@ def _to_config_error(
     return ConfigError(key, source, problem)
 
 
+#: Path-valued keys whose relative values are resolved against the folder of the
+#: configuration file that set them (the working directory for command-line overrides),
+#: so a project's configuration works from any directory and under Snakemake. Paths
+#: inside the BIDS dataset (``bids.lesion_derivatives``, ``func.atlas`` /
+#: ``func.atlas_labels``, ``func.fmriprep_dir``) stay relative to BIDS_DIR (resolved by
+#: the command line, which knows it).
+FILE_RELATIVE_KEYS: tuple[tuple[str, str], ...] = (
+    ("dwi", "atlas"), ("dwi", "atlas_labels"), ("tract", "bundles"),
+)  # fmt: skip
+
+
+def _resolve_file_relative(
+    data: dict[str, Any], origin: Mapping[tuple[str, ...], str], fallback: str
+) -> None:
+    for loc in FILE_RELATIVE_KEYS:
+        section = data.get(loc[0])
+        value = section.get(loc[1]) if isinstance(section, dict) else None
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            continue
+        source = _lookup_origin(origin, loc, fallback)
+        base = Path.cwd() if source in (COMMAND_LINE, None) else Path(source).resolve().parent
+        section[loc[1]] = os.path.normpath(base / value)
+
+
 def load_config(
     user_files: Sequence[str | os.PathLike[str]] = (),
     overrides: Mapping[str, Any] | None = None,
@@ -819,6 +843,7 @@ def load_config(
         if overrides:
             _merge(data, _expand_dotted(overrides), Config, (), COMMAND_LINE, origin)
             sources.append(COMMAND_LINE)
+    _resolve_file_relative(data, origin, default_label)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -397,3 +397,24 @@ def test_resolve_sessions_bad_table(rows):
     with pytest.raises(ConfigError) as info:
         resolve_sessions(load_config(), rows, source="sub-01_sessions.tsv")
     assert info.value.source == "sub-01_sessions.tsv"
+
+
+def test_path_keys_resolve_against_the_file_that_set_them(tmp_path, monkeypatch):
+    """dwi.atlas / dwi.atlas_labels / tract.bundles given relative in a configuration file
+    point next to that file whatever the working directory; on the command line they are
+    relative to the working directory; absolute paths and null are kept."""
+    project = tmp_path / "project"
+    project.mkdir()
+    cfg = project / "study.yaml"
+    cfg.write_text("dwi:\n  atlas: atlases/jhu.nii.gz\n  atlas_labels: atlases/jhu.tsv\n"
+                   "tract:\n  bundles: /abs/bundles.yaml\n")  # fmt: skip
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    c = load_config([cfg])
+    assert c.dwi.atlas == str(project / "atlases/jhu.nii.gz")
+    assert c.dwi.atlas_labels == str(project / "atlases/jhu.tsv")
+    assert c.tract.bundles == "/abs/bundles.yaml"
+    c = load_config([cfg], overrides={"tract.bundles": "mine.yaml"})
+    assert c.tract.bundles == str(elsewhere / "mine.yaml")
+    assert load_config([]).dwi.atlas is None

@@ -43,7 +43,14 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import SERIES_EXT, dwi_gradients, load_array, register_to_t1w, save_array
+from workflows.nodeio import (
+    GRADIENT_KEYS,
+    SERIES_EXT,
+    dwi_gradients,
+    load_array,
+    register_to_t1w,
+    save_array,
+)
 from workflows.outputs import STAGE_OUTPUTS
 
 __all__ = ["KURTOSIS_MAPS", "NOT_PRODUCED_WITHOUT_T1W", "ROI_METRICS", "TENSOR_MAPS", "init_dwi_wf",
@@ -104,7 +111,7 @@ class _LoadInputSpec(BaseInterfaceInputSpec):
     dwi = File(exists=True, mandatory=True)
     bval = File(exists=True, mandatory=True)
     bvec = File(exists=True, mandatory=True)
-    config = traits.Dict(mandatory=True, desc="resolved configuration (whole)")
+    params = traits.Dict(mandatory=True, desc="the configuration keys this node reads (_node_params)")
 
 
 class _DwiFilesSpec(TraitedSpec):
@@ -133,7 +140,7 @@ class LoadDwi(SimpleInterface):
         from pipeline.dwi.volumes import derived_volumes
 
         grads = dwi_gradients(
-            self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.config
+            self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.params
         )
         cwd = Path(runtime.cwd)
         img = nib.load(self.inputs.dwi)
@@ -159,8 +166,8 @@ class _StepInputSpec(BaseInterfaceInputSpec):
     dwi = File(exists=True, mandatory=True)
     bval = File(exists=True, mandatory=True)
     bvec = File(exists=True, mandatory=True)
-    config = traits.Dict(mandatory=True)
-    nprocs = traits.Int(1, usedefault=True)
+    params = traits.Dict(mandatory=True, desc="the configuration keys this node reads (_node_params)")
+    nprocs = traits.Int(1, usedefault=True, nohash=True, desc="processes (results do not depend on it)")
 
 
 class _DenoiseOutputSpec(_DwiFilesSpec):
@@ -177,7 +184,7 @@ class Denoise(SimpleInterface):
     def _run_interface(self, runtime):
         from pipeline.dwi.preprocess import HEAD_MASK_DILATION_VOX, denoise, head_mask
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         img = nib.load(self.inputs.dwi)
         grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -239,7 +246,7 @@ class MotionCorrect(SimpleInterface):
         from pipeline.dwi.motion import correct_motion
         from pipeline.dwi.preprocess import mean_b0
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         img = nib.load(self.inputs.dwi)
         grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -323,7 +330,7 @@ class _MaskInputSpec(BaseInterfaceInputSpec):
     dwi = File(exists=True, mandatory=True)
     bval = File(exists=True, mandatory=True)
     bvec = File(exists=True, mandatory=True)
-    config = traits.Dict(mandatory=True)
+    params = traits.Dict(mandatory=True, desc="the configuration keys this node reads (_node_params)")
     xfm = File(exists=True, desc="dwi -> T1w (absent in a session without a T1w)")
     t1w_mask = File(exists=True)
 
@@ -343,7 +350,7 @@ class DwiMask(SimpleInterface):
         from pipeline.dwi.preprocess import dwi_brain_mask
         from pipeline.registration import Transform
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         img = nib.load(self.inputs.dwi)
         ref = (img.shape[:3], img.affine)
         structural = isdefined(self.inputs.xfm) and isdefined(self.inputs.t1w_mask)
@@ -390,7 +397,7 @@ class FitTensor(SimpleInterface):
         from pipeline.dwi.tensor import fit_tensor
         from pipeline.dwi.volumes import tensor_volumes
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         img = nib.load(self.inputs.dwi)
         grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         data = np.asarray(img.dataobj, dtype=np.float32)
@@ -475,7 +482,7 @@ class FitKurtosis(SimpleInterface):
         from pipeline.dwi.kurtosis import check_dki_scheme, fit_kurtosis
         from pipeline.errors import InputError
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         setting = cfg["dwi"]["kurtosis"]
         grads = dwi_gradients(self.inputs.bval, self.inputs.bvec, self.inputs.dwi, cfg)
         excluded = sorted(set(self.inputs.exclude)) if isdefined(self.inputs.exclude) else []
@@ -522,7 +529,7 @@ class _RoiInputSpec(BaseInterfaceInputSpec):
     lesion = File(exists=True, mandatory=True)
     hemisphere = File(exists=True, mandatory=True)
     mni_xfm = File(exists=True, mandatory=True, desc="T1w -> MNI (for atlas ROIs)")
-    config = traits.Dict(mandatory=True)
+    params = traits.Dict(mandatory=True, desc="the configuration keys this node reads (_node_params)")
     kurtosis_maps = traits.Dict(desc="FitKurtosis maps (empty or absent: no DKI)")
 
 
@@ -567,7 +574,7 @@ class DwiRois(SimpleInterface):
         from pipeline.dwi.rois import atlas_rois, build_rois, nawm_lesion_loss, roi_table
         from pipeline.registration import Transform
 
-        cfg = self.inputs.config["dwi"]
+        cfg = self.inputs.params["dwi"]
         fa_img = nib.load(self.inputs.maps["fa"])
         ref = (fa_img.shape[:3], fa_img.affine)
         to_dwi = Transform.load(self.inputs.xfm).inverse()  # T1w -> dwi
@@ -581,7 +588,7 @@ class DwiRois(SimpleInterface):
                           brain_mask=brain)  # fmt: skip
         atlas_names: list[str] = []
         if cfg["atlas"]:
-            atlas_img, labels = _atlas(self.inputs.config)
+            atlas_img, labels = _atlas(self.inputs.params)
             mni_to_dwi = Transform.load(self.inputs.mni_xfm).inverse().compose(to_dwi)
             lab = np.asarray(mni_to_dwi.resample(atlas_img, ref, order=0).dataobj)
             extra = atlas_rois(lab, labels)
@@ -938,6 +945,33 @@ def structural_inputs(out: Path, subject: str, session: str) -> dict[str, str]:
     return {k: str(v) for k, v in files.items()}
 
 
+def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per node, only the configuration keys it reads (shaped like the configuration).
+
+    Nipype hashes a node's inputs: passing the whole configuration made any change
+    (even ``nbs.threshold``) rerun MP-PCA, motion correction and the fits.
+    """
+    d = config["dwi"]
+    grads = {"validation": {k: config["validation"][k] for k in GRADIENT_KEYS}}
+
+    def pick(*keys: str) -> dict[str, Any]:
+        return {**grads, "dwi": {k: d[k] for k in keys}}
+
+    return {
+        "load": grads,
+        "denoise": pick("denoise", "denoise_mask", "denoise_patch_radius"),
+        "gibbs": {},
+        "motion": pick("motion_correction", "phase_encoding_axis", "fd_threshold_mm",
+                       "dropout_threshold", "eddy_correction", "exclude_outliers",
+                       "warn_excluded_fraction", "max_excluded_fraction"),
+        "mask": pick("mask"),
+        "tensor": pick("exclude_outliers", "tensor_bmax", "tensor_shells", "tensor_method"),
+        "kurtosis": pick("kurtosis", "exclude_outliers"),
+        "rois": {"dwi": {k: d[k] for k in ("wm_threshold", "lesion_margin_mm",
+                                           "perilesion_ring_mm", "atlas", "atlas_labels")}},
+    }  # fmt: skip
+
+
 def init_dwi_wf(
     *,
     config: dict[str, Any],
@@ -974,29 +1008,30 @@ def init_dwi_wf(
         raise ValueError(f"init_dwi_wf: structural inputs {sorted(missing)} missing")
     dcfg = config["dwi"]
     wf = pe.Workflow(name=name)
-    load = pe.Node(LoadDwi(dwi=dwi, bval=bval, bvec=bvec, config=config), name="load")
+    p = _node_params(config)
+    load = pe.Node(LoadDwi(dwi=dwi, bval=bval, bvec=bvec, params=p["load"]), name="load")
     last = load
     if dcfg["denoise"] != "none":
-        den = pe.Node(Denoise(config=config, nprocs=nprocs), name="denoise")
+        den = pe.Node(Denoise(params=p["denoise"], nprocs=nprocs), name="denoise")
         wf.connect(load, "dwi", den, "dwi")
         wf.connect(load, "bval", den, "bval")
         wf.connect(load, "bvec", den, "bvec")
         last = den
     if dcfg["gibbs"]:
-        gib = pe.Node(Gibbs(config=config, nprocs=nprocs), name="gibbs")
+        gib = pe.Node(Gibbs(params=p["gibbs"], nprocs=nprocs), name="gibbs")
         wf.connect([(last, gib, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
         last = gib
-    moco = pe.Node(MotionCorrect(config=config, nprocs=nprocs), name="motion")
+    moco = pe.Node(MotionCorrect(params=p["motion"], nprocs=nprocs), name="motion")
     wf.connect([(last, moco, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
     if anat is not None:
         to_t1 = pe.Node(DwiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="dwi_to_t1w")
         wf.connect(moco, "b0", to_t1, "b0")
-        mask = pe.Node(DwiMask(config=config, t1w_mask=anat["mask"]), name="mask")
+        mask = pe.Node(DwiMask(params=p["mask"], t1w_mask=anat["mask"]), name="mask")
         wf.connect(to_t1, "xfm", mask, "xfm")
     else:
-        mask = pe.Node(DwiMask(config=config), name="mask")
+        mask = pe.Node(DwiMask(params=p["mask"]), name="mask")
     wf.connect([(moco, mask, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
-    tensor = pe.Node(FitTensor(config=config, nprocs=nprocs), name="tensor")
+    tensor = pe.Node(FitTensor(params=p["tensor"], nprocs=nprocs), name="tensor")
     wf.connect([(moco, tensor, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
                                 ("outliers", "exclude")]),
                 (mask, tensor, [("mask", "mask")])])  # fmt: skip
@@ -1004,12 +1039,12 @@ def init_dwi_wf(
         wf.connect(den, "noise", tensor, "noise")
     kurt = None
     if dcfg["kurtosis"] is not False:
-        kurt = pe.Node(FitKurtosis(config=config, nprocs=nprocs), name="kurtosis")
+        kurt = pe.Node(FitKurtosis(params=p["kurtosis"], nprocs=nprocs), name="kurtosis")
         wf.connect([(moco, kurt, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
                                   ("outliers", "exclude")]),
                     (mask, kurt, [("mask", "mask")])])  # fmt: skip
     if anat is not None:
-        rois = pe.Node(DwiRois(config=config, wm_prob=anat["wm"], lesion=anat["lesion"],
+        rois = pe.Node(DwiRois(params=p["rois"], wm_prob=anat["wm"], lesion=anat["lesion"],
                                hemisphere=anat["hemisphere"], mni_xfm=anat["mni_xfm"]),
                        name="rois")  # fmt: skip
         wf.connect(to_t1, "xfm", rois, "xfm")

@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["SERIES_EXT", "dwi_gradients", "load_array", "register_to_t1w", "save_array", "xfm_json"]
+__all__ = ["GRADIENT_KEYS", "SERIES_EXT", "dwi_gradients", "load_array", "register_to_t1w", "save_array", "xfm_json"]
 
 #: Extension of the 4-D series (DWI, BOLD) nodes hand to each other in their working
 #: folders: uncompressed, because gzip does not shrink noisy float32 data much and is
@@ -33,17 +33,17 @@ def load_array(path: str, dtype=None) -> np.ndarray:
     return data if dtype is None else np.asarray(data, dtype=dtype)
 
 
+#: The ``validation`` keys of the gradient-table check (:func:`dwi_gradients`).
+GRADIENT_KEYS = ("b0_threshold", "shell_tolerance", "bvec_norm_tolerance", "min_directions")
+
+
 def dwi_gradients(bval: str, bvec: str, dwi: str, cfg: dict):
-    """The validated gradient table of a DWI series with the ``validation`` settings of ``cfg``."""
+    """The validated gradient table of a DWI series with the ``validation`` settings of ``cfg``
+    (only :data:`GRADIENT_KEYS` are read)."""
     from pipeline.dwi.gradtable import DwiGradients
 
-    return DwiGradients.from_files(
-        dwi, bval, bvec,
-        b0_threshold=cfg["validation"]["b0_threshold"],
-        shell_tolerance=cfg["validation"]["shell_tolerance"],
-        bvec_norm_tolerance=cfg["validation"]["bvec_norm_tolerance"],
-        min_directions=cfg["validation"]["min_directions"],
-    )  # fmt: skip
+    return DwiGradients.from_files(dwi, bval, bvec,
+                                   **{k: cfg["validation"][k] for k in GRADIENT_KEYS})  # fmt: skip
 
 
 def xfm_json(files: list[Path]) -> str:

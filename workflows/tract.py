@@ -39,7 +39,7 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import dwi_gradients, load_array, save_array
+from workflows.nodeio import GRADIENT_KEYS, dwi_gradients, load_array, save_array
 
 __all__ = ["bundle_entity", "diffusion_inputs", "init_tract_wf", "tracking_params"]
 
@@ -87,7 +87,7 @@ def _load_tractogram(path: str, reference: nib.Nifti1Image):
 
 
 class _TrackInputSpec(BaseInterfaceInputSpec):
-    config = traits.Dict(mandatory=True)
+    params = traits.Dict(mandatory=True, desc="the configuration keys this node reads (_node_params)")
     fa = File(exists=True, mandatory=True)
     v1 = File(exists=True, mandatory=True, desc="principal eigenvector, world RAS+")
     brain = File(exists=True, mandatory=True)
@@ -114,7 +114,7 @@ class Track(SimpleInterface):
         from pipeline.gradients import affine_rotation
         from pipeline.tract.tracking import track_odf, track_tensor, tracking_mask
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         params = tracking_params(cfg)
         fa_img = nib.load(self.inputs.fa)
         fa = np.asarray(fa_img.dataobj, dtype=np.float32)
@@ -182,7 +182,7 @@ class Track(SimpleInterface):
 
 
 class _TractometryInputSpec(BaseInterfaceInputSpec):
-    config = traits.Dict(mandatory=True)
+    params = traits.Dict(mandatory=True, desc="the configuration keys this node reads (_node_params)")
     tractogram = File(exists=True, mandatory=True)
     maps = traits.Dict(mandatory=True, desc="fa, md, ad, rd -> file (DWI space)")
     lesion = File(exists=True, mandatory=True)
@@ -220,7 +220,7 @@ class Tractometry(SimpleInterface):
             tractometry,
         )
 
-        cfg = self.inputs.config
+        cfg = self.inputs.params
         t = cfg["tract"]
         fa_img = nib.load(self.inputs.maps["fa"])
         streamlines = _load_tractogram(self.inputs.tractogram, fa_img)
@@ -505,6 +505,24 @@ def diffusion_inputs(
     return {k: str(v) for k, v in files.items()}
 
 
+def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per node, only the configuration keys it reads (shaped like the configuration), so
+    that an unrelated change (e.g. ``nbs.threshold``) does not rerun the tracking."""
+    t = config["tract"]
+    track = ("model", "tractogram_format", "sh_order", "response_fa_threshold", "method",
+             "seeds_per_voxel", "step_size_mm", "max_angle_deg", "min_length_mm",
+             "max_length_mm", "fa_threshold", "seed_fa_threshold", "lesion_policy")
+    metry = ("bundles", "clean", "clean_distance_sd", "clean_length_sd", "clean_iterations",
+             "n_nodes", "min_streamlines", "tractogram_format")
+    return {
+        "track": {"seed": config["seed"], "tract": {k: t[k] for k in track},
+                  "dwi": {"exclude_outliers": config["dwi"]["exclude_outliers"]},
+                  "validation": {k: config["validation"][k] for k in GRADIENT_KEYS}},
+        "tractometry": {"tract": {k: t[k] for k in metry},
+                        "anat": {"template_resolution": config["anat"]["template_resolution"]}},
+    }  # fmt: skip
+
+
 def init_tract_wf(
     *,
     config: dict[str, Any],
@@ -535,11 +553,12 @@ def init_tract_wf(
     if missing:
         raise ValueError(f"init_tract_wf: inputs {sorted(missing)} missing")
     wf = pe.Workflow(name=name)
-    track = pe.Node(Track(config=config,
+    p = _node_params(config)
+    track = pe.Node(Track(params=p["track"],
                           **{k: inputs[k] for k in ("fa", "v1", "brain", "wm", "lesion")},
                           **{k: inputs[k] for k in odf_inputs if k in inputs}), name="track")  # fmt: skip
     profiled = (*METRICS, *(m for m in KURTOSIS_METRICS if m in inputs))
-    metry = pe.Node(Tractometry(config=config, maps={m: inputs[m] for m in profiled},
+    metry = pe.Node(Tractometry(params=p["tractometry"], maps={m: inputs[m] for m in profiled},
                                 lesion=inputs["lesion"], xfm=inputs["xfm"],
                                 mni_xfm=inputs["mni_xfm"], subject=subject, session=session),
                     name="tractometry")  # fmt: skip

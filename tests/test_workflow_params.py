@@ -1,0 +1,99 @@
+"""Cheap graph-construction tests: which configuration keys reach which Nipype node.
+
+Nipype reruns a node when the hash of its inputs changes. Each node of the
+diffusion and tract workflows receives only the configuration keys it reads, so a
+change elsewhere (``nbs.threshold``) reruns nothing there, a change of a DWI
+denoising key reruns the chain from the denoising node on, and the number of
+processes is not hashed. The workflows are built, not run (seconds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+
+ANAT = ("t1w", "mask", "wm", "lesion", "hemisphere", "mni_xfm")
+TRACT = ("fa", "md", "ad", "rd", "v1", "brain", "wm", "lesion", "xfm", "mni_xfm")
+
+
+def _config(tmp_path: Path, text: str = "") -> dict:
+    files = []
+    if text:
+        f = tmp_path / f"cfg{abs(hash(text))}.yaml"
+        f.write_text(text)
+        files.append(f)
+    return load_config(files).to_dict()
+
+
+def _files(tmp_path: Path, names) -> dict[str, str]:
+    out = {}
+    for name in names:
+        p = tmp_path / f"{name}.nii.gz"
+        p.write_bytes(b"placeholder")
+        out[name] = str(p)
+    return out
+
+
+def _hashes(wf) -> dict[str, str]:
+    """Input hash of every node (content of files given at construction)."""
+    return {
+        node.name: node.inputs.get_hashval(hash_method="content")[1] for node in wf._get_all_nodes()
+    }
+
+
+def _dwi_wf(tmp_path: Path, config: dict, nprocs: int = 1):
+    from workflows.dwi import init_dwi_wf
+
+    f = _files(tmp_path, ("dwi", *ANAT))
+    for ext in ("bval", "bvec"):
+        (tmp_path / f"dwi.{ext}").write_text("0\n")
+    return init_dwi_wf(config=config, dwi=f["dwi"], bval=str(tmp_path / "dwi.bval"),
+                       bvec=str(tmp_path / "dwi.bvec"), anat={k: f[k] for k in ANAT},
+                       subject="01", session="baseline", output_dir=str(tmp_path / "out"),
+                       nprocs=nprocs)  # fmt: skip
+
+
+def test_dwi_nodes_hash_only_the_keys_they_read(tmp_path):
+    base = _hashes(_dwi_wf(tmp_path, _config(tmp_path)))
+    assert {"load", "denoise", "motion", "mask", "tensor", "rois", "derivatives"} <= set(base)
+    # an unrelated key: only the sink (which records the whole configuration) changes
+    other = _hashes(_dwi_wf(tmp_path, _config(tmp_path, "nbs:\n  threshold: 4.0\n")))
+    assert {n for n in base if base[n] != other[n]} == {"derivatives"}
+    # the number of processes is not hashed
+    assert _hashes(_dwi_wf(tmp_path, _config(tmp_path), nprocs=2)) == base
+    # a denoising key: the denoising node (and the sink), not loading or the fits' own inputs
+    den = _hashes(_dwi_wf(tmp_path, _config(tmp_path, "dwi:\n  denoise_patch_radius: 3\n")))
+    assert {n for n in base if base[n] != den[n]} == {"denoise", "derivatives"}
+    # a tensor key reaches the tensor node only
+    ten = _hashes(_dwi_wf(tmp_path, _config(tmp_path, "dwi:\n  tensor_method: OLS\n")))
+    assert {n for n in base if base[n] != ten[n]} == {"tensor", "derivatives"}
+    # a gradient-table check reaches every node that loads the table
+    grad = _hashes(_dwi_wf(tmp_path, _config(tmp_path, "validation:\n  b0_threshold: 60\n")))
+    changed = {n for n in base if base[n] != grad[n]}
+    assert {"load", "denoise", "motion", "mask", "tensor"} <= changed and "rois" not in changed
+
+
+@pytest.mark.parametrize("model", ["tensor", "csd"])
+def test_tract_nodes_hash_only_the_keys_they_read(tmp_path, model):
+    from workflows.tract import init_tract_wf
+
+    extra = ("dwi", "bval", "bvec", "confounds") if model != "tensor" else ()
+
+    def build(text: str = ""):
+        cfg = _config(tmp_path, f"tract:\n  model: {model}\n" + text)
+        inputs = _files(tmp_path, (*TRACT, *extra))
+        return _hashes(init_tract_wf(config=cfg, inputs=inputs, subject="01", session="m06",
+                                     output_dir=str(tmp_path / "out")))  # fmt: skip
+
+    base = build()
+    assert {n for n, h in build("nbs:\n  threshold: 4.0\n").items() if h != base[n]} == {
+        "derivatives"
+    }
+    assert {n for n, h in build("  n_nodes: 50\n").items() if h != base[n]} == {
+        "tractometry",
+        "derivatives",
+    }
+    assert "track" in {n for n, h in build("  step_size_mm: 0.75\n").items() if h != base[n]}
