@@ -39,7 +39,7 @@ class ConfigError(MsmriError, ValueError):
     Parameters
     ----------
     key : str
-        Dotted key of the offending entry, e.g. ``"dwi.tensor.fit_method"``.
+        Dotted key of the offending entry, e.g. ``"dwi.tensor_method"``.
     source : str
         The YAML file the value came from (the defaults or a user override).
     problem : str
