@@ -67,19 +67,19 @@ class TrialSubject:
         msmri = str(Path(sys.executable).with_name("msmri"))
         return [msmri, str(self.root / "bids"), str(self.out), "participant",
                 "--participant-label", "01", "--work-dir", str(self.root / "work"),
-                "--nprocs", str(self.nprocs), "--session-label", session, "--stages", stage]  # fmt: skip
+                "--nprocs", str(self.nprocs), "--session-label", session, "--stages", stage]
 
     def ensure(self, session: str, stage: str, done: Path) -> None:
         """Run ``stage`` untimed unless its output ``done`` exists (prerequisites)."""
         if not done.exists():
             subprocess.run(self.command(session, stage), check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def timed(self, session: str, stage: str, extra: tuple[str, ...] = ()) -> ChildRun:
         """Run ``stage`` (``extra`` CLI arguments appended) in a child process without
         Nipype's cached results, measured."""
         shutil.rmtree(self.root / "work" / f"sub-01_ses-{session}" / f"{stage}_wf",
-                      ignore_errors=True)  # fmt: skip
+                      ignore_errors=True)
         return run_child([*self.command(session, stage), *extra])
 
 

@@ -93,16 +93,16 @@ def main() -> None:
         msmri, str(bids), str(out), "participant", "--participant-label", "01",
         "--session-label", args.session, "--stages", "anat", "--nprocs", str(args.nprocs),
         "--work-dir", str(root / "work"),
-    ])  # fmt: skip
+    ])
     reg = run_child([sys.executable, "-c", REG_CODE, str(t1), str(truth_mask)])
     print(f"structural stage, trial preset (1.5 mm T1w + FLAIR), sub-01 ses-{args.session}, "
-          f"--nprocs {args.nprocs}")  # fmt: skip
+          f"--nprocs {args.nprocs}")
     print(f"  {'what':<38}{'wall s':>9}{'target':>9}")
     print(f"  {'whole anat stage':<38}{stage.wall_s:>9.1f}{120:>9}")
     print(f"  {'reference: T1w->MNI registration only':<38}{reg.wall_s:>9.1f}")
     print(f"  ratio stage / registration: {stage.wall_s / reg.wall_s:.2f}")
     print(f"  peak memory of the stage, whole process tree (sampled): {stage.peak_tree_mb:.0f} MB"
-          f" (target 2048 MB); largest single process: {stage.peak_process_mb:.0f} MB")  # fmt: skip
+          f" (target 2048 MB); largest single process: {stage.peak_process_mb:.0f} MB")
     import nibabel as nib
 
     ses = f"sub-01/ses-{args.session}/anat/sub-01_ses-{args.session}_"

@@ -67,22 +67,22 @@ def main() -> None:
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
     tmp = Path(tempfile.mkdtemp(prefix="msmri-bench-clinical-"))
     p01 = _bids(tmp / "p01", "01", {s: {m: realdata.image_path(s, m) for m in realdata.MODALITIES}
-                                    for s in args.sessions})  # fmt: skip
+                                    for s in args.sessions})
     p19 = _bids(tmp / "p19", "19", {"1": {"T1w": realdata.PATIENT19 / "T1.nii.gz",
-                                          "FLAIR": realdata.PATIENT19 / "FLAIR.nii.gz"}})  # fmt: skip
+                                          "FLAIR": realdata.PATIENT19 / "FLAIR.nii.gz"}})
     print(f"{'data':14s} {'method':9s} {'wall s':>7s} {'peak MB':>8s} {'Dice':>6s} {'ICV l':>6s} "
-          f"{'FLAIR mm':>8s} flag")  # fmt: skip
+          f"{'FLAIR mm':>8s} flag")
     walls: dict[str, list[float]] = {}
     for method in args.methods:
         cfg = tmp / f"{method}.yaml"
         cfg.write_text(f"anat:\n  brain_extraction: {method}\n")
         for name, bids, sub, sessions in (("patient01", p01, "01", args.sessions),
-                                          ("patient19", p19, "19", ["1"])):  # fmt: skip
+                                          ("patient19", p19, "19", ["1"])):
             for ses in sessions:
                 out = tmp / f"out-{method}-{name}"
                 cmd = [msmri, str(bids), str(out), "participant", "--participant-label", sub,
                        "--session-label", ses, "--stages", "anat", "--nprocs", "1",
-                       "--config", str(cfg), "--work-dir", str(tmp / f"work-{method}-{name}")]  # fmt: skip
+                       "--config", str(cfg), "--work-dir", str(tmp / f"work-{method}-{name}")]
                 run = run_child(cmd, env=env)
                 walls.setdefault(method, []).append(run.wall_s)
                 anat = out / f"sub-{sub}" / f"ses-{ses}" / "anat"
@@ -100,7 +100,7 @@ def main() -> None:
                     ref = nib.affines.apply_affine(realdata.image_to_image(ses, "FLAIR", "T1w"), pts)
                     err = float(np.linalg.norm(xfm.target_to_source(pts) - ref, axis=1).mean())
                 print(f"{name + ' ses-' + ses:14s} {method:9s} {run.wall_s:7.1f} "
-                      f"{run.peak_tree_mb:8.0f} {dice:6.3f} {icv:6.2f} {err:8.2f} {flag_txt}")  # fmt: skip
+                      f"{run.peak_tree_mb:8.0f} {dice:6.3f} {icv:6.2f} {err:8.2f} {flag_txt}")
                 if name == "patient19":
                     pred = np.asarray(nib.load(anat / f"{stem}label-lesion_mask.nii.gz").dataobj) > 0
                     gold = np.asarray(nib.load(realdata.PATIENT19 / "GOLD_STANDARD.nii.gz").dataobj) > 0
@@ -108,7 +108,7 @@ def main() -> None:
                     print(f"    lesions: detection {m['detected']}/{m['n_truth']} = {m['detection']:.2f}, "
                           f"precision {m['n_pred'] - m['false_positives']}/{m['n_pred']} = "
                           f"{m['precision']:.2f}, voxel Dice {m['dice']:.3f}, volume "
-                          f"{m['volume_pred_ml']:.1f} ml (expert {m['volume_truth_ml']:.1f} ml)")  # fmt: skip
+                          f"{m['volume_pred_ml']:.1f} ml (expert {m['volume_truth_ml']:.1f} ml)")
     if len(walls) == 2:
         a, b = (np.median(walls[m]) for m in args.methods)
         print(f"median wall time {args.methods[0]} / {args.methods[1]}: {a / b:.2f}")

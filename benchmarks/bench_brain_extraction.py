@@ -53,7 +53,7 @@ def run(path: Path, method: str, stripped, tmp: Path) -> tuple[dict, object]:
     out = tmp / "mask.npy"
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PATH": ""}
     res = subprocess.run([sys.executable, "-c", CHILD, str(path), method, json.dumps(stripped), str(out)],
-                         check=True, capture_output=True, text=True, env=env, cwd=ROOT)  # fmt: skip
+                         check=True, capture_output=True, text=True, env=env, cwd=ROOT)
     return json.loads(res.stdout.strip().splitlines()[-1]), np.load(out)
 
 
@@ -74,7 +74,7 @@ def main() -> None:
         for s in sessions:
             for m in mods:
                 cases.append((f"patient01 ses-{s} {m}", realdata.image_path(s, m),
-                              realdata.brain_mask(s, m)))  # fmt: skip
+                              realdata.brain_mask(s, m)))
     if (realdata.PATIENT19 / "T1.nii.gz").exists():
         cases.append(("patient19 T1 (stripped)", realdata.PATIENT19 / "T1.nii.gz", None))
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,7 +87,7 @@ def main() -> None:
         cases.append(("phantom trial T1w", tmp / "phantom_T1w.nii.gz", tissues["brain"] >= 0.5))
 
         print(f"{'image':28s} {'method':22s} {'Dice':>6s} {'vol l':>6s} {'ref l':>6s} "
-              f"{'outside':>7s} {'zeros':>6s} {'wall s':>7s} {'peak MB':>8s}")  # fmt: skip
+              f"{'outside':>7s} {'zeros':>6s} {'wall s':>7s} {'peak MB':>8s}")
         ratios = []
         for name, path, ref in cases:
             img = nib.load(path)
@@ -104,7 +104,7 @@ def main() -> None:
                 ref_l = ref.sum() * vox_l if ref is not None else float("nan")
                 label = f"{method} ({info['method']})"
                 print(f"{name:28s} {label:22s} {d:6.3f} {mask.sum() * vox_l:6.2f} {ref_l:6.2f} "
-                      f"{ev:7.3f} {zeros:6.2f} {info['wall_s']:7.1f} {info['maxrss_mb']:8.0f}")  # fmt: skip
+                      f"{ev:7.3f} {zeros:6.2f} {info['wall_s']:7.1f} {info['maxrss_mb']:8.0f}")
             ratios.append(walls["deepbet"] / walls["threshold"])
         print(f"old rule 'skull-stripped if >= 25 % exact zeros' calls every patient01 image stripped; "
               f"deepbet / threshold wall-time ratio: median {np.median(ratios):.2f}")

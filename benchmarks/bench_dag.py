@@ -49,7 +49,7 @@ def write_skeleton(bids: Path, n_subjects: int) -> int:
                 f"dwi/{stem}_dwi.bval": "0 1000\n", f"dwi/{stem}_dwi.bvec": "0 1\n0 0\n0 0\n",
                 f"func/{stem}_task-rest_bold.nii.gz": "",
                 f"func/{stem}_task-rest_bold.json": '{"RepetitionTime": 2.0}',
-            }  # fmt: skip
+            }
             for name, text in files.items():
                 path = folder / name
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,18 +79,18 @@ def main() -> None:
         t0 = time.perf_counter()
         n_files = write_skeleton(bids, args.subjects)
         print(f"skeleton: {args.subjects} subjects x {len(SESSIONS)} sessions, {n_files} files, "
-              f"written in {time.perf_counter() - t0:.1f} s -> {bids}")  # fmt: skip
+              f"written in {time.perf_counter() - t0:.1f} s -> {bids}")
     out = root / "derivatives"
     ref_s, _ = _timed([sys.executable, "-c", f"import bids; bids.BIDSLayout({str(bids)!r})"], root)
     snakemake = str(Path(sys.executable).with_name("snakemake"))
     dag_s, log = _timed([snakemake, "-n", "-q", "rules", "-s", str(ROOT / "Snakefile"), "-d", str(root),
-                         "--config", f"bids_dir={bids}", f"output_dir={out}"], root)  # fmt: skip
+                         "--config", f"bids_dir={bids}", f"output_dir={out}"], root)
     total = re.search(r"^total\s+(\d+)$", log, flags=re.M)
     jobs = int(total.group(1)) if total else -1
     print(f"DAG of {args.subjects} subjects x {len(SESSIONS)} sessions: snakemake -n {dag_s:.1f} s "
-          f"(target 60 s), {jobs} jobs")  # fmt: skip
+          f"(target 60 s), {jobs} jobs")
     print(f"  reference: one pybids BIDSLayout index of the same skeleton {ref_s:.1f} s; "
-          f"ratio DAG / index {dag_s / ref_s:.2f}")  # fmt: skip
+          f"ratio DAG / index {dag_s / ref_s:.2f}")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -76,7 +76,7 @@ def make_data(root: Path, voxel: float, shells: dict[float, int], n_b0: int) -> 
         template=load_template(spec.template_resolution), tracts=tract_field(spec.template_resolution),
         lesions=subject.lesions, session_index=0, rd_change_left_nawm=0.0,
         bvals=bvals, bvecs_world=bvecs, rng=rng, snr_b0=spec.snr_b0, kurtosis=True,
-    )  # fmt: skip
+    )
     dwi = root / "dwi.nii"
     data = np.clip(np.round(ph.data), 0, np.iinfo(np.int16).max).astype(np.int16)
     nib.save(nib.Nifti1Image(data, aff), dwi)
@@ -92,7 +92,7 @@ def make_data(root: Path, voxel: float, shells: dict[float, int], n_b0: int) -> 
         "dwi": dwi, "mask": mask, "bval": root / "dwi.bval", "bvec": root / "dwi.bvec",
         "truth": {k: ph.truth[k] for k in ("mk", "ak", "rk", "kfa", "md", "fa")},
         "brain": ph.truth["brain"], "wm": wm, "shape": shape, "n_vol": len(bvals),
-    }  # fmt: skip
+    }
 
 
 def mrtrix_metrics(folder: Path, brain: np.ndarray) -> dict[str, np.ndarray]:
@@ -143,16 +143,16 @@ def main() -> None:
     print(f"data: kurtosis phantom {d['shape']} x {d['n_vol']} volumes ({args.n_b0} b=0, "
           f"{args.directions} x b=1000, {args.directions} x b=2000), {args.voxel:g} mm, int16, "
           f"{int(d['brain'].sum())} mask voxels, SNR 25; built in {time.perf_counter() - t0:.0f} s "
-          f"-> {root}")  # fmt: skip
+          f"-> {root}")
     files = [str(d[k]) for k in ("dwi", "bval", "bvec", "mask")]
     for sub in ("ours", "mrtrix"):
         (root / sub).mkdir(exist_ok=True)
     mr = root / "mrtrix"
     common = ["-nthreads", str(args.nprocs), "-quiet", "-force"]
     fit_mr = ["dwi2tensor", files[0], str(mr / "dt.nii"), "-dkt", str(mr / "dkt.nii"),
-              "-mask", files[3], "-fslgrad", files[2], files[1], *common]  # fmt: skip
+              "-mask", files[3], "-fslgrad", files[2], files[1], *common]
     metrics_mr = ["tensor2metric", str(mr / "dt.nii"), "-mask", files[3],
-                  "-fa", str(mr / "fa.nii"), "-adc", str(mr / "md.nii"), *common]  # fmt: skip
+                  "-fa", str(mr / "fa.nii"), "-adc", str(mr / "md.nii"), *common]
     jobs = {
         "ours": [[sys.executable, "-c", OURS, *files, str(root / "ours"), str(args.nprocs)]],
         "mrtrix": [fit_mr, metrics_mr],
@@ -178,22 +178,22 @@ def main() -> None:
     ):
         print(f"  {label:<58}{med[key]:>7.2f}s{best[key]:>7.2f}s{max(mems[key]):>9.0f}")
     print(f"  ratio ours / MRtrix3: median {med['ours'] / med['mrtrix']:.2f}, "
-          f"min {best['ours'] / best['mrtrix']:.2f} (target <= 2)")  # fmt: skip
+          f"min {best['ours'] / best['mrtrix']:.2f} (target <= 2)")
 
     brain = d["brain"]
     ours = {k: np.asarray(nib.load(root / "ours" / f"{k}.nii").dataobj, dtype=float)[brain]
-            for k in ("mk", "ak", "rk", "kfa", "md", "fa")}  # fmt: skip
+            for k in ("mk", "ak", "rk", "kfa", "md", "fa")}
     mrt = mrtrix_metrics(mr, brain)
     truth = {k: v[brain] for k, v in d["truth"].items()}
     wm = d["wm"][brain]
     print("\nagreement in the brain mask, ours vs MRtrix3 (median |d|, p90 |d|), and white-matter "
-          "medians relative to the truth:")  # fmt: skip
+          "medians relative to the truth:")
     for k in ("mk", "ak", "rk", "kfa", "md", "fa"):
         diff = np.abs(ours[k] - mrt[k])
         rel_o = np.median(ours[k][wm]) / np.median(truth[k][wm]) - 1
         rel_m = np.median(mrt[k][wm]) / np.median(truth[k][wm]) - 1
         print(f"  {k.upper():<4} |d| median {np.median(diff):.2e}  p90 {np.percentile(diff, 90):.2e}"
-              f"   WM vs truth: ours {100 * rel_o:+.1f} %  MRtrix3 {100 * rel_m:+.1f} %")  # fmt: skip
+              f"   WM vs truth: ours {100 * rel_o:+.1f} %  MRtrix3 {100 * rel_m:+.1f} %")
     if args.keep is None:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -56,18 +56,18 @@ def main() -> None:
     if shutil.which("dwi2tensor"):
         tmp = Path(tempfile.mkdtemp())
         ref = run_child(["dwi2tensor", "-quiet", "-force", "-nthreads", str(args.nprocs), "-fslgrad",
-                         f"{raw}.bvec", f"{raw}.bval", f"{raw}.nii.gz", str(tmp / "dt.mif")])  # fmt: skip
+                         f"{raw}.bvec", f"{raw}.bval", f"{raw}.nii.gz", str(tmp / "dt.mif")])
         shutil.rmtree(tmp, ignore_errors=True)
 
     shape = nib.load(f"{raw}.nii.gz").shape
     print(f"diffusion stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, "
-          f"--nprocs {args.nprocs}")  # fmt: skip
+          f"--nprocs {args.nprocs}")
     for ses, r in runs.items():
         print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 180)   peak memory: process tree "
-              f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")  # fmt: skip
+              f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")
     if ref is not None:
         print(f"  reference: MRtrix3 dwi2tensor alone on the raw series: {ref.wall_s:.1f} s; "
-              f"ratio stage / dwi2tensor {runs[first].wall_s / ref.wall_s:.0f}")  # fmt: skip
+              f"ratio stage / dwi2tensor {runs[first].wall_s / ref.wall_s:.0f}")
 
     # ---- accuracy against the truth
     def table(ses):
@@ -82,16 +82,16 @@ def main() -> None:
         rois = build_rois(truth(ses, "space-dwi_label-WM_probseg"),
                           truth(ses, "space-dwi_label-lesion_probseg") >= 0.5,
                           truth(ses, "space-dwi_desc-hemi_dseg"),
-                          voxel_size_mm=np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))  # fmt: skip
+                          voxel_size_mm=np.sqrt((aff[:3, :3] ** 2).sum(axis=0)))
         return {(roi, m): float(np.median(truth(ses, f"space-dwi_model-tensor_param-{m}_dwimap")[rois[roi]]))
-                * (1 if m == "fa" else 1e3) for roi in ("NAWM_L", "NAWM_R") for m in ("fa", "md", "ad", "rd")}  # fmt: skip
+                * (1 if m == "fa" else 1e3) for roi in ("NAWM_L", "NAWM_R") for m in ("fa", "md", "ad", "rd")}
 
     print("  median in NAWM, ours vs truth (diffusivities um^2/ms):")
     ours = {ses: table(ses) for ses in (first, last)}
     for ses in (first, last):
         tm = truth_medians(ses)
         cells = [f"{roi} {m} {ours[ses][roi, m]:.3f}/{tm[roi, m]:.3f} ({ours[ses][roi, m] / tm[roi, m] - 1:+.1%})"
-                 for roi, m in tm]  # fmt: skip
+                 for roi, m in tm]
         print(f"    ses-{ses}: " + "; ".join(cells))
     for roi in ("NAWM_L", "NAWM_R"):
         change = ours[last][roi, "rd"] / ours[first][roi, "rd"] - 1
@@ -109,7 +109,7 @@ def main() -> None:
         flagged = np.flatnonzero(conf["dropout_outlier"].to_numpy() > 0).tolist()
         print(f"  motion ses-{ses} (relative to volume 0): translation error median {np.median(terr):.2f} mm (max {terr.max():.2f}), "
               f"rotation error median {np.median(rerr):.2f} deg; dropout volumes flagged {flagged} "
-              f"(truth {meta['dropout_volumes']})")  # fmt: skip
+              f"(truth {meta['dropout_volumes']})")
 
 
 if __name__ == "__main__":

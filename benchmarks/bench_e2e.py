@@ -39,7 +39,7 @@ def job_records(out: Path) -> pd.DataFrame:
     for tsv in sorted((out / "logs/benchmarks").rglob("*.tsv")):
         rec = pd.read_csv(tsv, sep="\t").iloc[-1]  # the last attempt of that job
         rows.append({"rule": tsv.parent.name, "job": tsv.stem, "s": float(rec["s"]),
-                     "max_rss_mb": float(rec["max_rss"])})  # fmt: skip
+                     "max_rss_mb": float(rec["max_rss"])})
     return pd.DataFrame(rows, columns=["rule", "job", "s", "max_rss_mb"])
 
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     out = work / "derivatives"
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--profile",
            str(ROOT / "configs/profiles/local"), "--cores", str(args.cores),
-           "--config", f"bids_dir={bids}", f"output_dir={out}"]  # fmt: skip
+           "--config", f"bids_dir={bids}", f"output_dir={out}"]
     t0 = time.perf_counter()
     res = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -79,16 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         print("no benchmark records: nothing ran")
         return 1
     per_rule = jobs.groupby("rule").agg(jobs=("s", "size"), mean_s=("s", "mean"), max_s=("s", "max"),
-                                        max_rss_mb=("max_rss_mb", "max"))  # fmt: skip
+                                        max_rss_mb=("max_rss_mb", "max"))
     print(per_rule.sort_values("max_s", ascending=False).round(1).to_string())
     slowest = jobs.loc[jobs["s"].idxmax()]
     serial = jobs["s"].sum()
     print(f"slowest job: {slowest['rule']} {slowest['job']} {slowest['s']:.0f} s")
     verdict = "the run FAILED" if res.returncode else "met" if wall <= TARGET_S else "NOT met"
     print(f"end to end (snakemake wall): {wall / 60:.1f} min for {len(jobs)} jobs; "
-          f"target {TARGET_S / 60:.0f} min: {verdict}")  # fmt: skip
+          f"target {TARGET_S / 60:.0f} min: {verdict}")
     print(f"reference, the same jobs one after another: {serial / 60:.1f} min; "
-          f"wall / serial = {wall / serial:.2f}")  # fmt: skip
+          f"wall / serial = {wall / serial:.2f}")
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if res.returncode == 0 else 1

@@ -80,7 +80,7 @@ def _realised(truth: Path, sub: str, ses: str) -> np.ndarray:
     import pandas as pd
 
     ts = pd.read_csv(truth / f"sub-{sub}/ses-{ses}/func/sub-{sub}_ses-{ses}_task-rest_timeseries.tsv",
-                     sep="\t")  # fmt: skip
+                     sep="\t")
     return np.corrcoef(ts.to_numpy(dtype=float).T)
 
 
@@ -106,13 +106,13 @@ def _nilearn_reference(func: Path, stem: str, cfg) -> tuple[float, np.ndarray]:
         mask_img=str(func / f"{stem}_space-MNI152NLin2009aSym_desc-brain_mask.nii.gz"),
         allow_overlap=True, detrend=True, standardize="zscore_sample",
         high_pass=cfg["high_pass"], low_pass=cfg["low_pass"], t_r=float(summary["repetition_time_s"].iloc[0]),
-    )  # fmt: skip
+    )
     columns = strategy_columns(cfg["strategy"], cfg["n_compcor"])
     keep = np.flatnonzero(conf["censored"].to_numpy() == 0)
     ts = masker.fit_transform(
         str(func / f"{stem}_space-MNI152NLin2009aSym_desc-preproc_bold.nii.gz"),
         confounds=conf[columns].fillna(0.0).to_numpy(), sample_mask=keep,
-    )  # fmt: skip
+    )
     mat = ConnectivityMeasure(kind="correlation", standardize=False).fit_transform([ts])[0]
     return time.perf_counter() - t0, mat
 
@@ -122,7 +122,7 @@ def _group(deriv: Path, truth: Path, sessions: tuple[str, ...]) -> None:
 
     def z(sub, ses):
         return _matrix(deriv / f"sub-{sub}/ses-{ses}/func/"
-                       f"sub-{sub}_ses-{ses}_task-rest_seg-seitzman_stat-fisherz_relmat.tsv")  # fmt: skip
+                       f"sub-{sub}_ses-{ses}_task-rest_seg-seitzman_stat-fisherz_relmat.tsv")
 
     print(f"\ngroup: {len(subjects)} subjects in {deriv}")
     mats = {ses: np.array([z(s, ses) for s in subjects]) for ses in sessions}
@@ -130,7 +130,7 @@ def _group(deriv: Path, truth: Path, sessions: tuple[str, ...]) -> None:
         pop = _population(truth, subjects[0], ses)
         single = [_r(m, _z(pop)) for m in mats[ses]]
         print(f"  ses-{ses:<9} r(single run, population) {min(single):.2f} .. {max(single):.2f}   "
-              f"r(group mean of {len(subjects)}, population) {_r(np.nanmean(mats[ses], 0), _z(pop)):.3f}")  # fmt: skip
+              f"r(group mean of {len(subjects)}, population) {_r(np.nanmean(mats[ses], 0), _z(pop)):.3f}")
     edges = _planted_edges(truth, subjects[0], sessions[-1])
     diff = mats[sessions[-1]] - mats[sessions[0]]
     rise = diff[:, edges[:, 0], edges[:, 1]].mean(axis=1)
@@ -142,7 +142,7 @@ def _group(deriv: Path, truth: Path, sessions: tuple[str, ...]) -> None:
     tp = t[edges[:, 0], edges[:, 1]]
     print(f"  paired t of the {len(edges)} planted edges: median {np.median(tp):.2f} "
           f"(range {tp.min():.2f} .. {tp.max():.2f}); edges of {tu.size} with t > 3: "
-          f"{int((tu > 3).sum())}, t < -3: {int((tu < -3).sum())}")  # fmt: skip
+          f"{int((tu > 3).sum())}, t < -3: {int((tu < -3).sum())}")
 
 
 def main() -> None:
@@ -171,7 +171,7 @@ def main() -> None:
 
     print(f"func stage, trial preset ({spec.bold_volumes} volumes, {spec.bold_voxel_mm:g} mm, "
           f"TR {spec.bold_tr:g} s, seitzman 300 spheres r {cfg['sphere_radius_mm']:g} mm), sub-01, "
-          f"--nprocs {args.nprocs}, strategy {cfg['strategy']}")  # fmt: skip
+          f"--nprocs {args.nprocs}, strategy {cfg['strategy']}")
     planted_z = {}
     for ses, r in runs.items():
         func = out / f"sub-01/ses-{ses}/func"
@@ -184,16 +184,16 @@ def main() -> None:
         ok = np.isfinite(_upper(ours))
         d = np.abs(_upper(ours)[ok] - _upper(ref)[ok])
         print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 120)   peak memory: process tree "
-              f"{r.peak_tree_mb:6.0f} MB (target 2048), largest process {r.peak_process_mb:.0f} MB")  # fmt: skip
+              f"{r.peak_tree_mb:6.0f} MB (target 2048), largest process {r.peak_process_mb:.0f} MB")
         print(f"    reference: plain nilearn spheres + signal cleaning + ConnectivityMeasure on the "
               f"stage's preprocessed BOLD {ref_s:.1f} s; ratio stage / reference {r.wall_s / ref_s:.1f}; "
-              f"agreement r {_r(ours, ref):.4f}, max |diff| {d.max():.2e}, {int(ok.sum())} edges")  # fmt: skip
+              f"agreement r {_r(ours, ref):.4f}, max |diff| {d.max():.2e}, {int(ok.sum())} edges")
         print(f"    accuracy: r(recovered, population) {_r(zmat, _z(pop)):.3f}   "
               f"r(recovered, realised) {_r(zmat, _z(real)):.3f}   "
-              f"ceiling r(realised, population) {_r(_z(real), _z(pop)):.3f}")  # fmt: skip
+              f"ceiling r(realised, population) {_r(_z(real), _z(pop)):.3f}")
         planted_z[ses] = float(np.nanmean(zmat[edges[:, 0], edges[:, 1]]))
         print(f"    planted edges: mean z {planted_z[ses]:.3f} (population "
-              f"{np.mean(_z(pop)[edges[:, 0], edges[:, 1]]):.3f})")  # fmt: skip
+              f"{np.mean(_z(pop)[edges[:, 0], edges[:, 1]]):.3f})")
     print(f"  planted-edge mean z rise {first} -> {last}: {planted_z[last] - planted_z[first]:+.3f}")
     if args.group is not None:
         truth = args.truth or args.group.parent / "data/truth"

@@ -108,7 +108,7 @@ def run_mrtrix(base: np.ndarray, fu: np.ndarray, shuffles: int, thr: float, thre
         z_thr = float(stats.norm.isf(stats.t.sf(thr, n_pairs - 1)))
         (root / "out").mkdir()
         cmd = [exe, "files.txt", "nbs", "design.txt", "contrast.txt", "out/nbs_", "-threshold", f"{z_thr:.12f}",
-               "-errors", "ise", "-nshuffles", str(shuffles), "-nthreads", str(threads), "-quiet", "-force"]  # fmt: skip
+               "-errors", "ise", "-nshuffles", str(shuffles), "-nthreads", str(threads), "-quiet", "-force"]
         t0 = time.perf_counter()
         subprocess.run(cmd, cwd=root, check=True, capture_output=True)
         wall = time.perf_counter() - t0
@@ -153,7 +153,7 @@ def main() -> None:
     )
     print(f"ours   : {n_perm} permutations in {t_ours:.2f} s ({1e3 * t_ours / n_perm:.3f} ms/permutation); "
           f"{len(res.components)} components, largest {max((c.size for c in res.components), default=0):g} edges, "
-          f"exact={res.exact}, min attainable p={res.min_attainable_p:.2g}")  # fmt: skip
+          f"exact={res.exact}, min attainable p={res.min_attainable_p:.2g}")
 
     if not args.skip_bct:
         try:
@@ -166,7 +166,7 @@ def main() -> None:
             same = edge_sets(comps) == ours_sets
             print(f"bctpy  : {args.bct_perms} permutations in {wall:.2f} s -> {1e3 * per:.1f} ms/permutation, "
                   f"EXTRAPOLATED {est:.0f} s for {n_perm}; ratio {est / t_ours:.0f}x (target >= 1000x); "
-                  f"observed components identical: {same}")  # fmt: skip
+                  f"observed components identical: {same}")
 
     if not args.skip_mrtrix:
         out = run_mrtrix(base, fu, args.mrtrix_shuffles, thr, args.threads)
@@ -179,13 +179,13 @@ def main() -> None:
             kind = "measured" if args.mrtrix_shuffles == n_perm else "EXTRAPOLATED linearly"
             print(f"MRtrix3: {args.mrtrix_shuffles} shuffles in {wall:.1f} s with {args.threads} threads -> "
                   f"{kind} {est:.0f} s for {n_perm}; ratio {est / t_ours:.0f}x (target >= 100x); "
-                  f"observed components identical: {same}")  # fmt: skip
+                  f"observed components identical: {same}")
 
     if not args.skip_large:
         base, fu = make_data(300, 200, seed=1)
         t_big, res = run_ours(base, fu, 10000, thr)
         print(f"large  : 300 nodes x 200 pairs x 10000 permutations in {t_big:.1f} s "
-              f"({len(res.components)} components, exact={res.exact})")  # fmt: skip
+              f"({len(res.components)} components, exact={res.exact})")
 
 
 if __name__ == "__main__":

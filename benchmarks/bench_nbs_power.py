@@ -62,18 +62,18 @@ def main() -> None:
     dz = np.array([np.arctanh(r1[i, j]) - np.arctanh(r0[i, j]) for i, j in design.edges])
     print(f"trial preset: {design.atlas.n_regions} regions, planted {len(design.edges)} edges on "
           f"{len({i for e in design.edges for i in e})} regions, {spec.bold_volumes} volumes, "
-          f"planted Fisher-z change {dz.mean():.3f} (mean)")  # fmt: skip
+          f"planted Fisher-z change {dz.mean():.3f} (mean)")
     print(f"noise from a {args.pilot}-subject synthetic trial: {noise.summary()}; "
-          f"standardised planted effect ~ {dz.mean() / math.sqrt(2 / (noise.n_effective - 3)):.2f}")  # fmt: skip
+          f"standardised planted effect ~ {dz.mean() / math.sqrt(2 / (noise.n_effective - 3)):.2f}")
 
     t0 = time.perf_counter()
     pred = nbs_power(noise, n_subjects=ns, effects=[1.0], thresholds=thresholds, threshold_type="p",
                      edges=design.edges, effect_type="raw", edge_effects=dz, n_repetitions=args.reps,
-                     random_state=args.seed).table  # fmt: skip
+                     random_state=args.seed).table
     t_pred = time.perf_counter() - t0
     rand = nbs_power(noise, n_subjects=ns, effects=effects, thresholds=thresholds, threshold_type="p",
                      n_regions=113, n_edges=143, n_repetitions=args.reps,
-                     random_state=args.seed).table  # fmt: skip
+                     random_state=args.seed).table
 
     # direct simulation (reference)
     planted = np.zeros((design.atlas.n_regions,) * 2, dtype=bool)
@@ -89,7 +89,7 @@ def main() -> None:
             f = simulate_region_connectomes(spec, n, last, seed=seed)
             for thr in thresholds:
                 res = NetworkBasedStatistic(thr, threshold_type="p", alternative="greater",
-                                            n_permutations=1000, random_state=seed).fit_paired(b, f)  # fmt: skip
+                                            n_permutations=1000, random_state=seed).fit_paired(b, f)
                 found, truth = res.edge_mask(0.05)[iu], planted[iu]
                 tp = int((found & truth).sum())
                 rows[thr].append(
@@ -98,21 +98,21 @@ def main() -> None:
         for thr in thresholds:
             a = np.array(rows[thr], dtype=float)
             direct[n, thr] = (a[:, 0].mean(), a[:, 0].std(ddof=1) / math.sqrt(len(a)),
-                              a[:, 1].mean(), np.nanmean(a[:, 2]) if np.isfinite(a[:, 2]).any() else np.nan)  # fmt: skip
+                              a[:, 1].mean(), np.nanmean(a[:, 2]) if np.isfinite(a[:, 2]).any() else np.nan)
     t_direct = time.perf_counter() - t0
 
     print(f"\nplanted subnetwork of the trial, one-sided NBS (alternative greater), alpha 0.05;"
-          f" predicted ({args.reps} studies per cell) vs direct ({args.direct} synthetic trials)")  # fmt: skip
+          f" predicted ({args.reps} studies per cell) vs direct ({args.direct} synthetic trials)")
     print(f"{'n':>3} {'p thr':>7} {'t thr':>6} | {'detect pred':>14} {'direct':>14} | "
-          f"{'recall pred':>11} {'direct':>7} | {'prec pred':>9} {'direct':>7}")  # fmt: skip
+          f"{'recall pred':>11} {'direct':>7} | {'prec pred':>9} {'direct':>7}")
     for _, row in pred.iterrows():
         d = direct[int(row["n_subjects"]), float(row["threshold"])]
         print(f"{int(row['n_subjects']):>3} {row['threshold']:>7g} {row['threshold_t']:>6.2f} | "
               f"{row['detection']:>6.2f} +- {row['detection_se']:.2f} {d[0]:>6.2f} +- {d[1]:.2f} | "
-              f"{row['recall']:>11.3f} {d[2]:>7.3f} | {row['precision']:>9.3f} {d[3]:>7.3f}")  # fmt: skip
+              f"{row['recall']:>11.3f} {d[2]:>7.3f} | {row['precision']:>9.3f} {d[3]:>7.3f}")
     print("\nrandom 113-region / 143-edge subnetworks, standardised effects (predicted)")
     print(rand[["n_subjects", "threshold", "effect", "detection", "recall", "precision",
-                "false_positive"]].to_string(index=False))  # fmt: skip
+                "false_positive"]].to_string(index=False))
 
     t0 = time.perf_counter()
     null = PRESETS["trial-null"]
@@ -125,11 +125,11 @@ def main() -> None:
     fwer = hits / args.null_seeds
     print(f"\ntrial-null, 5 subjects, one-sided t > 3 (the demo's pre-specified NBS): FWER "
           f"{fwer:.3f} +- {math.sqrt(max(fwer * (1 - fwer), 1e-12) / args.null_seeds):.3f} over "
-          f"{args.null_seeds} synthetic trials ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+          f"{args.null_seeds} synthetic trials ({time.perf_counter() - t0:.0f} s)")
     cells = len(ns) * len(thresholds)
     print(f"\ntime: power analysis {t_pred:.0f} s for {cells} cells x {args.reps} studies; direct "
           f"simulation {t_direct:.0f} s for {cells} cells x {args.direct} trials; ratio per study "
-          f"{(t_direct / args.direct) / (t_pred / args.reps):.2f} (direct / predicted)")  # fmt: skip
+          f"{(t_direct / args.direct) / (t_pred / args.reps):.2f} (direct / predicted)")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def _mrregister_all(data: np.ndarray, affine: np.ndarray, reference: np.ndarray,
         nib.save(nib.Nifti1Image(np.asarray(data[..., k], np.float32), affine), tmp / "vol.nii")
         subprocess.run(["mrregister", str(tmp / "vol.nii"), str(tmp / "ref.nii"), "-type",
                         "rigid", "-rigid", str(tmp / "T.txt"), "-nthreads", "1", "-quiet",
-                        "-force"], check=True)  # fmt: skip
+                        "-force"], check=True)
     return time.perf_counter() - t0
 
 
@@ -63,7 +63,7 @@ def bench_bold(every: int, tmp: Path) -> None:
     print(f"BOLD {data.shape}: msmri {ours:.1f} s (whole preprocessing), MRtrix3 mrregister "
           f"{theirs:.1f} s ({f'estimated from every {every}th volume, ' if every > 1 else ''}"
           f"{data.shape[3]} volumes); ratio msmri / MRtrix3 {ours / theirs:.2f}; "
-          f"FD max {fd.max():.3f} mm, mean {fd.mean():.3f} mm")  # fmt: skip
+          f"FD max {fd.max():.3f} mm, mean {fd.mean():.3f} mm")
 
 
 def bench_dwi(every: int, tmp: Path) -> None:
@@ -84,7 +84,7 @@ def bench_dwi(every: int, tmp: Path) -> None:
     print(f"DWI {data.shape}: msmri motion + eddy {ours:.1f} s, MRtrix3 mrregister (rigid "
           f"only, to the mean DWI) {theirs:.1f} s for {len(dw)} volumes; ratio {ours / theirs:.2f}; "
           f"excluded {int(mc.dropout_outliers.sum() + mc.motion_outliers.sum())}, FD max "
-          f"{mc.framewise_displacement.max():.2f} mm, |eddy| max {np.abs(mc.eddy).max():.4f}")  # fmt: skip
+          f"{mc.framewise_displacement.max():.2f} mm, |eddy| max {np.abs(mc.eddy).max():.4f}")
 
 
 def main() -> None:

@@ -130,7 +130,7 @@ def make_data(root: Path, shape: tuple[int, int, int], n_vol: int, gz: bool) -> 
         template=load_template(spec.template_resolution), tracts=tract_field(spec.template_resolution),
         lesions=subject.lesions, session_index=0, rd_change_left_nawm=0.0,
         bvals=bvals, bvecs_world=bvecs, rng=rng, snr_b0=25.0,
-    )  # fmt: skip
+    )
     dwi = root / ("dwi.nii.gz" if gz else "dwi.nii")
     data = np.clip(np.round(ph.data), 0, np.iinfo(np.int16).max).astype(np.int16)
     nib.save(nib.Nifti1Image(data, aff), dwi)
@@ -145,7 +145,7 @@ def make_data(root: Path, shape: tuple[int, int, int], n_vol: int, gz: bool) -> 
         "dwi": dwi, "mask": mask, "bval": root / "dwi.bval", "bvec": root / "dwi.bvec",
         "truth": {k: ph.truth[k] for k in ("fa", "md", "ad", "rd")}, "brain": ph.truth["brain"],
         "n_b0": n_b0, "voxel": vox,
-    }  # fmt: skip
+    }
 
 
 def run_once(cmds: list[list[str]]) -> float:
@@ -220,7 +220,7 @@ def main() -> None:
     ap.add_argument("--gz", action="store_true", help="write the DWI as .nii.gz (default .nii)")
     ap.add_argument("--keep", type=Path, default=None, help="keep the data in this folder")
     ap.add_argument("--real", action="store_true",
-                    help="also print the agreement on the real Philips series")  # fmt: skip
+                    help="also print the agreement on the real Philips series")
     args = ap.parse_args()
     if shutil.which("dwi2tensor") is None:
         sys.exit("dwi2tensor (MRtrix3) not found on PATH")
@@ -232,7 +232,7 @@ def main() -> None:
     print(f"data: phantom {tuple(args.shape)} x {args.volumes} volumes ({d['n_b0']} b=0, b=1000), "
           f"voxel {np.round(d['voxel'], 2).tolist()} mm, int16 {d['dwi'].name}, "
           f"{int(d['brain'].sum())} mask voxels, SNR 25; built in {time.perf_counter() - t0:.0f} s "
-          f"-> {root}")  # fmt: skip
+          f"-> {root}")
     files = [str(d[k]) for k in ("dwi", "bval", "bvec", "mask")]
     py = sys.executable
     for sub in ("ours", "dipy", "mrtrix", "mrtrix_ols2", "mrtrix_ols1"):
@@ -246,7 +246,7 @@ def main() -> None:
              "-fslgrad", files[2], files[1], *extra, *common],
             ["tensor2metric", str(o / "dt.nii"), "-mask", files[3], "-fa", str(o / "fa.nii"),
              "-adc", str(o / "md.nii"), "-ad", str(o / "ad.nii"), "-rd", str(o / "rd.nii"), *common],
-        ]  # fmt: skip
+        ]
 
     walls = interleaved(
         {
@@ -266,11 +266,11 @@ def main() -> None:
     names = {k: f"{k}.nii" for k in ("fa", "md", "ad", "rd")}
     run_once(mrtrix("mrtrix_ols1", ["-ols", "-iter", "1"]))  # = OLS in MRtrix3 3.0.3; not timed
     maps = {s: load_maps(root / s, names)
-            for s in ("ours", "dipy", "mrtrix", "mrtrix_ols2", "mrtrix_ols1")}  # fmt: skip
+            for s in ("ours", "dipy", "mrtrix", "mrtrix_ols2", "mrtrix_ols1")}
     maps["ours_ols"] = ours_ols(d)
     mask = d["brain"]
     print(f"\nwhole process wall time, median and min of {args.repeats} interleaved rounds "
-          "(each a child process incl. start-up, loading, fit in the mask, writing FA/MD/AD/RD):")  # fmt: skip
+          "(each a child process incl. start-up, loading, fit in the mask, writing FA/MD/AD/RD):")
     rows = [
         ("ours", f"ours fit_tensor WLS, n_procs={args.nprocs}"),
         ("light", "ours, gtab as plain bvals/bvecs (no DIPY import)"),
@@ -283,7 +283,7 @@ def main() -> None:
     for key, name in rows:
         print(f"  {name:<52}{med[key]:>7.2f}s{best[key]:>7.2f}s")
     print(f"  fit only, in this process (data in memory), median: ours n_procs={args.nprocs} "
-          f"{fit_ours:.2f} s, ours n_procs=1 {fit_ours1:.2f} s, DIPY {fit_dipy:.2f} s")  # fmt: skip
+          f"{fit_ours:.2f} s, ours n_procs=1 {fit_ours1:.2f} s, DIPY {fit_dipy:.2f} s")
     print(f"  {'ratios (median / min)':<42}")
     for num, den, label in (
         ("ours", "mrtrix", "ours / dwi2tensor default"),
@@ -316,7 +316,7 @@ def print_agreement(pairs: list, mask: np.ndarray) -> None:
     for name, a, b in pairs:
         ag = agreement(a, b, mask)
         print(f"  {name:<34} FA {ag['fa']:.2e}  MD {100 * ag['md']:.3f} %  "
-              f"AD {100 * ag['ad']:.3f} %  RD {100 * ag['rd']:.3f} %")  # fmt: skip
+              f"AD {100 * ag['ad']:.3f} %  RD {100 * ag['rd']:.3f} %")
 
 
 def ours_ols(d: dict) -> dict[str, np.ndarray]:
@@ -356,7 +356,7 @@ def real_agreement(root: Path) -> None:
     files = [str(dwi), str(bval), str(bvec), str(root / "mask.nii")]
     maps = {}
     for name, extra in (("default", []), ("ols2", ["-ols", "-iter", "2"]),
-                        ("ols1", ["-ols", "-iter", "1"])):  # fmt: skip
+                        ("ols1", ["-ols", "-iter", "1"])):
         o = root / name
         o.mkdir(exist_ok=True)
         run_once([
@@ -365,20 +365,20 @@ def real_agreement(root: Path) -> None:
             ["tensor2metric", str(o / "dt.nii"), "-mask", files[3], "-fa", str(o / "fa.nii"),
              "-adc", str(o / "md.nii"), "-ad", str(o / "ad.nii"), "-rd", str(o / "rd.nii"),
              "-quiet", "-force"],
-        ])  # fmt: skip
+        ])
         maps[name] = load_maps(o, {k: f"{k}.nii" for k in ("fa", "md", "ad", "rd")})
     gtab = grads.dipy_gtab()
     for method in ("WLS", "OLS"):
         m = fit_tensor(data, gtab, mask, method=method, n_procs=2)
         maps[method] = {k: getattr(m, k).astype(np.float64) for k in ("fa", "md", "ad", "rd")}
     print(f"\nreal Philips series {data.shape}, median_otsu mask {int(mask.sum())} voxels: "
-          "median |dFA|, median relative |dMD|, |dAD|, |dRD|")  # fmt: skip
+          "median |dFA|, median relative |dMD|, |dAD|, |dRD|")
     print_agreement([
         ("ours WLS vs MRtrix3 default", maps["WLS"], maps["default"]),
         ("ours WLS vs MRtrix3 -ols -iter 2", maps["WLS"], maps["ols2"]),
         ("ours WLS vs -ols -iter 1 (= OLS)", maps["WLS"], maps["ols1"]),
         ("ours OLS vs -ols -iter 1 (= OLS)", maps["OLS"], maps["ols1"]),
-    ], mask)  # fmt: skip
+    ], mask)
 
 
 if __name__ == "__main__":

@@ -75,17 +75,17 @@ def main() -> None:
 
     shape = nib.load(dwi(first, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).shape
     print(f"tract stage, trial preset ({'x'.join(map(str, shape))}, 2 mm), sub-01, --nprocs {args.nprocs}, "
-          f"tract.model {args.model}, .{args.format}")  # fmt: skip
+          f"tract.model {args.model}, .{args.format}")
     for ses, r in runs.items():
         print(f"  ses-{ses:<9} wall {r.wall_s:6.1f} s (target 180)   peak memory: process tree "
-              f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")  # fmt: skip
+              f"{r.peak_tree_mb:6.0f} MB (target 3072), largest process {r.peak_process_mb:.0f} MB")
     report = work / f"sub-01_ses-{first}/dwi_wf/tensor/_report/report.rst"
     if report.exists():
         text = report.read_text()
         fit_s = [float(line.split(":")[-1]) for line in text.splitlines() if line.startswith("* duration")]
         if fit_s:
             print(f"  reference: the diffusion stage's tensor-fit node took {fit_s[0]:.1f} s; "
-                  f"ratio tract stage / tensor fit {runs[first].wall_s / fit_s[0]:.0f}")  # fmt: skip
+                  f"ratio tract stage / tensor fit {runs[first].wall_s / fit_s[0]:.0f}")
 
     defs = load_bundle_definitions()
     subject = make_subject(spec, 0)
@@ -94,9 +94,9 @@ def main() -> None:
     starts = {}
     for ses in (first, last):
         summ = pd.read_csv(dwi(ses, "space-dwi_model-tensor_tractstats.tsv"), sep="\t",
-                           keep_default_na=False, na_values="n/a")  # fmt: skip
+                           keep_default_na=False, na_values="n/a")
         prof = pd.read_csv(dwi(ses, "space-dwi_model-tensor_tractprofiles.tsv"), sep="\t",
-                           na_values="n/a")  # fmt: skip
+                           na_values="n/a")
         ref = str(dwi(ses, "space-dwi_model-tensor_param-fa_dwimap.nii.gz"))
         aff = nib.load(ref).affine
         to_mni = subject.to_template(ses, "dwi")
@@ -114,7 +114,7 @@ def main() -> None:
             dens = np.asarray(nib.load(dwi(ses, f"space-dwi_bundle-{ent}_desc-density_dwimap.nii.gz")).dataobj) > 0
             dice = 2 * (dens & tmask).sum() / (dens.sum() + tmask.sum())
             sl = load_tractogram(str(dwi(ses, f"space-dwi_model-{args.model}_bundle-{ent}_tractography.{args.format}")),
-                                 ref, to_space=Space.RASMM, bbox_valid_check=False).streamlines  # fmt: skip
+                                 ref, to_space=Space.RASMM, bbox_valid_check=False).streamlines
             fg = set_number_of_points(sl, nb_points=100)
             acc = []
             for m in ("fa", "md", "ad", "rd"):
@@ -124,7 +124,7 @@ def main() -> None:
                 acc.append(float(np.mean(np.abs(ours - tp) <= 0.1 * np.abs(tp))))
             starts[ses, row.bundle] = to_mni(np.array([s[0] for s in sl])).mean(axis=0)
             print(f"  {ses:9s} {row.bundle:12s} {row.status:8s} {row.n_streamlines:5d} {dice:5.2f}  "
-                  + " ".join(f"{a:.2f}" for a in acc))  # fmt: skip
+                  + " ".join(f"{a:.2f}" for a in acc))
     for name in defs:
         if (first, name) in starts and (last, name) in starts:
             gap = np.linalg.norm(starts[first, name] - starts[last, name])

@@ -300,7 +300,7 @@ class DwiConfig(Section):
     def _atlas_pair(self) -> DwiConfig:
         if (self.atlas is None) != (self.atlas_labels is None):
             raise _KeyedError("atlas", "dwi.atlas and dwi.atlas_labels go together (both or neither)",
-                              related=("atlas_labels",))  # fmt: skip
+                              related=("atlas_labels",))
         return self
 
 
@@ -336,10 +336,10 @@ class TractConfig(Section):
         if self.model == "csa" and self.method == "probabilistic":
             raise _KeyedError("method", "tract.method probabilistic needs a fibre ODF: use "
                               "tract.model csd (or tensor); CSA's diffusion ODF is too broad "
-                              "to sample directions from", related=("model",))  # fmt: skip
+                              "to sample directions from", related=("model",))
         if self.min_length_mm >= self.max_length_mm:
             raise _KeyedError("min_length_mm", "tract.min_length_mm must be below "
-                              "tract.max_length_mm", related=("max_length_mm",))  # fmt: skip
+                              "tract.max_length_mm", related=("max_length_mm",))
         return self
 
 
@@ -397,26 +397,26 @@ class FuncConfig(Section):
         if self.input == "fmriprep" and self.fmriprep_dir is None:
             raise _KeyedError("fmriprep_dir", "func.input is fmriprep: set func.fmriprep_dir to the "
                               "fMRIPrep derivatives folder (absolute, or relative to the BIDS "
-                              "directory)", related=("input",))  # fmt: skip
+                              "directory)", related=("input",))
         if self.input == "raw" and self.fmriprep_dir is not None:
             raise _KeyedError("fmriprep_dir", f"func.fmriprep_dir ({self.fmriprep_dir!r}) is only "
                               "used with func.input: fmriprep; func.input is raw",
-                              related=("input",))  # fmt: skip
+                              related=("input",))
         band = (self.high_pass, self.low_pass)
         if None not in band and band[0] >= band[1]:
             raise _KeyedError("high_pass", f"func.high_pass ({self.high_pass:g} Hz) must be below "
-                              f"func.low_pass ({self.low_pass:g} Hz)", related=("low_pass",))  # fmt: skip
+                              f"func.low_pass ({self.low_pass:g} Hz)", related=("low_pass",))
         if len(set(self.measures)) != len(self.measures):
             raise _KeyedError("measures", f"measures listed more than once: {list(self.measures)}")
         coordinate = self.atlas in COORDINATE_ATLASES
         if coordinate and self.atlas_labels is not None:
             raise _KeyedError("atlas_labels", f"func.atlas_labels is only used with a label image; "
                               f"func.atlas is the coordinate atlas {self.atlas!r}",
-                              related=("atlas",))  # fmt: skip
+                              related=("atlas",))
         if not coordinate and self.atlas_labels is None:
             raise _KeyedError("atlas", f"expected one of {list(COORDINATE_ATLASES)} or the path of "
                               f"an MNI label image together with func.atlas_labels (a TSV), got "
-                              f"{self.atlas!r} without atlas_labels", related=("atlas_labels",))  # fmt: skip
+                              f"{self.atlas!r} without atlas_labels", related=("atlas_labels",))
         return self
 
 
@@ -444,25 +444,25 @@ class NbsConfig(Section):
     def _p_threshold(self) -> NbsConfig:
         if self.threshold_type == "p" and not self.threshold < 0.5:
             raise _KeyedError("threshold", "a p-value threshold must lie in (0, 0.5)",
-                              related=("threshold_type",))  # fmt: skip
+                              related=("threshold_type",))
         for thr in self.power_thresholds or ():
             if not thr > 0 or (self.threshold_type == "p" and not thr < 0.5):
                 raise _KeyedError("power_thresholds", f"threshold {thr} is not a valid "
-                                  f"{self.threshold_type} threshold", related=("threshold_type",))  # fmt: skip
+                                  f"{self.threshold_type} threshold", related=("threshold_type",))
         if any(n < 3 for n in self.power_n_subjects):
             raise _KeyedError("power_n_subjects", "every simulated subject count must be >= 3")
         if any(e < 0 for e in self.power_effects):
             raise _KeyedError("power_effects", "effects are sizes (>= 0); the direction is "
-                              "`alternative`'s")  # fmt: skip
+                              "`alternative`'s")
         k, m = self.power_regions, self.power_edges
         if not k - 1 <= m <= k * (k - 1) // 2:
             raise _KeyedError("power_edges", f"a connected subnetwork of {k} regions has "
                               f"{k - 1} .. {k * (k - 1) // 2} edges, got {m}",
-                              related=("power_regions",))  # fmt: skip
+                              related=("power_regions",))
         if self.power_noise == "wishart" and self.measure == "partial_correlation":
             raise _KeyedError("power_noise", "the wishart noise model simulates correlation "
                               "matrices; use gaussian or resample with partial_correlation",
-                              related=("measure",))  # fmt: skip
+                              related=("measure",))
         return self
 
 
@@ -780,7 +780,7 @@ def _to_config_error(
 #: the command line, which knows it).
 FILE_RELATIVE_KEYS: tuple[tuple[str, str], ...] = (
     ("dwi", "atlas"), ("dwi", "atlas_labels"), ("tract", "bundles"),
-)  # fmt: skip
+)
 
 
 def _resolve_file_relative(

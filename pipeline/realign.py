@@ -172,11 +172,11 @@ def _solve_volume(volume, level: _Level, start, centre, *, max_iter, tol_mm, sha
         inside = np.all((vox >= 0) & (vox <= hi), axis=1)
         if inside.sum() < 100:
             raise InputError(None, "realignment left the field of view (fewer than 100 sample "
-                             "points overlap the reference)")  # fmt: skip
+                             "points overlap the reference)")
         coords = vox[inside].T
         v = ndimage.map_coordinates(v_s, coords, order=1, mode="nearest")
         g_vox = np.stack([ndimage.map_coordinates(g, coords, order=1, mode="nearest")
-                          for g in grads], axis=1)  # fmt: skip
+                          for g in grads], axis=1)
         # dV/dx (reference world) = dV/dvox . dvox/dworld_volume . A (linear part of m)
         g_ref = g_vox @ vox_map[:3, :3]
         jac = np.empty((g_ref.shape[0], 7 + n_eddy))
@@ -303,7 +303,7 @@ def realign_rigid(
         e = (eddy[k], eddy_axis, mask_vox) if do_eddy[k] else None
         for level, n_iter in shared if shared is not None else levels_of(reference(k)):
             m, b, it, rms = _solve_volume(vol, level, m, centre, max_iter=n_iter, tol_mm=tol_mm,
-                                          shape=shape, eddy=e)  # fmt: skip
+                                          shape=shape, eddy=e)
             if b is not None:
                 e = (b, eddy_axis, mask_vox)
         iters[k], residual[k] = it, rms

@@ -586,7 +586,7 @@ def _to_working(
     out = ndimage.affine_transform(
         src, vox_map[:3, :3], offset=vox_map[:3, 3], output_shape=shape, order=order,
         mode="nearest", prefilter=False,
-    )  # fmt: skip
+    )
     return out.astype(np.float32), new_aff
 
 
@@ -1048,7 +1048,7 @@ def register_rigid_or_keep_header(
     reg = register_rigid(
         brain, moving_img, static_mask=static_mask, init=start,
         resolution_mm=resolution_mm, level_iters=level_iters, source=source, target=target,
-    )  # fmt: skip
+    )
     ident = Transform(source, target, start)
     nmi_h = normalized_mutual_information(static_img, moving_img, ident, mask=static_mask)
     nmi_r = normalized_mutual_information(static_img, moving_img, reg, mask=static_mask)

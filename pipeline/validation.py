@@ -277,7 +277,7 @@ def validate_dwi(
     shells: list[tuple[float, int]] = []
     acquired = np.setdiff1d(np.arange(bvals.size), zero)
     for b, idx in group_shells(bvals[acquired], b0_threshold=b0_threshold,
-                               tolerance=shell_tolerance):  # fmt: skip
+                               tolerance=shell_tolerance):
         idx = acquired[idx]
         if b == 0.0:
             continue

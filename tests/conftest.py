@@ -278,7 +278,7 @@ def run_snakemake(
     return subprocess.run(
         [str(VENV_BIN / "snakemake"), "-s", str(REPO / "Snakefile"), *args],
         cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout,
-    )  # fmt: skip
+    )
 
 
 def tree_checksums(root: Path, *, skip: Iterable[str] = ("logs",)) -> dict[str, str]:

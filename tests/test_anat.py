@@ -52,7 +52,7 @@ def _template_on_grid(subject, session, contrast, shape, affine, names):
     inv = np.linalg.inv(tpl.affine)
     mni = subject.to_template(session, contrast)(grid_points(shape, affine))
     return {n: sample_template(inv, getattr(tpl, n).astype(np.float32), mni).reshape(shape)
-            for n in names}  # fmt: skip
+            for n in names}
 
 
 def _acquire(subject, s_idx: int, contrast: str):
@@ -76,7 +76,7 @@ def phantom():
         "flair": flair, "flair_truth": flair_truth, "flair_priors": flair_priors,
         "flair_m06": flair_m06, "flair_m06_truth": flair_m06_truth,
         "flair_m06_priors": flair_m06_priors,
-    }  # fmt: skip
+    }
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def segmentation(phantom, brain):
     seg = segment_tissues(
         phantom["t1"], brain.mask,
         priors={k: phantom["t1_priors"][k] for k in ("gm", "wm", "csf")}, lesion_mask=lesion,
-    )  # fmt: skip
+    )
     print(f"segmentation of the 2 mm T1w: {time.perf_counter() - start:.1f} s")
     return seg, lesion
 
@@ -103,7 +103,7 @@ def test_brain_extraction_with_and_without_prior(phantom, brain):
     truth = phantom["t1_truth"]["brain"] >= 0.5
     d_plain = _dice(brain.mask, truth)
     with_prior = extract_brain(phantom["t1"], method="threshold",
-                               prior_mask=phantom["t1_priors"]["brain"] >= 0.5)  # fmt: skip
+                               prior_mask=phantom["t1_priors"]["brain"] >= 0.5)
     d_prior = _dice(with_prior.mask, truth)
     print(f"brain Dice: no prior {d_plain:.3f}, with prior {d_prior:.3f}")
     assert brain.method == "threshold-morphology"
@@ -208,7 +208,7 @@ def test_lesion_classes_match_the_phantom():
         lesion = lesion_probability(mni, subject.lesions, len(SPEC.sessions) - 1)
         labels, n = label_lesions(lesion.reshape(shape) >= 0.5, [SPEC.t1_voxel_mm] * 3)
         table = classify_lesions(labels, affine=aff, brain_mask=masks["brain"] >= 0.5,
-                                 **{k: masks[k] >= 0.5 for k in MASKS})  # fmt: skip
+                                 **{k: masks[k] >= 0.5 for k in MASKS})
         assert len(table) == n == len(subject.lesions)
         assert set(table["location"]) <= set(LOCATIONS)
         found = table[["centroid_x", "centroid_y", "centroid_z"]].to_numpy()
@@ -253,7 +253,7 @@ def test_new_lesion_at_follow_up_is_found(phantom):
     # same subject, same native anatomy: sessions differ by head pose only (rigid)
     pose = {s: subject.poses[s]["FLAIR"].matrix for s in SPEC.sessions}
     vox = (np.linalg.inv(fu_img.affine) @ np.linalg.inv(pose["m06"]) @ pose["baseline"]
-           @ base_img.affine)  # fmt: skip
+           @ base_img.affine)
     ijk = np.indices(base_img.shape).reshape(3, -1).astype(float)
     coords = vox[:3, :3] @ ijk + vox[:3, 3:]
     from scipy import ndimage
@@ -317,7 +317,7 @@ def test_a_mask_difference_needs_a_flair_increase_to_count_as_a_change():
     follow[16, 5:9, 5:9] += 600
     labels = label_lesions(follow_mask, (1.0, 1.0, 1.0))[0]
     inc = flair_increase(labels, base_mask, base, follow, ~follow_mask & ~base_mask,
-                         voxel_size=1.0, fwhm_mm=1.0)  # fmt: skip
+                         voxel_size=1.0, fwhm_mm=1.0)
     full = compare_lesions(base_mask, follow_mask, voxel_size=1.0, include_stable=True)
     grown_id = labels[14, 6, 6]
     assert full.set_index("followup_id").loc[grown_id, "status"] == "stable"
@@ -354,7 +354,7 @@ def test_empty_masks_and_images_are_clear_errors(phantom):
     labels, n = label_lesions(empty, (2.0, 2.0, 2.0))
     assert n == 0
     table = classify_lesions(labels, affine=t1.affine, ventricles=empty, cortex=empty,
-                             infratentorial=empty)  # fmt: skip
+                             infratentorial=empty)
     assert table.empty and list(lesion_totals(table)["count"]) == [0] * 5
 
 

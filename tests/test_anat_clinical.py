@@ -54,7 +54,7 @@ def _run(bids: Path, out: Path, *sessions: str) -> None:
     from workflows.cli import main
 
     args = [str(bids), str(out), "participant", "--stages", "inventory", "anat",
-            "--work-dir", str(out.parent / "work"), "--session-label", *sessions]  # fmt: skip
+            "--work-dir", str(out.parent / "work"), "--session-label", *sessions]
     assert main(args) == 0
 
 
@@ -63,7 +63,7 @@ def clinical_run(tmp_path_factory):
     """Both sessions of patient01 through the inventory and structural stages."""
     root = tmp_path_factory.mktemp("clinical")
     images = {s: {m: realdata.image_path(s, m) for m in realdata.MODALITIES}
-              for s in realdata.SESSIONS}  # fmt: skip
+              for s in realdata.SESSIONS}
     bids = _bids(root / "bids", images)
     out = root / "derivatives"
     _run(bids, out, *realdata.SESSIONS)
@@ -85,7 +85,7 @@ def test_brain_extraction_on_raw_clinical_scans(session, modality):
     icv = result.parameters["volume_mm3"] / 1e6
     zeros = float(np.mean(np.asarray(img.dataobj) == 0))
     print(f"ses-{session} {modality}: Dice {d:.3f} with the database mask, {icv:.2f} l, "
-          f"{zeros:.0%} zero voxels, {result.parameters['skull_stripped']}")  # fmt: skip
+          f"{zeros:.0%} zero voxels, {result.parameters['skull_stripped']}")
     # more than half of the voxels are exactly 0, yet the head is not skull-stripped
     assert zeros > 0.5 and result.parameters["skull_stripped"]["detected"] is False
     assert result.method == "deepbet"
@@ -130,7 +130,7 @@ def test_structural_stage_on_raw_clinical_sessions(clinical_run, session):
     flag = read_plausibility(out, "01", session)
     inventory = read_tsv(out / "sub-01" / f"ses-{session}" / f"sub-01_ses-{session}_inventory.tsv")
     print(f"ses-{session}: brain Dice {d:.3f}, ICV {icv:.2f} l, FLAIR->T1w vs database "
-          f"mean {err.mean():.2f} mm (max {err.max():.2f}), flag {flag}")  # fmt: skip
+          f"mean {err.mean():.2f} mm (max {err.max():.2f}), flag {flag}")
     assert d >= 0.90
     assert 1.0 <= icv <= 2.1
     assert err.mean() <= 1.5
@@ -154,7 +154,7 @@ def test_broken_inputs_raise_the_plausibility_flag(tmp_path):
     broken = nib.Nifti1Image(data, aff, t1.header)
     broken.header.set_slope_inter(1000.0, 0.0)  # stored values x 1000 on reading
     bids = _bids(tmp_path / "bids", {"2": {"T1w": broken,
-                                           "FLAIR": realdata.image_path("2", "T2w")}})  # fmt: skip
+                                           "FLAIR": realdata.image_path("2", "T2w")}})
     out = tmp_path / "derivatives"
     _run(bids, out, "2")
     flag = read_plausibility(out, "01", "2")
@@ -179,7 +179,7 @@ def test_a_flair_already_on_the_t1w_grid_is_not_moved():
     t1, flair, gold = (nib.load(p) for p in paths)
     mask = nib.Nifti1Image(extract_brain(t1).mask.astype(np.uint8), t1.affine)
     result = register_rigid_or_keep_header(t1, flair, static_mask=mask, source="FLAIR",
-                                           target="T1w")  # fmt: skip
+                                           target="T1w")
     print(result.quality())
     assert result.kept_header
     carried = result.transform.resample_mask(gold, t1)
@@ -203,24 +203,24 @@ def test_first_session_reference_on_raw_clinical_sessions(tmp_path):
     cfg.write_text("anat:\n  anatomical_reference: first\n")
     out = tmp_path / "derivatives"
     assert main([str(bids), str(out), "participant", "--stages", "inventory", "anat_reference",
-                 "anat", "--config", str(cfg), "--work-dir", str(tmp_path / "work")]) == 0  # fmt: skip
+                 "anat", "--config", str(cfg), "--work-dir", str(tmp_path / "work")]) == 0
     mask_img = nib.load(_anat(out, "2", "desc-brain_mask.nii.gz"))  # on the reference grid
     mask = np.asarray(mask_img.dataobj) > 0
     pts = nib.affines.apply_affine(mask_img.affine, np.argwhere(mask))
     # reference (session-1 T1w) points -> session-2 points, by the database's transforms
     truth = {m: realdata.common_to_image("2", m) @ np.linalg.inv(realdata.common_to_image("1", "T1w"))
-             for m in ("T1w", "FLAIR")}  # fmt: skip
+             for m in ("T1w", "FLAIR")}
     errors = {}
     for name, mod in (("from-T1w_to-subject_mode-image_xfm.json", "T1w"),
-                      ("from-FLAIR_to-T1w_mode-image_xfm.json", "FLAIR")):  # fmt: skip
+                      ("from-FLAIR_to-T1w_mode-image_xfm.json", "FLAIR")):
         xfm = Transform.load(_anat(out, "2", name))
         ref = nib.affines.apply_affine(truth[mod], pts)
         errors[mod] = float(np.linalg.norm(xfm.target_to_source(pts) - ref, axis=1).mean())
     print(f"ses-2 on the ses-1 grid: T1w -> reference {errors['T1w']:.2f} mm, "
-          f"FLAIR -> reference {errors['FLAIR']:.2f} mm from the database's alignment")  # fmt: skip
+          f"FLAIR -> reference {errors['FLAIR']:.2f} mm from the database's alignment")
     assert errors["T1w"] <= 1.5 and errors["FLAIR"] <= 1.5
     assert realdata.dice(mask, realdata.to_image_grid(
-        nib.load(realdata.LONGITUDINAL / "sources" / "brainmask_common-space.nii.gz"), "1", "T1w") > 0.5) >= 0.90  # fmt: skip
+        nib.load(realdata.LONGITUDINAL / "sources" / "brainmask_common-space.nii.gz"), "1", "T1w") > 0.5) >= 0.90
     for ses in realdata.SESSIONS:
         flag = read_plausibility(out, "01", ses)
         assert flag is not None and not flag["flagged"], (ses, flag)
@@ -242,7 +242,7 @@ def test_new_and_enlarging_lesions_against_the_expert_change_mask(clinical_run):
     out = clinical_run
     bids = out.parent / "bids"
     assert main([str(bids), str(out), "participant", "--stages", "lesion_changes",
-                 "--work-dir", str(out.parent / "work")]) == 0  # fmt: skip
+                 "--work-dir", str(out.parent / "work")]) == 0
     table = read_tsv(_anat(out, "2", "desc-changes_lesions.tsv"))
     ref = nib.load(_anat(out, "1", "desc-preproc_T1w.nii.gz"))
     xfm = Transform.load(_anat(out, "2", "from-T1w_to-T1wRef_mode-image_xfm.json"))
@@ -260,7 +260,7 @@ def test_new_and_enlarging_lesions_against_the_expert_change_mask(clinical_run):
         false += int(not hit[hit > 0].size)
     unconfirmed = int(table["status"].str.startswith("unconfirmed").sum())
     print(f"expert changes {n_gt}: found {len(found)}, false changes {false}, "
-          f"unconfirmed mask differences {unconfirmed}")  # fmt: skip
+          f"unconfirmed mask differences {unconfirmed}")
     assert n_gt == 14
     assert len(found) >= 2 and false < len(found)
     assert unconfirmed > 0 and table["flair_increase"].notna().all()
@@ -292,7 +292,7 @@ def test_automatic_lesions_on_patient19_through_the_structural_stage(tmp_path):
         os.symlink(src, anat / f"sub-19_ses-1_{mod}.nii.gz")
     out = tmp_path / "derivatives"
     assert main([str(root), str(out), "participant", "--stages", "inventory", "anat",
-                 "--work-dir", str(tmp_path / "work")]) == 0  # fmt: skip
+                 "--work-dir", str(tmp_path / "work")]) == 0
     stem = out / "sub-19" / "ses-1" / "anat" / "sub-19_ses-1_"
     pred = np.asarray(nib.load(f"{stem}label-lesion_mask.nii.gz").dataobj) > 0
     gold = np.asarray(nib.load(gold_path).dataobj) > 0

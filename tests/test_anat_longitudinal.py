@@ -116,7 +116,7 @@ def first_run(tmp_path_factory):
     out = root / "derivatives"
     assert main([str(root / "bids"), str(out), "participant", "--participant-label", "02",
                  "--config", str(cfg), "--work-dir", str(root / "work"), "--nprocs", "2",
-                 "--stages", "inventory", "anat_reference", "anat", "lesion_changes"]) == 0  # fmt: skip
+                 "--stages", "inventory", "anat_reference", "anat", "lesion_changes"]) == 0
     return root, out
 
 
@@ -137,7 +137,7 @@ def test_first_reference_puts_every_session_on_one_grid(first_run):
         )
         assert xfm.exists()
         for name in ("desc-preproc_T1w.nii.gz", "desc-brain_mask.nii.gz", "dseg.nii.gz",
-                     "label-lesion_mask.nii.gz"):  # fmt: skip
+                     "label-lesion_mask.nii.gz"):
             img = _img(out, ses, name)
             assert img.shape == ref.shape and np.allclose(img.affine, ref.affine), (ses, name)
         meta = json.loads(
@@ -170,9 +170,9 @@ def test_first_reference_carries_t1w_lesion_masks_and_finds_the_new_lesion(first
     assert dice > 0.75, dice
     # the baseline is the reference itself: its provided mask is carried unchanged
     provided = nib.load(root / f"bids/derivatives/lesions/sub-02/ses-{base}/anat/"
-                        f"sub-02_ses-{base}_space-T1w_label-lesion_mask.nii.gz")  # fmt: skip
+                        f"sub-02_ses-{base}_space-T1w_label-lesion_mask.nii.gz")
     np.testing.assert_array_equal(_img(out, base, "label-lesion_mask.nii.gz").get_fdata() > 0,
-                                  provided.get_fdata() > 0)  # fmt: skip
+                                  provided.get_fdata() > 0)
     changes = pd.read_csv(
         out / f"sub-02/ses-{follow}/anat/sub-02_ses-{follow}_desc-changes_lesions.tsv", sep="\t"
     )

@@ -87,7 +87,7 @@ def test_segmentation_fractions_are_plausible(real, t1_and_mask):
     seg = segment_tissues(
         t1, result.mask, priors={k: real[f"tpl_{k}"] for k in ("gm", "wm", "csf")},
         lesion_mask=lesion,
-    )  # fmt: skip
+    )
     vols = tissue_volumes(seg, voxel_volume_mm3=8.0, lesion_mask=lesion)
     print(
         f"GM/ICV {vols['gm_fraction_icv']:.3f}, WM/ICV {vols['wm_fraction_icv']:.3f}, "
@@ -122,7 +122,7 @@ def test_lesion_table_on_the_consensus_mask(real):
     table = classify_lesions(
         labels, affine=real["affine"],
         **{k: real[f"tpl_{k}"] >= 0.5 for k in ("ventricles", "cortex", "infratentorial")},
-    )  # fmt: skip
+    )
     totals = lesion_totals(table).set_index("location")
     print(totals)
     assert n == len(table) > 10

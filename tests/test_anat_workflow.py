@@ -44,10 +44,10 @@ def test_workflow_builds_for_every_input_combination(
                      "brain_extraction": method, "skull_stripped": "auto"},
         t1w="t1.nii.gz", flair=flair, lesion_mask=mask, lesion_space=space,
         subject="01", session="baseline", output_dir=str(tmp_path), full_config={},
-    )  # fmt: skip
+    )
     names = set(wf.list_node_names())
     assert {"t1w_to_mni", "template_to_t1w", "lesion_mask", "segment", "qc",
-            "derivatives"} <= names  # fmt: skip
+            "derivatives"} <= names
     # the threshold mask is refined with the registered template brain; deepbet needs no prior
     brain_nodes = {"brain_initial", "brain_refined"} if method == "threshold" else {"brain"}
     assert brain_nodes <= names and not ({"brain", "brain_initial"} - brain_nodes) & names
@@ -65,7 +65,7 @@ def test_flair_space_mask_without_flair_is_an_error(tmp_path, monkeypatch):
                          "brain_extraction": "deepbet", "skull_stripped": "auto"},
             t1w="t1.nii.gz", flair=None, lesion_mask="m.nii.gz", lesion_space="FLAIR",
             subject="01", session="baseline", output_dir=str(tmp_path), full_config={},
-        )  # fmt: skip
+        )
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def anat_run(tmp_path_factory):
     write_trial(root, SPEC, subjects=[0, 1])
     out = root / "derivatives"
     common = [str(root / "bids"), str(out), "participant", "--work-dir", str(root / "work"),
-              "--nprocs", "2", "--stages", "inventory", "anat", "lesion_changes"]  # fmt: skip
+              "--nprocs", "2", "--stages", "inventory", "anat", "lesion_changes"]
     assert main([*common, "--participant-label", "01"]) == 0  # both sessions + lesion changes
     assert main([*common, "--participant-label", "02", "--session-label", "m06"]) == 0
     return root, out
@@ -174,7 +174,7 @@ def test_outputs_have_provenance_and_figures(anat_run):
     assert "nawm_lesion_margin_mm" in side["Parameters"]
     figs = sorted(p.name for p in (out / "sub-01/ses-m06/figures").glob("*.svg"))
     assert figs == ["sub-01_ses-m06_desc-brainseg_T1w.svg", "sub-01_ses-m06_desc-lesions_T1w.svg",
-                    "sub-01_ses-m06_desc-t1w2mni_T1w.svg"]  # fmt: skip
+                    "sub-01_ses-m06_desc-t1w2mni_T1w.svg"]
     assert not list(out.rglob(".tmp*"))
 
 
@@ -196,7 +196,7 @@ def test_without_flair_or_mask_lesions_are_empty_and_say_why(tmp_path):
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
     paths = {}
     for name, data in (("t1", np.ones((10, 10, 10))), ("brain", np.ones((10, 10, 10))),
-                       ("wm", np.full((10, 10, 10), 0.5))):  # fmt: skip
+                       ("wm", np.full((10, 10, 10), 0.5))):
         paths[name] = str(tmp_path / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(data.astype(np.float32), affine), paths[name])
     node = LesionMask(reference=paths["t1"], brain_mask=paths["brain"], maps={"wm": paths["wm"]})

@@ -69,7 +69,7 @@ def test_derivatives_without_generated_by(tiny_bids):
 def test_derivatives_declared_raw_or_a_file_are_rejected(tiny_bids, tmp_path):
     desc = tiny_bids / "derivatives" / "lesions" / "dataset_description.json"
     desc.write_text(json.dumps({"Name": "x", "BIDSVersion": "1.9.0", "DatasetType": "raw",
-                                "GeneratedBy": [{"Name": "manual"}]}))  # fmt: skip
+                                "GeneratedBy": [{"Name": "manual"}]}))
     with pytest.raises(
         InputError, match='expected "DatasetType": "derivative", got \'raw\''
     ) as exc:

@@ -148,7 +148,7 @@ def test_session_without_t1w_is_inventoried_for_the_diffusion_stage(make_bids):
     assert rows.loc["dwi", "status"] == "used"
     assert rows.loc["bold", "status"] == "skipped" and "T1w" in rows.loc["bold", "note"]
     bids2 = make_bids(name="bids2", subjects=["01"], sessions=["m00"],
-                      omit={("01", "m00"): ["T1w", "dwi"]})  # fmt: skip
+                      omit={("01", "m00"): ["T1w", "dwi"]})
     inputs = collect_inputs(index_dataset(bids2), "01", "m00")
     with pytest.raises(InputError, match="no T1w image and no DWI series") as exc:
         check_session(inputs, cfg, bids2)
@@ -189,12 +189,12 @@ def test_session_without_t1w_and_dwi_is_an_error_naming_the_folder(make_bids, tm
 
 def _lesion(bids, sub="01", ses="m00"):
     return (bids / f"derivatives/lesions/sub-{sub}/ses-{ses}/anat/"
-            f"sub-{sub}_ses-{ses}_space-FLAIR_label-lesion_mask.nii.gz")  # fmt: skip
+            f"sub-{sub}_ses-{ses}_space-FLAIR_label-lesion_mask.nii.gz")
 
 
 def _anat_run(bids, out, capsys):
     code = main([str(bids), str(out), "participant", "--stages", "anat",
-                 "--participant-label", "01", "--session-label", "m00"])  # fmt: skip
+                 "--participant-label", "01", "--session-label", "m00"])
     return code, capsys.readouterr().err
 
 
@@ -207,7 +207,7 @@ def _anat_run(bids, out, capsys):
     ],
 )
 def test_structural_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_path, capsys,
-                                                                    case, expected):  # fmt: skip
+                                                                    case, expected):
     bids = make_bids()
     if case == "lesion_other_grid":
         bad = _lesion(bids)
@@ -235,7 +235,7 @@ def test_anatomical_reference_without_its_stage_is_a_clear_error(make_bids, tmp_
     cfg = tmp_path / "first.yaml"
     cfg.write_text("anat:\n  anatomical_reference: first\n")
     code = main([str(bids), str(tmp_path / "out"), "participant", "--stages", "anat",
-                 "--config", str(cfg), "--participant-label", "01", "--session-label", "m03"])  # fmt: skip
+                 "--config", str(cfg), "--participant-label", "01", "--session-label", "m03"])
     err = capsys.readouterr().err
     assert code == 1
     assert "desc-subjectref_T1w.nii.gz" in err and "anat_reference" in err, err
@@ -256,7 +256,7 @@ def test_anatomical_reference_without_its_stage_is_a_clear_error(make_bids, tmp_
     ],
 )
 def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_path, capsys,
-                                                                   case, culprit, expected):  # fmt: skip
+                                                                   case, culprit, expected):
     from tests.conftest import SHAPE, gradient_table, write_gradients
 
     bids = make_bids()
@@ -271,14 +271,14 @@ def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_
         write_gradients(files["bval"], files["bvec"], bvals[:-1], bvecs[:-1])
     elif case == "no_b0":
         write_gradients(files["bval"], files["bvec"], np.full_like(bvals, 1000.0),
-                        np.where(bvals[:, None] == 0, [1.0, 0, 0], bvecs))  # fmt: skip
+                        np.where(bvals[:, None] == 0, [1.0, 0, 0], bvecs))
     elif case == "zero_bvec":  # one zero vector is a derived (trace) volume; all is an error
         bvecs[bvals > 0] = 0.0
         write_gradients(files["bval"], files["bvec"], bvals, bvecs)
     elif case == "five_directions":
         n = len(bvals)
         write_gradients(files["bval"], files["bvec"], bvals, np.tile(bvecs[2:7], (n // 5 + 1, 1))[:n]
-                        * (bvals[:, None] > 0))  # fmt: skip
+                        * (bvals[:, None] > 0))
     elif case == "nan_voxels":
         data = np.full((*SHAPE, len(bvals)), 100.0, np.float32)
         data[2, 2, 2, 3] = np.nan
@@ -287,7 +287,7 @@ def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_
         write_nifti(files["dwi"], shape=SHAPE)
     out = tmp_path / "out"
     code = main([str(bids), str(out), "participant", "--stages", "dwi",
-                 "--participant-label", "01", "--session-label", "m00"])  # fmt: skip
+                 "--participant-label", "01", "--session-label", "m00"])
     err = capsys.readouterr().err
     assert code == 1
     assert files[culprit].name in err, err

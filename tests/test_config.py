@@ -261,7 +261,7 @@ def test_months_must_match_order_and_increase(tmp_path):
 
 def test_tract_orientation_model_options(tmp_path):
     cfg = load_config(overrides={"tract": {"model": "csd", "method": "probabilistic", "sh_order": 8,
-                                           "tractogram_format": "trx"}})  # fmt: skip
+                                           "tractogram_format": "trx"}})
     assert (cfg.tract.model, cfg.tract.sh_order, cfg.tract.tractogram_format) == ("csd", 8, "trx")
     user = write(tmp_path, "user.yaml", "tract:\n  model: csa\n  method: probabilistic\n")
     with pytest.raises(ConfigError) as info:
@@ -272,7 +272,7 @@ def test_tract_orientation_model_options(tmp_path):
         and info.value.source == str(user)
     )
     for bad, key in (({"sh_order": 7}, "tract.sh_order"), ({"sh_order": 14}, "tract.sh_order"),
-                     ({"model": "dti"}, "tract.model"), ({"tractogram_format": "tck"}, "tract.tractogram_format")):  # fmt: skip
+                     ({"model": "dti"}, "tract.model"), ({"tractogram_format": "tck"}, "tract.tractogram_format")):
         with pytest.raises(ConfigError) as info:
             load_config(overrides={"tract": bad})
         assert info.value.key == key, (bad, info.value.key)
@@ -407,7 +407,7 @@ def test_path_keys_resolve_against_the_file_that_set_them(tmp_path, monkeypatch)
     project.mkdir()
     cfg = project / "study.yaml"
     cfg.write_text("dwi:\n  atlas: atlases/jhu.nii.gz\n  atlas_labels: atlases/jhu.tsv\n"
-                   "tract:\n  bundles: /abs/bundles.yaml\n")  # fmt: skip
+                   "tract:\n  bundles: /abs/bundles.yaml\n")
     elsewhere = tmp_path / "run"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

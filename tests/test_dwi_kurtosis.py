@@ -60,7 +60,7 @@ def _simulate(
         template=load_template(SPEC.template_resolution), tracts=tract_field(SPEC.template_resolution),
         lesions=subject.lesions, session_index=0, rd_change_left_nawm=0.0, bvals=bvals,
         bvecs_world=bvecs, rng=rng, noiseless=noiseless, snr_b0=snr, kurtosis=kurtosis,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +138,14 @@ def test_truth_formulas_match_dipy_definitions():
         np.einsum("nij,kl->nijkl", amat, eye) + np.einsum("nik,jl->nijkl", amat, eye)
         + np.einsum("nil,jk->nijkl", amat, eye) + np.einsum("nkl,ij->nijkl", amat, eye)
         + np.einsum("njl,ik->nijkl", amat, eye) + np.einsum("njk,il->nijkl", amat, eye)
-    ) / 6.0  # fmt: skip
+    ) / 6.0
     assert np.allclose(w_eig[:, 1, 1, 2, 2], b / 3) and np.allclose(
         w_eig[:, 0, 0, 1, 1], (a + b) / 6
     )
     w_world = np.einsum("nijkl,ai,bj,ck,dl->nabcd", w_eig, q, q, q, q)
     idx = [(0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (0, 0, 0, 1), (0, 0, 0, 2), (0, 1, 1, 1),
            (1, 1, 1, 2), (0, 2, 2, 2), (1, 2, 2, 2), (0, 0, 1, 1), (0, 0, 2, 2), (1, 1, 2, 2),
-           (0, 0, 1, 2), (0, 1, 1, 2), (0, 1, 2, 2)]  # fmt: skip
+           (0, 0, 1, 2), (0, 1, 1, 2), (0, 1, 2, 2)]
     kt = np.stack([w_world[:, i, j, k, l] for i, j, k, l in idx], axis=1)
     params = np.concatenate([np.stack([ad, rd, rd], 1), evecs.reshape(n, 9), kt], axis=1)
     np.testing.assert_allclose(dki.axial_kurtosis(params), ours["ak"], atol=1e-9)
@@ -179,7 +179,7 @@ def test_kurtosis_signal_is_the_dki_representation(noiseless, subject):
     # K along v1 and perpendicular at the extremes: b² ad² AK/6 >= term >= 0
     ad, rd = noiseless.truth["ad"][brain], noiseless.truth["rd"][brain]
     upper = (2000.0**2) * np.maximum(ad**2 * noiseless.truth["ak"][brain],
-                                     rd**2 * noiseless.truth["rk"][brain]) / 6  # fmt: skip
+                                     rd**2 * noiseless.truth["rk"][brain]) / 6
     assert np.all(ratio[:, b == 2000].max(axis=1) <= upper * (1 + 1e-4) + 1e-6)
     assert np.median(ratio[:, b == 2000]) > 3.5 * np.median(ratio[:, b == 1000])
 
@@ -198,7 +198,7 @@ def test_noiseless_fit_recovers_truth(noiseless):
         rel = np.abs(est[sel] - true[sel]) / true[sel]
         errors[name] = (np.percentile(rel, 99), np.abs(est - true).max())
     print("\nnoiseless DKI fit, relative error p99 / max abs: "
-          + ", ".join(f"{k} {v[0]:.1e}/{v[1]:.1e}" for k, v in errors.items()))  # fmt: skip
+          + ", ".join(f"{k} {v[0]:.1e}/{v[1]:.1e}" for k, v in errors.items()))
     # measured: ~1e-7 (float32) for all, MK and RK included (quadrature; DIPY's analytical
     # MK, Carlson's elliptic integrals, was off by p99 2e-4, max 1.2e-3 here)
     for name in ("ak", "rk", "kfa", "fa", "md", "ad", "rd", "mk"):
@@ -251,9 +251,9 @@ def test_noisy_white_matter_medians(noisy, subject, snr):
     assert wm.sum() > 300
     maps = fit_kurtosis(ph.data, _fsl_gtab(ph), ph.truth["brain"], n_procs=2)
     rel = {k: np.median(getattr(maps, k)[wm]) / np.median(ph.truth[k][wm]) - 1
-           for k in ("mk", "ak", "rk", "md", "fa", "kfa")}  # fmt: skip
+           for k in ("mk", "ak", "rk", "md", "fa", "kfa")}
     print(f"\nnoisy (SNR {snr:g}) WM medians, DKI relative to truth: "
-          + ", ".join(f"{k.upper()} {100 * v:+.1f} %" for k, v in rel.items()))  # fmt: skip
+          + ", ".join(f"{k.upper()} {100 * v:+.1f} %" for k, v in rel.items()))
     bounds = {"mk": 0.10, "ak": 0.10, "rk": 0.25 if snr < 50 else 0.10}
     for k, bound in bounds.items():
         assert abs(rel[k]) < bound, (k, rel[k])
@@ -274,11 +274,11 @@ def test_dti_md_bias_grows_with_b(noisy):
     dti_all = fit_tensor(ph.data, _fsl_gtab(ph), brain)
     dki = fit_kurtosis(ph.data, _fsl_gtab(ph), brain)
     bias = {name: np.median(m.md[wm]) / md_true - 1
-            for name, m in (("dti_b1000", dti_low), ("dti_all", dti_all), ("dki", dki))}  # fmt: skip
+            for name, m in (("dti_b1000", dti_low), ("dti_all", dti_all), ("dki", dki))}
     expected = -1000 * md_true * np.median(ph.truth["mk"][wm]) / 6
     print(f"\nWM median MD bias vs truth: DTI b<=1000 {100 * bias['dti_b1000']:+.1f} %, DTI all "
           f"shells {100 * bias['dti_all']:+.1f} %, DKI {100 * bias['dki']:+.1f} % "
-          f"(first-order b MD MK / 6 at b=1000: {100 * expected:+.1f} %)")  # fmt: skip
+          f"(first-order b MD MK / 6 at b=1000: {100 * expected:+.1f} %)")
     assert bias["dti_all"] < bias["dti_b1000"] < 0
     assert abs(bias["dki"]) < abs(bias["dti_b1000"]) / 2
     assert bias["dti_b1000"] == pytest.approx(expected, abs=0.05)
@@ -324,7 +324,7 @@ def test_refuses_unsupported_schemes(noiseless):
         check_dki_scheme(bvals, bvecs)
     with pytest.raises(ValueError, match="22 unknowns"):
         check_dki_scheme(np.r_[0, np.full(8, 1000.0), np.full(8, 2000.0)],
-                         np.vstack([np.zeros((1, 3)), ph.bvecs_world[ph.bvals > 0][:16]]))  # fmt: skip
+                         np.vstack([np.zeros((1, 3)), ph.bvecs_world[ph.bvals > 0][:16]]))
     with pytest.raises(ValueError, match="method"):
         fit_kurtosis(ph.data, _fsl_gtab(ph), method="NLLS")
 
@@ -381,7 +381,7 @@ def test_dki_agrees_with_mrtrix(noisy, tmp_path):
     bvec.write_text("\n".join(" ".join(f"{v:.6f}" for v in row) for row in bvecs.T) + "\n")
     cmd = ["dwi2tensor", str(dwi), str(tmp_path / "dt.nii"), "-dkt", str(tmp_path / "dkt.nii"),
            "-mask", str(mask_path), "-fslgrad", str(bvec), str(bval),
-           "-quiet", "-force", "-nthreads", "1"]  # fmt: skip
+           "-quiet", "-force", "-nthreads", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     dt = np.asarray(nib.load(tmp_path / "dt.nii").dataobj, dtype=float)[brain]
@@ -407,7 +407,7 @@ def test_dki_agrees_with_mrtrix(noisy, tmp_path):
         )
     print("\nours WLS vs MRtrix3 dwi2tensor -dkt (WLS + 2 IWLS), brain |d| median / p90, "
           "WM median ratio-1: " + ", ".join(
-              f"{k.upper()} {v[0]:.2e}/{v[1]:.2e}/{100 * v[2]:+.2f} %" for k, v in summary.items()))  # fmt: skip
+              f"{k.upper()} {v[0]:.2e}/{v[1]:.2e}/{100 * v[2]:+.2f} %" for k, v in summary.items()))
     # measured (seed 3): median |d| MK 4.5e-3, AK 5.6e-3, RK 5.9e-3, MD 1.1e-6 mm²/s;
     # WM median ratio MK +0.4 %, AK +1.5 %, RK -0.1 %, MD +0.1 %: bounds ~2-4x those
     for k in ("mk", "ak", "rk"):

@@ -45,7 +45,7 @@ def _run(root: Path, ph, config: str) -> Path:
     np.savetxt(d / f"{STEM}_dwi.bvec", world_to_fsl(ph.bvecs_world, ph.affine).T, fmt="%.8f")
     (root / "cfg.yaml").write_text(config)
     assert main([str(bids), str(out), "participant", "--stages", "dwi", "--config",
-                 str(root / "cfg.yaml"), "--work-dir", str(root / "work")]) == 0  # fmt: skip
+                 str(root / "cfg.yaml"), "--work-dir", str(root / "work")]) == 0
     return out
 
 
@@ -79,7 +79,7 @@ def _wm(ph) -> np.ndarray:
 
 def test_tensor_uses_the_shells_up_to_bmax_and_says_which_were_left_out(runs, phantom):
     meta = json.loads((runs["default"] / f"sub-01/ses-1/dwi/{STEM}_space-dwi_model-tensor_"
-                       "param-fa_dwimap.json").read_text())  # fmt: skip
+                       "param-fa_dwimap.json").read_text())
     tensor = meta["Parameters"]["tensor"]
     assert tensor["shells"]["tensor_shells"] == [0.0, 1000.0]
     assert tensor["shells"]["tensor_shells_left_out"] == [2000.0]
@@ -88,7 +88,7 @@ def test_tensor_uses_the_shells_up_to_bmax_and_says_which_were_left_out(runs, ph
     assert meta["Parameters"]["kurtosis"]["fitted"] is True
     assert meta["Parameters"]["kurtosis"]["shells"] == [1000.0, 2000.0]
     everything = json.loads((runs["all"] / f"sub-01/ses-1/dwi/{STEM}_space-dwi_model-tensor_"
-                             "param-fa_dwimap.json").read_text())  # fmt: skip
+                             "param-fa_dwimap.json").read_text())
     assert everything["Parameters"]["tensor"]["n_volumes_fitted"] == 64
     assert everything["Parameters"]["kurtosis"]["fitted"] is False
 
@@ -102,7 +102,7 @@ def test_kurtosis_maps_recover_the_phantom_in_white_matter(runs, phantom):
         errors[name] = np.median(_map(out, "dki", name)[wm]) / truth - 1
     errors["dki_md"] = np.median(_map(out, "dki", "md")[wm]) / np.median(phantom.truth["md"][wm]) - 1
     print("two-shell phantom, white-matter medians vs truth: "
-          + ", ".join(f"{k} {v:+.1%}" for k, v in errors.items()))  # fmt: skip
+          + ", ".join(f"{k} {v:+.1%}" for k, v in errors.items()))
     assert abs(errors["mk"]) < 0.10 and abs(errors["ak"]) < 0.10
     # RK at SNR 25 is -17 % in DIPY's own DKI and in MRtrix3 alike (noise, see
     # tests/test_dwi_kurtosis.py); bounded here so that a convention error (axes swapped,
@@ -110,7 +110,7 @@ def test_kurtosis_maps_recover_the_phantom_in_white_matter(runs, phantom):
     assert abs(errors["rk"]) < 0.25
     assert abs(errors["dki_md"]) < 0.05
     table = pd.read_csv(out / f"sub-01/ses-1/dwi/{STEM}_space-dwi_model-tensor_roistats.tsv",
-                        sep="\t")  # fmt: skip
+                        sep="\t")
     assert {"mk", "ak", "rk", "kfa"} <= set(table["metric"])
     assert set(table.loc[table["metric"] == "mk", "units"]) == {"unitless"}
 

@@ -132,7 +132,7 @@ def test_mppca_lowers_fa_error_and_estimates_sigma(baseline, gradients):
     clean = clean[slab]
     rng = np.random.default_rng(7)
     noisy = np.sqrt((clean + rng.normal(0, sigma, clean.shape)) ** 2
-                    + rng.normal(0, sigma, clean.shape) ** 2).astype(np.float32)  # fmt: skip
+                    + rng.normal(0, sigma, clean.shape) ** 2).astype(np.float32)
     brain = _truth(baseline, "desc-brain_mask")[slab] > 0
     wm = (_truth(baseline, "label-WM_probseg")[slab] > 0.9) & brain
     den, noise_map = denoise(noisy, gradients, mask=brain, method="mppca")
@@ -236,7 +236,7 @@ def test_motion_parameters_match_truth(baseline, subset, corrected):
     assert corrected.data.dtype == np.float32 and corrected.data.shape == subset[0].shape
     conf = corrected.confounds()
     assert list(conf.columns[:7]) == ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z",
-                                      "framewise_displacement"]  # fmt: skip
+                                      "framewise_displacement"]
     assert len(conf) == subset[0].shape[3]
     # no volume of the unmodified phantom is a dropout
     assert not corrected.dropout_outliers.any()
@@ -337,7 +337,7 @@ def test_planted_eddy_currents_are_recovered(baseline, gradients):
     r_err = np.degrees(np.abs(mc.params[dw, 3:] - poses[dw, 3:]))
     print(f"eddy: median |error| {np.median(err):.4f} vs median |planted| "
           f"{np.median(np.abs(true_mm[dw])):.4f} mm/mm ({100 * rel:.0f} %); motion median "
-          f"error {np.median(t_err):.3f} mm, {np.median(r_err):.3f} deg")  # fmt: skip
+          f"error {np.median(t_err):.3f} mm, {np.median(r_err):.3f} deg")
     # measured 18 % with three prediction rounds (26 % with two, 15 % with four)
     assert rel < 0.2
     assert np.median(t_err) <= 0.35 and np.median(r_err) <= 0.1

@@ -60,7 +60,7 @@ def _mrregister_residuals(data: np.ndarray, affine: np.ndarray, dw: np.ndarray, 
         nib.save(nib.Nifti1Image(data[..., k], affine), tmp / "vol.nii")
         subprocess.run(["mrregister", str(tmp / "vol.nii"), str(tmp / "ref.nii"), "-type",
                         "rigid", "-rigid", str(tmp / "T.txt"), "-nthreads", "1", "-quiet",
-                        "-force"], check=True)  # fmt: skip
+                        "-force"], check=True)
         t = np.loadtxt(tmp / "T.txt", comments="#")
         out.append(np.linalg.norm(nib.affines.apply_affine(t, pts) - pts, axis=1).mean())
     return np.array(out)
@@ -76,7 +76,7 @@ def test_corrected_series_agrees_with_mrtrix3(series, corrected, tmp_path):
     # benchmarks/bench_realign.py checks all 32
     d = _mrregister_residuals(corrected.data, img.affine, grads.dw_mask, tmp_path, every=2)
     print(f"mrregister residual after correction: median {np.median(d):.3f} mm, "
-          f"max {d.max():.3f} mm")  # fmt: skip
+          f"max {d.max():.3f} mm")
     # measured on all 32: 0.26 / 0.56 mm (before correction 1.81 / 3.59 mm)
     assert np.median(d) < 0.5 and d.max() < 1.5
 
@@ -88,7 +88,7 @@ def test_exclusions_are_few_and_explained(series, corrected):
     reasons = exclusion_reasons(corrected)
     summary = exclusion_summary(reasons, grads.dw_mask, warn_fraction=0.1, max_fraction=0.2)
     print("excluded:", {k: reasons[k] for k in summary["excluded"]},
-          "FD max", corrected.framewise_displacement.max().round(2))  # fmt: skip
+          "FD max", corrected.framewise_displacement.max().round(2))
     # the subject moved (FD up to ~4 mm) but the volumes are intact: a volume that merely
     # moved is not excluded, and none is called dropout for being misaligned
     assert summary["n_excluded_dw"] <= 3 and not summary["flagged"]

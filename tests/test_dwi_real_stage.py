@@ -64,7 +64,7 @@ def _run(root: Path, source: str, stages: list[str], config: str = "") -> Path:
 
     bids, out = _bids(root, source), root / "derivatives"
     args = [str(bids), str(out), "participant", "--stages", *stages,
-            "--work-dir", str(root / "work"), "--nprocs", "2"]  # fmt: skip
+            "--work-dir", str(root / "work"), "--nprocs", "2"]
     if config:
         (root / "cfg.yaml").write_text(config)
         args += ["--config", str(root / "cfg.yaml")]
@@ -137,13 +137,13 @@ def test_tensor_maps_agree_with_mrtrix3_default_on_the_stages_own_series(stage, 
     keep = ",".join(str(k) for k in meta["Parameters"]["tensor"]["volumes_fitted"])
     series = tmp_path / "dwi.mif"  # the volumes our fit used, with their rotated gradients
     subprocess.run(["mrconvert", "-quiet", "-force", "-fslgrad", f"{pre}.bvec", f"{pre}.bval",
-                    "-coord", "3", keep, f"{pre}.nii.gz", str(series)], check=True)  # fmt: skip
+                    "-coord", "3", keep, f"{pre}.nii.gz", str(series)], check=True)
     subprocess.run(["dwi2tensor", "-quiet", "-force", "-mask", str(mask), str(series),
-                    str(tmp_path / "dt.mif")], check=True)  # fmt: skip
+                    str(tmp_path / "dt.mif")], check=True)
     subprocess.run(["tensor2metric", "-quiet", "-force", "-mask", str(mask),
                     str(tmp_path / "dt.mif"), "-fa", str(tmp_path / "fa.nii"),
                     "-adc", str(tmp_path / "md.nii"), "-vector", str(tmp_path / "v1.nii"),
-                    "-modulate", "none"], check=True)  # fmt: skip
+                    "-modulate", "none"], check=True)
     m = np.asanyarray(nib.load(mask).dataobj) > 0
     ours_fa = nib.load(_dwi(stage, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")).get_fdata()[m]
     ours_md = nib.load(_dwi(stage, "space-dwi_model-tensor_param-md_dwimap.nii.gz")).get_fdata()[m]
@@ -153,7 +153,7 @@ def test_tensor_maps_agree_with_mrtrix3_default_on_the_stages_own_series(stage, 
     dfa = np.median(np.abs(ours_fa[ok] - mr_fa[ok]))
     dmd = np.median(np.abs(ours_md[ok] / mr_md[ok] - 1))
     print(f"real series, stage output vs MRtrix3 dwi2tensor default: median |dFA| {dfa:.4f}, "
-          f"median |dMD| {dmd:.3%} over {ok.sum()} voxels")  # fmt: skip
+          f"median |dMD| {dmd:.3%} over {ok.sum()} voxels")
     assert dfa < 0.005 and dmd < 0.01
     # principal directions in world coordinates (the series is stored LPS; MRtrix3 reads
     # the FSL b-vectors in its own convention): the same axis in white matter
@@ -162,7 +162,7 @@ def test_tensor_maps_agree_with_mrtrix3_default_on_the_stages_own_series(stage, 
     wm = ok & (ours_fa > 0.4)
     cos = np.abs(np.sum(ours_v1[wm] * mr_v1[wm], axis=1))
     print(f"principal direction vs MRtrix3 in {wm.sum()} voxels with FA > 0.4: median "
-          f"{np.degrees(np.arccos(np.median(np.clip(cos, 0, 1)))):.2f} deg")  # fmt: skip
+          f"{np.degrees(np.arccos(np.median(np.clip(cos, 0, 1)))):.2f} deg")
     assert np.median(cos) > np.cos(np.radians(2.0))
     # the NaN pixdim4 of the raw header does not reach the outputs
     pre_img = nib.load(f"{pre}.nii.gz")

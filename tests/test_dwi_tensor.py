@@ -34,7 +34,7 @@ def noiseless():
         template=load_template(SPEC.template_resolution), tracts=tract_field(SPEC.template_resolution),
         lesions=subject.lesions, session_index=0, rd_change_left_nawm=0.0,
         bvals=bvals, bvecs_world=bvecs, rng=rng, noiseless=True,
-    )  # fmt: skip
+    )
     gtab = _gtab(ph.bvals, world_to_fsl(ph.bvecs_world, ph.affine))
     return ph, gtab
 

@@ -84,7 +84,7 @@ def phantom():
         lesions=subject.lesions, session_index=0, rd_change_left_nawm=spec.rd_change[0],
         bvals=bvals, bvecs_world=bvecs, rng=rng, snr_b0=spec.snr_b0, motion=None,
         n_dropout=spec.dwi_dropout_volumes, bias_field=bias,
-    )  # fmt: skip
+    )
     data = np.clip(np.round(ph.data), 0, np.iinfo(np.int16).max).astype(np.int16)
     grads = DwiGradients.from_world(ph.bvals, ph.bvecs_world, ph.affine)
     return data, grads, ph.truth["brain"] > 0.5
@@ -97,7 +97,7 @@ def _with_volume(data, grads, volume, bval, bvec):
     g = DwiGradients(
         np.append(grads.bvals, bval), np.vstack([grads.bvecs, bvec]), grads.affine,
         grads.b0_threshold, grads.shell_tolerance,
-    )  # fmt: skip
+    )
     return out, g
 
 
@@ -300,13 +300,13 @@ def test_tensor_volumes_explicit_shells():
     assert sel.describe()["tensor_shells_requested"] == [2000.0, 1000.0]
     # within the shell tolerance, b = 0 in the list is ignored
     assert np.array_equal(tensor_volumes(g, shells=[0, 3050]).indices,
-                          np.r_[0:3, 63:93])  # fmt: skip
+                          np.r_[0:3, 63:93])
 
 
 def test_tensor_volumes_errors():
     g = _multishell()
     with pytest.raises(ValueError, match=r"shell b = 1500 s/mm\^2 is not in the series .*"
-                                         r"b = 0, 1000, 2000, 3000"):  # fmt: skip
+                                         r"b = 0, 1000, 2000, 3000"):
         tensor_volumes(g, shells=[1000, 1500])
     with pytest.raises(ValueError, match="names no diffusion-weighted shell"):
         tensor_volumes(g, shells=[0])
@@ -318,6 +318,6 @@ def test_tensor_volumes_errors():
         tensor_volumes(_multishell(shells=(1000.0, 2000.0), n_dirs=5), bmax=1500)
     # 6 volumes but only 3 distinct (antipodal) directions
     g3 = DwiGradients(np.r_[0, [1000.0] * 6], np.vstack([np.zeros(3), np.eye(3), -np.eye(3)]),
-                      np.eye(4))  # fmt: skip
+                      np.eye(4))
     with pytest.raises(ValueError, match="have 3"):
         tensor_volumes(g3)

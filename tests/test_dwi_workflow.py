@@ -41,7 +41,7 @@ def dwi_run(tmp_path_factory):
     cfg.write_text(TINY_FUNC_CONFIG)
     assert main([str(root / "bids"), str(out), "participant", "--participant-label", "01",
                  "--stages", "inventory", "anat", "dwi", "tract", "func", "--config", str(cfg),
-                 "--work-dir", str(root / "work"), "--nprocs", "2"]) == 0  # fmt: skip
+                 "--work-dir", str(root / "work"), "--nprocs", "2"]) == 0
     return root, out
 
 
@@ -96,7 +96,7 @@ def test_outputs_exist_with_provenance(dwi_run):
                  "space-dwi_desc-preproc_dwi.bvec", "space-dwi_desc-brain_mask.nii.gz",
                  "space-dwi_model-mppca_param-noise_dwimap.nii.gz",
                  "desc-confounds_timeseries.tsv", "from-dwi_to-T1w_mode-image_xfm.json",
-                 "space-dwi_desc-NAWML_mask.nii.gz", "space-dwi_desc-perilesion_mask.nii.gz"):  # fmt: skip
+                 "space-dwi_desc-NAWML_mask.nii.gz", "space-dwi_desc-perilesion_mask.nii.gz"):
         assert _dwi(out, BASE, name).exists(), name
     figures = sorted(p.name for p in (out / f"sub-01/ses-{BASE}/figures").glob("*_dwi.svg"))
     assert len(figures) == 5, figures
@@ -163,12 +163,12 @@ def test_mrtrix_agrees_on_the_preprocessed_series(dwi_run, tmp_path):
     keep = ",".join(str(k) for k in meta["Parameters"]["tensor"]["volumes_fitted"])
     series = tmp_path / "dwi.mif"  # the volumes our fit used, with their rotated gradients
     subprocess.run(["mrconvert", "-quiet", "-force", "-fslgrad", f"{pre}.bvec", f"{pre}.bval",
-                    "-coord", "3", keep, f"{pre}.nii.gz", str(series)], check=True)  # fmt: skip
+                    "-coord", "3", keep, f"{pre}.nii.gz", str(series)], check=True)
     tensor = tmp_path / "dt.mif"
     subprocess.run(["dwi2tensor", "-quiet", "-force", "-mask", str(mask), str(series), str(tensor)],
-                   check=True)  # fmt: skip
+                   check=True)
     subprocess.run(["tensor2metric", "-quiet", "-force", "-mask", str(mask), str(tensor),
-                    "-fa", str(tmp_path / "fa.nii"), "-adc", str(tmp_path / "md.nii")], check=True)  # fmt: skip
+                    "-fa", str(tmp_path / "fa.nii"), "-adc", str(tmp_path / "md.nii")], check=True)
     m = np.asanyarray(nib.load(mask).dataobj) > 0
     ours_fa = nib.load(
         _dwi(out, BASE, "space-dwi_model-tensor_param-fa_dwimap.nii.gz")
@@ -204,11 +204,11 @@ def test_atlas_rois_from_mni_are_warped_into_dwi_space(dwi_run, tmp_path):
     config = load_config([cfg]).to_dict()
     anat = structural_inputs(out, "01", BASE)
     maps = {m: str(_dwi(out, BASE, f"space-dwi_model-tensor_param-{m}_dwimap.nii.gz"))
-            for m in ("fa", "md", "ad", "rd")}  # fmt: skip
+            for m in ("fa", "md", "ad", "rd")}
     node = DwiRois(maps=maps, mask=str(_dwi(out, BASE, "space-dwi_desc-brain_mask.nii.gz")),
                    xfm=str(_dwi(out, BASE, "from-dwi_to-T1w_mode-image_xfm.json")),
                    wm_prob=anat["wm"], lesion=anat["lesion"], hemisphere=anat["hemisphere"],
-                   mni_xfm=anat["mni_xfm"], config=config)  # fmt: skip
+                   mni_xfm=anat["mni_xfm"], config=config)
     res = node.run(cwd=str(tmp_path))
     table = pd.read_csv(res.outputs.table, sep="\t")
     assert {"atlasWML", "atlasWMR"} <= set(table["roi"])
@@ -228,7 +228,7 @@ BUNDLES = ("CST_L", "CST_R", "OR_L", "OR_R", "CC", "ForcepsMinor", "CC_Body", "F
 
 def _tract_table(out: Path, ses: str, suffix: str) -> pd.DataFrame:
     return pd.read_csv(_dwi(out, ses, f"space-dwi_model-tensor_{suffix}.tsv"), sep="\t",
-                       na_values="n/a", keep_default_na=False, dtype={"subject": str})  # fmt: skip
+                       na_values="n/a", keep_default_na=False, dtype={"subject": str})
 
 
 @pytest.mark.integration
@@ -328,7 +328,7 @@ def test_tract_stage_without_dwi_outputs_names_the_missing_file(dwi_run, tmp_pat
 
     root, _ = dwi_run
     rc = main([str(root / "bids"), str(tmp_path / "out"), "participant", "--participant-label", "01",
-               "--session-label", BASE, "--stages", "tract", "--work-dir", str(tmp_path / "w")])  # fmt: skip
+               "--session-label", BASE, "--stages", "tract", "--work-dir", str(tmp_path / "w")])
     assert rc == 1
     err = capsys.readouterr().err
     assert "param-fa_dwimap.nii.gz" in err and "run the anat and dwi stages" in err, err
@@ -352,7 +352,7 @@ def _tract_on_a_copy(dwi_run, tmp_path: Path, tract_yaml: str, *, remove: str) -
     cfg.write_text(f"tract:\n  {tract_yaml}\n")
     rc = main([str(root / "bids"), str(work_out), "participant", "--participant-label", "01",
                "--session-label", BASE, "--stages", "tract", "--config", str(cfg),
-               "--work-dir", str(tmp_path / "w")])  # fmt: skip
+               "--work-dir", str(tmp_path / "w")])
     return work_out, rc
 
 
@@ -363,7 +363,7 @@ def test_tract_stage_with_csd_orientations_writes_trx_bundles(dwi_run, tmp_path)
 
     root, _ = dwi_run
     work_out, rc = _tract_on_a_copy(dwi_run, tmp_path, "model: csd\n  tractogram_format: trx",
-                                    remove="*tract*")  # fmt: skip
+                                    remove="*tract*")
     assert rc == 0
     summ = _tract_table(work_out, BASE, "tractstats")
     assert list(summ["bundle"]) == list(BUNDLES)
@@ -405,7 +405,7 @@ def test_report_stage_writes_session_reports_that_load_in_chromium(dwi_run, tmp_
     root, out = dwi_run
     t0 = time.perf_counter()
     assert main([str(root / "bids"), str(out), "participant", "--participant-label", "01",
-                 "--stages", "report", "--config", str(root / "tiny.yaml")]) == 0  # fmt: skip
+                 "--stages", "report", "--config", str(root / "tiny.yaml")]) == 0
     seconds = time.perf_counter() - t0
     shots = Path(os.environ.get("MSMRI_SCREENSHOT_DIR", tmp_path / "screenshots"))
     for ses in (BASE, FOLLOW):
@@ -418,19 +418,19 @@ def test_report_stage_writes_session_reports_that_load_in_chromium(dwi_run, tmp_
         assert "figure not available" not in text.split('id="func"', 1)[0]  # anat, dwi, tract
         figures = sorted((out / f"sub-01/ses-{ses}/figures").glob("*.svg"))
         images = assert_report_is_complete(page, shots / f"sub-01_ses-{ses}.png",
-                                           min_images=len(figures))  # fmt: skip
+                                           min_images=len(figures))
         shown = {Path(i["src"]).name for i in images}
         assert {f.name for f in figures} <= shown, {f.name for f in figures} - shown
         methods = text.split('<section id="methods">', 1)[1]
         assert f"dipy {metadata.version('dipy')}" in methods and "Power JD" in methods
         print(f"report sub-01 ses-{ses}: {page.stat().st_size / 1024:.0f} kB, {len(images)} "
-              f"figures; both pages built in {seconds:.1f} s")  # fmt: skip
+              f"figures; both pages built in {seconds:.1f} s")
 
 
 # --- notebook and results API
 def _read(path: Path, **kw) -> pd.DataFrame:
     return pd.read_csv(path, sep="\t", keep_default_na=False, na_values=["n/a"],
-                       dtype={"subject": str, "session": str}, **kw)  # fmt: skip
+                       dtype={"subject": str, "session": str}, **kw)
 
 
 @pytest.mark.integration
@@ -491,7 +491,7 @@ def test_results_api_matches_an_independent_read_of_the_files(dwi_run):
     rd = res.longitudinal("01", "roi_table", rois=["NAWM_L"], metrics=["rd"])
     assert rd["session"].tolist() == [BASE, FOLLOW]
     assert rd["mean"].tolist() == [_table(out, ses).query("roi == 'NAWM_L' and metric == 'rd'")["mean"].item()
-                                   for ses in (BASE, FOLLOW)]  # fmt: skip
+                                   for ses in (BASE, FOLLOW)]
 
 
 @pytest.mark.integration
@@ -506,7 +506,7 @@ def test_inspect_subject_notebook_executes_on_the_complete_run(dwi_run, tmp_path
     nb, text, seconds = execute_notebook(
         tmp_path, {"MSMRI_OUTPUT_DIR": str(out), "MSMRI_SUBJECT": "01", "MSMRI_SESSION": BASE},
         timeout=600,
-    )  # fmt: skip
+    )
     print(f"notebook executed in {seconds:.1f} s")
     assert f"sub-01: sessions {BASE}, {FOLLOW}; showing ses-{BASE}" in text
     assert f"NAWM tensor metrics, sub-01 ses-{BASE} (mean):" in text

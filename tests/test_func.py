@@ -81,14 +81,14 @@ def runs(tiny_phantom_sessions):
         conf = fc.compute_confounds(
             data, pre.motion_params, brain_mask=mask, wm_mask=wm, csf_mask=csf,
             framewise_displacement=pre.framewise_displacement, std_dvars=pre.std_dvars,
-        )  # fmt: skip
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rts = extract_region_timeseries(
                 img, parc, mask_img=nib.Nifti1Image(mask.astype(np.uint8), img.affine)
             )
         out[ph.session] = {"ph": ph, "pre": pre, "data": data, "mask": mask, "conf": conf,
-                           "rts": rts}  # fmt: skip
+                           "rts": rts}
     return out
 
 
@@ -97,7 +97,7 @@ def _denoised(run, strategy=DEFAULT["strategy"], *, low_pass=DEFAULT["low_pass"]
         run["rts"].timeseries.to_numpy(), run["conf"], strategy, tr=TR, scrubbing=scrub,
         fd_threshold=DEFAULT["fd_threshold"], high_pass=DEFAULT["high_pass"], low_pass=low_pass,
         min_duration_s=120.0,  # the tiny run lasts 200 s (< the 240 s default)
-    )  # fmt: skip
+    )
     assert not res.excluded and res.strategy == strategy + ("+scrubbing" if scrub else "")
     return res
 
@@ -241,7 +241,7 @@ def test_scrubbing_excludes_short_runs(runs):
     assert (fd[~plain] > 0.5).all() and keep.sum() < plain.sum()
     assert fc.scrubbing_mask(np.r_[0, 0, 0, 1, 0, 0, 0, 0, 0, 0], min_segment=4).tolist() == [
         False, False, False, False, True, True, True, True, True, True,
-    ]  # fmt: skip
+    ]
     ts = runs["m06"]["rts"].timeseries.to_numpy()
     res = fc.denoise(ts, None, tr=TR, sample_mask=keep)  # default minimum 240 s > 200 s run
     assert res.excluded and res.signals is None and "240 s required" in res.reason
@@ -275,7 +275,7 @@ def _fmriprep_files(tmp_path, n=60, drop=()):
     for i in range(10):
         cols[f"a_comp_cor_{i:02d}"] = rng.normal(size=n)
         meta[f"a_comp_cor_{i:02d}"] = {"Mask": "WM" if i < 5 else "CSF", "Method": "aCompCor",
-                                       "Retained": True}  # fmt: skip
+                                       "Retained": True}
     table = pd.DataFrame(cols).drop(columns=list(drop))
     for c in table.columns:  # fMRIPrep writes n/a for the first derivative
         if "derivative1" in c:
@@ -329,7 +329,7 @@ def test_label_parcellation_coverage_and_errors(tmp_path):
     nib.save(nib.Nifti1Image(lab, aff), img_path)
     tsv = tmp_path / "atlas.tsv"
     pd.DataFrame({"index": [1, 2, 3], "label": ["a", "b", "c"], "network": ["n1", "n1", "n2"]}
-                 ).to_csv(tsv, sep="\t", index=False)  # fmt: skip
+                 ).to_csv(tsv, sep="\t", index=False)
     parc = label_parcellation(img_path, tsv)
     assert parc.regions.columns.tolist() == ["index", "label", "x", "y", "z", "network"]
     np.testing.assert_allclose(parc.regions.loc[0, ["x", "y", "z"]].to_numpy(float), [-12] * 3)

@@ -50,7 +50,7 @@ SAME_AS_RAW = (
     "seg-dosenbach_desc-raw_timeseries.tsv", "seg-dosenbach_desc-denoised_timeseries.tsv",
     "seg-dosenbach_stat-pearsoncorrelation_relmat.tsv", "seg-dosenbach_stat-fisherz_relmat.tsv",
     "desc-summary_bold.tsv",
-)  # fmt: skip
+)
 
 
 def _grid() -> tuple[tuple[int, int, int], np.ndarray]:
@@ -64,7 +64,7 @@ def _expand(x: np.ndarray, name: str) -> dict[str, np.ndarray]:
     """fMRIPrep's expansions; the derivatives are n/a at the first volume."""
     d = np.concatenate([[np.nan], np.diff(x)])
     return {name: x, f"{name}_derivative1": d, f"{name}_power2": x**2,
-            f"{name}_derivative1_power2": d**2}  # fmt: skip
+            f"{name}_derivative1_power2": d**2}
 
 
 def _confounds(rng, fd: np.ndarray, confound: np.ndarray) -> tuple[pd.DataFrame, dict]:
@@ -89,7 +89,7 @@ def _confounds(rng, fd: np.ndarray, confound: np.ndarray) -> tuple[pd.DataFrame,
             meta[name] = {"Method": "tCompCor" if prefix == "t" else "aCompCor", "Retained": True,
                           "SingularValue": 100.0 - j, "VarianceExplained": 0.1,
                           "CumulativeVarianceExplained": 0.1 * (j + 1),
-                          **({"Mask": mask} if mask else {})}  # fmt: skip
+                          **({"Mask": mask} if mask else {})}
     for j in range(3):  # fMRIPrep's discrete cosine basis (128 s cut-off)
         cols[f"cosine{j:02d}"] = np.sqrt(2 / n) * np.cos(np.pi * (j + 1) * (np.arange(n) + 0.5) / n)
     cols["non_steady_state_outlier00"] = (np.arange(n) == 0).astype(float)
@@ -102,7 +102,7 @@ def _confounds(rng, fd: np.ndarray, confound: np.ndarray) -> tuple[pd.DataFrame,
 
 
 def write_fmriprep(root: Path, bids: Path, session: str, *, seed: int, moving: bool = False,
-                   sidecar: bool = True, mask: bool = True) -> dict:  # fmt: skip
+                   sidecar: bool = True, mask: bool = True) -> dict:
     """One fMRIPrep-style run with known signals (see the module docstring); returns the truth."""
     from pipeline.func.connectome import sphere_parcellation
 
@@ -129,10 +129,10 @@ def write_fmriprep(root: Path, bids: Path, session: str, *, seed: int, moving: b
     nib.save(img, func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz")
     if sidecar:
         (func / f"{stem}_space-{SPACE}_desc-preproc_bold.json").write_text(json.dumps(
-            {"RepetitionTime": TR, "SkullStripped": False, "TaskName": "rest"}))  # fmt: skip
+            {"RepetitionTime": TR, "SkullStripped": False, "TaskName": "rest"}))
     if mask:
         nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), aff),
-                 func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")  # fmt: skip
+                 func / f"{stem}_space-{SPACE}_desc-brain_mask.nii.gz")
     fd = np.abs(rng.normal(0.1, 0.03, N_VOL))
     if moving:
         fd[20:] = 0.8
@@ -160,7 +160,7 @@ def fmriprep_run(tmp_path_factory):
     (prep / "dataset_description.json").parent.mkdir(parents=True)
     (prep / "dataset_description.json").write_text(json.dumps(
         {"Name": "fMRIPrep output", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-         "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]}))  # fmt: skip
+         "GeneratedBy": [{"Name": "fMRIPrep", "Version": "23.2.0"}]}))
     write_fmriprep(prep, bids, "baseline", seed=1)
     write_fmriprep(prep, bids, "m06", seed=2, moving=True, sidecar=False, mask=False)
     cfg = root / "fmriprep.yaml"
@@ -168,7 +168,7 @@ def fmriprep_run(tmp_path_factory):
     out = root / "derivatives"
     # func only: no anat stage, no structural outputs
     code = _cli(bids, out, "participant", "--stages", "func", "--config", cfg,
-                "--work-dir", root / "work")  # fmt: skip
+                "--work-dir", root / "work")
     assert code == 0
     return root, bids, out
 
@@ -179,7 +179,7 @@ def _func(out: Path, ses: str, name: str) -> Path:
 
 def _matrix(out: Path, ses: str = "baseline") -> pd.DataFrame:
     return pd.read_csv(_func(out, ses, "seg-dosenbach_stat-pearsoncorrelation_relmat.tsv"),
-                       sep="\t", index_col=0, na_values="n/a")  # fmt: skip
+                       sep="\t", index_col=0, na_values="n/a")
 
 
 def _far_pairs(regions: pd.DataFrame) -> np.ndarray:
@@ -202,17 +202,17 @@ def test_outputs_have_the_raw_mode_names_and_fmriprep_provenance(fmriprep_run):
     for name in SAME_AS_RAW:
         assert _func(out, "baseline", name).exists(), name
     figures = {p.name.split("_desc-")[1].split("_")[0]
-               for p in (out / "sub-01/ses-baseline/figures").glob("*_task-rest_*_bold.svg")}  # fmt: skip
+               for p in (out / "sub-01/ses-baseline/figures").glob("*_task-rest_*_bold.svg")}
     assert figures == {"carpetraw", "carpetdenoised", "fd", "connectome", "boldtoMNI"}, figures
     meta = json.loads(_func(out, "baseline", "seg-dosenbach_stat-pearsoncorrelation_relmat.json")
-                      .read_text())  # fmt: skip
+                      .read_text())
     prep = "derivatives/fmriprep/sub-01/ses-baseline/func/sub-01_ses-baseline_task-rest_"
     sources = {Path(s).name for s in meta["Sources"]}
     assert {f"sub-01_ses-baseline_task-rest_space-{SPACE}_desc-preproc_bold.nii.gz",
             f"sub-01_ses-baseline_task-rest_space-{SPACE}_desc-preproc_bold.json",
             f"sub-01_ses-baseline_task-rest_space-{SPACE}_desc-brain_mask.nii.gz",
             "sub-01_ses-baseline_task-rest_desc-confounds_timeseries.tsv",
-            "sub-01_ses-baseline_task-rest_desc-confounds_timeseries.json"} == sources  # fmt: skip
+            "sub-01_ses-baseline_task-rest_desc-confounds_timeseries.json"} == sources
     assert all(prep in s for s in meta["Sources"])
     assert meta["Input"] == "fmriprep" and meta["InputSpace"] == SPACE
     assert "MNI152NLin2009aSym" in meta["SpaceNote"]
@@ -228,12 +228,12 @@ def test_outputs_have_the_raw_mode_names_and_fmriprep_provenance(fmriprep_run):
     assert not any(r.startswith(("a_comp_cor", "t_comp_cor", "global_signal")) for r in reg)
     # the confounds table: fMRIPrep's columns, censored = non-steady-state volume + FD spikes
     conf = pd.read_csv(_func(out, "baseline", "desc-confounds_timeseries.tsv"), sep="\t",
-                       na_values="n/a")  # fmt: skip
+                       na_values="n/a")
     assert len(conf) == N_VOL and {"w_comp_cor_00", "rmsd", "censored"} <= set(conf)
     assert np.flatnonzero(conf["censored"]).tolist() == [0, *SPIKES]
     row = pd.read_csv(_func(out, "baseline", "desc-summary_bold.tsv"), sep="\t").iloc[0]
     print(f"baseline: {row.n_censored} censored, {row.minutes_kept:.2f} min kept, dof {row.dof:.0f}, "
-          f"mean FD {row.mean_fd_mm:.3f} mm, {row.n_regions_valid}/{row.n_regions} regions")  # fmt: skip
+          f"mean FD {row.mean_fd_mm:.3f} mm, {row.n_regions_valid}/{row.n_regions} regions")
     assert row.excluded == 0 and row.n_censored == 4 and row.n_kept == N_VOL - 4
     assert row.repetition_time_s == TR and row.n_regions_valid == row.n_regions == 160
     assert row.mean_fd_mm == pytest.approx(conf["framewise_displacement"].mean())
@@ -246,7 +246,7 @@ def test_outputs_have_the_raw_mode_names_and_fmriprep_provenance(fmriprep_run):
 def _denoised_r(out: Path) -> pd.DataFrame:
     """Pearson correlation of the denoised region time series (no shrinkage)."""
     den = pd.read_csv(_func(out, "baseline", "seg-dosenbach_desc-denoised_timeseries.tsv"),
-                      sep="\t")  # fmt: skip
+                      sep="\t")
     return den.corr()
 
 
@@ -271,7 +271,7 @@ def test_planted_edge_is_recovered_and_unrelated_regions_are_not_correlated(fmri
     print(f"planted pair: Pearson r {pair_r:.3f} (expected {SHARED**2 / (SHARED**2 + NOISE**2 / 9):.2f}), "
           f"matrix {pair_m:.3f}; {far.sum()} unrelated pairs: Pearson mean {far_r.mean():+.3f}, "
           f"95th percentile |r| {np.percentile(np.abs(far_r), 95):.3f} (1.96 / sqrt(146) = 0.16); "
-          f"matrix max {far_m.max():.3f}")  # fmt: skip
+          f"matrix max {far_m.max():.3f}")
     # measured 0.886 / 0.185; unrelated mean -0.000, 95th percentile 0.185, matrix max 0.085
     assert pair_r > 0.8 and abs(far_r.mean()) < 0.02 and np.percentile(np.abs(far_r), 95) < 0.22
     assert pair_m > 0.1 and pair_m > far_m.max() + 0.05
@@ -305,7 +305,7 @@ def test_confounds_come_from_the_tsv(fmriprep_run, tmp_path):
     expected = CONFOUND**2 / (CONFOUND**2 + NOISE**2 / 9)  # ~9 voxels per 5 mm sphere at 4 mm
     print(f"unrelated regions, mean Pearson r: {r_acompcor:+.3f} with acompcor (w_comp_cor_00 "
           f"regressed) vs {r_24p:+.3f} with 24P (not regressed; expected about {expected:.2f}); "
-          f"matrix means {m_acompcor:+.3f} vs {m_24p:+.3f}")  # fmt: skip
+          f"matrix means {m_acompcor:+.3f} vs {m_24p:+.3f}")
     # measured -0.000 vs 0.85
     assert abs(r_acompcor) < 0.02 and r_24p > 0.7 and abs(m_acompcor) < 0.01 and m_24p > 0.5
     meta = json.loads(_func(out2, "baseline", "desc-summary_bold.json").read_text())
@@ -341,11 +341,11 @@ def test_missing_fmriprep_files_name_the_expected_path(fmriprep_run, tmp_path, c
     prep = tmp_path / "fmriprep"
     src = bids / "derivatives/fmriprep/sub-01/ses-baseline/func"
     shutil.copytree(src, prep / "sub-01/ses-baseline/func",
-                    ignore=shutil.ignore_patterns("*_desc-confounds_timeseries.*"))  # fmt: skip
+                    ignore=shutil.ignore_patterns("*_desc-confounds_timeseries.*"))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(CONFIG.replace("derivatives/fmriprep   # relative to the BIDS dir", str(prep)))
     code = _cli(bids, tmp_path / "out", "participant", "--session-label", "baseline",
-                "--stages", "func", "--config", cfg, "--work-dir", tmp_path / "work")  # fmt: skip
+                "--stages", "func", "--config", cfg, "--work-dir", tmp_path / "work")
     err = capsys.readouterr().err
     expected = (
         prep
@@ -353,7 +353,7 @@ def test_missing_fmriprep_files_name_the_expected_path(fmriprep_run, tmp_path, c
     )
     assert code == 1 and str(expected) in err and "confounds file" in err, err
     with pytest.raises(InputError, match=r"sub-01_ses-m06_task-rest_space-MNI152NLin2009cAsym_"
-                                         r"desc-preproc_bold\.nii\.gz.*not found"):  # fmt: skip
+                                         r"desc-preproc_bold\.nii\.gz.*not found"):
         fmriprep_inputs(prep, "01", "m06", space=SPACE)
     with pytest.raises(InputError, match="fmriprep_dir"):
         fmriprep_inputs(tmp_path / "nowhere", "01", "baseline", space=SPACE)
@@ -376,7 +376,7 @@ def test_fmriprep_confound_set_dummies_and_neighbours(tmp_path):
     (func / f"{stem}_desc-confounds_timeseries.json").write_text(json.dumps(meta))
     bold = func / f"{stem}_space-{SPACE}_desc-preproc_bold.nii.gz"
     cs = fmriprep_confound_set(bold, "acompcor", scrubbing=True, after=2, min_segment=0,
-                               n_dummy=3)  # fmt: skip
+                               n_dummy=3)
     assert len(cs.table) == len(cs.regressors) == cs.sample_mask.size == 57
     assert np.flatnonzero(~cs.sample_mask).tolist() == [27, 28, 29]  # volumes 30, 31, 32
     assert cs.strategy == "acompcor+scrubbing" and "non-steady-state" in cs.notes[0]
@@ -391,12 +391,12 @@ def test_fmriprep_workflow_builds_without_structural_inputs(tmp_path):
     for path in files.values():
         path.touch()
     files = {**{k: str(v) for k, v in files.items()}, "bold_json": None, "confounds_json": None,
-             "mask": None, "sources": [], "notes": []}  # fmt: skip
+             "mask": None, "sources": [], "notes": []}
     cfg = load_config(overrides={"func": {"input": "fmriprep", "fmriprep_dir": "fp"}}).to_dict()
     wf = init_func_fmriprep_wf(config=cfg, files=files, subject="01", session="baseline",
-                               output_dir=str(tmp_path / "out"))  # fmt: skip
+                               output_dir=str(tmp_path / "out"))
     assert {n.name for n in wf._get_all_nodes()} == {
-        "load", "confounds", "regions", "denoise", "connectomes", "qc", "derivatives"}  # fmt: skip
+        "load", "confounds", "regions", "denoise", "connectomes", "qc", "derivatives"}
 
 
 @pytest.mark.parametrize(

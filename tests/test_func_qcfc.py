@@ -99,30 +99,30 @@ def cohort():
         motion = simulate_motion_trace(
             100, rng=rng, n_spikes=round(3 * scale) + 1, spike_mm=(0.4 * scale, scale),
             jitter_mm=0.04 * scale,
-        )  # fmt: skip
+        )
         ph = simulate_bold(
             grid_shape=shape, grid_affine=aff, to_template=lambda p: p, template_affine=taff,
             gm=gm, wm=wm, csf=csf, atlas=atlas, edges=edges, effect=0.0, n_volumes=100, tr=TR,
             rng=rng, motion=motion, loadings=loadings, displace=False, motion_artefact_pct=5.0,
-        )  # fmt: skip
+        )
         data = np.asarray(ph.image.dataobj, dtype=np.float32)
         mean = data.mean(axis=-1)
         mask = (g + w + c > 0.5) & (mean > 0.2 * np.percentile(mean, 98))
         conf = fc.compute_confounds(
             data, ph.motion, brain_mask=mask, wm_mask=ndimage.binary_erosion(w >= 0.9) & mask,
             csf_mask=(c >= 0.9) & mask, framewise_displacement=ph.fd,
-        )  # fmt: skip
+        )
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             rts = extract_region_timeseries(
                 nib.Nifti1Image(data, aff), parc,
                 mask_img=nib.Nifti1Image(mask.astype(np.uint8), aff),
-            )  # fmt: skip
+            )
         x = rts.timeseries.to_numpy()
         den = fc.denoise_with_strategy(
             x, conf, "acompcor", tr=TR, scrubbing=True, fd_threshold=0.5, high_pass=0.01,
             low_pass=None, min_duration_s=60.0,  # 100 volumes: high-pass only (see test_func)
-        )  # fmt: skip
+        )
         assert not den.excluded
         out["fd"].append(float(ph.fd.mean()))
         for key, ts in (("raw", x), ("denoised", den.signals)):

@@ -48,7 +48,7 @@ def test_realignment_of_a_still_participant_invents_no_motion(realigned):
     censored = int(np.sum(fd > 0.5))  # the default scrubbing threshold (func.fd_threshold_mm)
     print(f"FD max {fd.max():.3f} mm, mean {fd.mean():.3f} mm; censored {censored}; "
           f"median DVARS raw {np.median(raw_dvars[1:]):.2f}, realigned "
-          f"{np.median(pre.dvars[1:]):.2f}")  # fmt: skip
+          f"{np.median(pre.dvars[1:]):.2f}")
     assert fd.max() < 0.5 and censored == 0
     assert np.median(pre.dvars[1:]) <= np.median(raw_dvars[1:])
     trans = np.abs(pre.motion_params[:, :3]).max()
@@ -69,16 +69,16 @@ def test_realignment_agrees_with_mrtrix3(realigned, tmp_path):
         nib.save(nib.Nifti1Image(data[..., k], img.affine), tmp_path / "vol.nii")
         subprocess.run(["mrregister", str(tmp_path / "vol.nii"), str(tmp_path / "ref.nii"),
                         "-type", "rigid", "-rigid", str(tmp_path / "T.txt"), "-nthreads", "1",
-                        "-quiet", "-force"], check=True)  # fmt: skip
+                        "-quiet", "-force"], check=True)
         # mrregister's -rigid matrix maps template (reference) points to moving points,
         # the same pull-back as ours (checked on a volume moved by a known transform)
         theirs = np.loadtxt(tmp_path / "T.txt", comments="#")
         ours = pre.affines[k]
         d_trans.append(np.linalg.norm(nib.affines.apply_affine(ours, centre)
-                                      - nib.affines.apply_affine(theirs, centre)))  # fmt: skip
+                                      - nib.affines.apply_affine(theirs, centre)))
         d_rot.append(_rotation_deg(ours, theirs))
     med_t, med_r = float(np.median(d_trans)), float(np.median(d_rot))
     print(f"{len(d_trans)} volumes vs mrregister: translation of the brain centre median "
           f"{med_t:.3f} mm (max {max(d_trans):.3f}), rotation median {med_r:.3f} deg "
-          f"(max {max(d_rot):.3f})")  # fmt: skip
+          f"(max {max(d_rot):.3f})")
     assert med_t <= 0.15 and med_r <= 0.15

@@ -54,9 +54,9 @@ def _per_session(root: Path, out: Path, *args) -> float:
     for ses in SPEC.sessions:
         log = (root / f"{ses}_{args[1]}.log").open("w")
         cmd = [sys.executable, "-m", "workflows.cli", root / "bids", out, "participant",
-               "--participant-label", "01", "--session-label", ses, "--nprocs", "1", *args]  # fmt: skip
+               "--participant-label", "01", "--session-label", ses, "--nprocs", "1", *args]
         procs.append((subprocess.Popen([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT,
-                                       env=env), log))  # fmt: skip
+                                       env=env), log))
     for proc, log in procs:
         proc.wait()
         log.close()
@@ -112,7 +112,7 @@ def test_outputs_exist_with_provenance(func_run):
                      "seg-dosenbach_dseg.tsv", "seg-dosenbach_desc-raw_timeseries.tsv",
                      "seg-dosenbach_desc-denoised_timeseries.tsv",
                      "seg-dosenbach_stat-pearsoncorrelation_relmat.tsv",
-                     "seg-dosenbach_stat-fisherz_relmat.tsv", "desc-summary_bold.tsv"):  # fmt: skip
+                     "seg-dosenbach_stat-fisherz_relmat.tsv", "desc-summary_bold.tsv"):
             assert _func(out, ses, name).exists(), (ses, name)
         assert not _func(out, ses, "space-MNI152NLin2009aSym_desc-preproc_bold.nii.gz").exists()
         meta = json.loads(
@@ -129,25 +129,25 @@ def test_outputs_exist_with_provenance(func_run):
         side = json.loads(_func(out, ses, "desc-confounds_timeseries.json").read_text())
         assert side["framewise_displacement"]["Units"] == "mm" and side["RepetitionTime"] == 2.0
         figures = {p.name.split("_desc-")[1].split("_")[0]
-                   for p in (out / f"sub-01/ses-{ses}/figures").glob("*_task-rest_*_bold.svg")}  # fmt: skip
+                   for p in (out / f"sub-01/ses-{ses}/figures").glob("*_task-rest_*_bold.svg")}
         assert figures == FIGURES, figures
         conf = pd.read_csv(
             _func(out, ses, "desc-confounds_timeseries.tsv"), sep="\t", na_values="n/a"
         )
         assert len(conf) == SPEC.bold_volumes and conf.notna().all().all()
         assert {"trans_x", "rot_z", "white_matter", "csf", "global_signal", "w_comp_cor_04",
-                "c_comp_cor_00", "framewise_displacement", "std_dvars", "censored"} <= set(conf)  # fmt: skip
+                "c_comp_cor_00", "framewise_displacement", "std_dvars", "censored"} <= set(conf)
         row = _summary(out, ses)
         print(f"ses-{ses}: mean FD {row.mean_fd_mm:.3f} mm, {row.censored_pct:.1f} % censored, "
               f"{row.minutes_kept:.2f} min kept, dof {row.dof:.1f}, "
-              f"{row.n_regions_valid}/{row.n_regions} regions")  # fmt: skip
+              f"{row.n_regions_valid}/{row.n_regions} regions")
         assert row.excluded == 0 and pd.isna(row.exclusion_reason)
         assert (
             row.n_kept == SPEC.bold_volumes - row.n_censored == int((conf["censored"] == 0).sum())
         )
         assert row.minutes_kept == pytest.approx(row.n_kept * SPEC.bold_tr / 60)
         den = pd.read_csv(_func(out, ses, "seg-dosenbach_desc-denoised_timeseries.tsv"), sep="\t",
-                          na_values="n/a")  # fmt: skip
+                          na_values="n/a")
         assert den.shape == (row.n_kept, row.n_regions)
 
 
@@ -192,18 +192,18 @@ def test_regions_outside_the_field_of_view_are_nan_not_dropped(func_run, tmp_pat
     nib.save(nib.Nifti1Image(data, mask.affine), cut)
     params = _node_params(load_config([root / "tiny.yaml"]).to_dict())
     reg = RegionSignals(bold=str(node / f"bold_mni{SERIES_EXT}"), mask=str(cut),
-                        params=params["regions"]).run(cwd=str(tmp_path)).outputs  # fmt: skip
+                        params=params["regions"]).run(cwd=str(tmp_path)).outputs
     regions = pd.read_csv(reg.regions, sep="\t")
     invalid = (regions["valid"] == 0).to_numpy()
     print(f"{int(invalid.sum())} of {len(regions)} regions without coverage; highest valid z "
-          f"{regions.loc[~invalid, 'z'].max():.0f} mm")  # fmt: skip
+          f"{regions.loc[~invalid, 'z'].max():.0f} mm")
     assert 10 < invalid.sum() < len(regions) - 10 and (regions.loc[invalid, "z"] > 25).all()
     den = DenoiseRegions(timeseries=reg.timeseries, regions=reg.regions, tr=SPEC.bold_tr,
                          confounds=str(_func(out, BASE, "desc-confounds_timeseries.tsv")),
-                         params=params["denoise"]).run(cwd=str(tmp_path)).outputs  # fmt: skip
+                         params=params["denoise"]).run(cwd=str(tmp_path)).outputs
     assert not den.summary["excluded"] and den.summary["n_regions_valid"] == int((~invalid).sum())
     mats = Connectomes(denoised=den.denoised, regions=reg.regions,
-                       measures=["correlation", "partial_correlation"]).run(cwd=str(tmp_path))  # fmt: skip
+                       measures=["correlation", "partial_correlation"]).run(cwd=str(tmp_path))
     for path in mats.outputs.matrices.values():
         m = pd.read_csv(path, sep="\t", index_col=0, na_values="n/a")
         a = m.to_numpy()
@@ -227,7 +227,7 @@ def test_realignment_recovers_the_motion_trace(func_run, ses):
     r = np.array([np.corrcoef(true[:, k], est[:, k])[0, 1] for k in range(6)])
     r_fd = np.corrcoef(truth["framewise_displacement"], conf["framewise_displacement"])[0, 1]
     print(f"ses-{ses} motion r (tx ty tz rx ry rz): {np.round(r, 3)}, moving {moving.tolist()}, "
-          f"FD r {r_fd:.3f}")  # fmt: skip
+          f"FD r {r_fd:.3f}")
     assert moving.sum() >= 3
     assert np.all(r[moving] >= 0.9), r
     assert r_fd > 0.8
@@ -239,7 +239,7 @@ def test_matrix_recovers_the_population_correlation(func_run):
     rs = {}
     for ses in SPEC.sessions:
         pop = pd.read_csv(root / f"truth/sub-01/ses-{ses}/func/sub-01_ses-{ses}_task-rest_"
-                          "stat-populationcorrelation_relmat.tsv", sep="\t", index_col=0)  # fmt: skip
+                          "stat-populationcorrelation_relmat.tsv", sep="\t", index_col=0)
         m = _matrix(out, ses)
         assert list(pop.index) == list(m.index)
         iu = np.triu_indices(len(m), 1)
@@ -270,7 +270,7 @@ def test_planted_edges_rise_at_follow_up(func_run):
     relative = (z[FOLLOW][0] - z[FOLLOW][1]) - (z[BASE][0] - z[BASE][1])
     print(f"planted-edge mean z {z[BASE][0]:.3f} -> {z[FOLLOW][0]:.3f} (change {change:+.3f}, "
           f"relative to all edges {relative:+.3f}); mean percentile among all edges "
-          f"{pct[BASE]:.2f} -> {pct[FOLLOW]:.2f}; planted correlation rise {rise:.3f}")  # fmt: skip
+          f"{pct[BASE]:.2f} -> {pct[FOLLOW]:.2f}; planted correlation rise {rise:.3f}")
     # measured +0.076, +0.069 and 0.49 -> 0.63: one subject, 200 s runs, a weak but real rise
     assert change > 0.05 and relative > 0.04 and pct[FOLLOW] - pct[BASE] > 0.08
 
@@ -287,7 +287,7 @@ def test_too_little_data_excludes_the_run_and_succeeds(func_run, tmp_path, capsy
     cfg.write_text(OVERRIDE.replace("min_duration_s: 120", "min_duration_s: 600"))
     # the same work folder: realignment and registrations come from Nipype's cache
     code = _cli(root / "bids", out2, "participant", "--participant-label", "01", "--session-label",
-                BASE, "--stages", "func", "--config", cfg, "--work-dir", root / "work")  # fmt: skip
+                BASE, "--stages", "func", "--config", cfg, "--work-dir", root / "work")
     assert code == 0
     row = _summary(out2, BASE)
     assert row.excluded == 1 and "at least 600 s required" in row.exclusion_reason
@@ -348,7 +348,7 @@ def test_slice_timing_mismatch_names_the_sidecar(func_run, tmp_path):
     with pytest.raises(InputError, match=rf"{side.name}.*SliceTiming has {n_slices - 1} entries"):
         node.run(cwd=str(tmp_path))
     side.write_text(json.dumps({"RepetitionTime": 2.0, "SliceTiming": [0.1] * n_slices,
-                                "SliceEncodingDirection": "k-"}))  # fmt: skip
+                                "SliceEncodingDirection": "k-"}))
     res = node.run(cwd=str(tmp_path))
     assert res.outputs.slice_axis == 2 and len(res.outputs.slice_timing) == n_slices
 
@@ -364,16 +364,16 @@ def test_workflow_builds_for_the_main_options(tmp_path):
         path.touch()  # interfaces check that their input files exist; nothing is read
     anat = {k: str(v) for k, v in anat.items()}
     for overrides in ({}, {"func": {"strategy": "36P", "scrubbing": False,
-                                    "measures": ["correlation", "partial_correlation"]}}):  # fmt: skip
+                                    "measures": ["correlation", "partial_correlation"]}}):
         cfg = load_config(overrides=overrides).to_dict()
         wf = init_func_wf(config=cfg, bold=str(tmp_path / "bold.nii.gz"), bold_json=None, anat=anat,
-                          subject="01", session="baseline", output_dir=str(tmp_path / "out"))  # fmt: skip
+                          subject="01", session="baseline", output_dir=str(tmp_path / "out"))
         names = {n.name for n in wf._get_all_nodes()}
         assert names == {"load", "preprocess", "bold_to_t1w", "masks", "confounds", "to_mni",
-                         "regions", "denoise", "connectomes", "qc", "derivatives"}  # fmt: skip
+                         "regions", "denoise", "connectomes", "qc", "derivatives"}
     with pytest.raises(ValueError, match="structural inputs"):
         init_func_wf(config=cfg, bold="b", bold_json=None, anat={}, subject="01", session="b",
-                     output_dir="o")  # fmt: skip
+                     output_dir="o")
 
 
 @pytest.mark.integration
@@ -393,9 +393,9 @@ def test_label_image_atlas(func_run, tmp_path):
     tsv = tmp_path / "my-atlas.tsv"
     pd.DataFrame({"index": [1, 2, 7], "name": ["L", "R", "out"]}).to_csv(tsv, sep="\t", index=False)
     params = {"atlas": str(tmp_path / "atlas.nii.gz"), "atlas_labels": str(tsv),
-              "sphere_radius_mm": 5.0, "min_coverage": 0.5}  # fmt: skip
+              "sphere_radius_mm": 5.0, "min_coverage": 0.5}
     res = RegionSignals(bold=str(node / f"bold_mni{SERIES_EXT}"), mask=str(node / "mask_mni.nii.gz"),
-                        params=params).run(cwd=str(tmp_path)).outputs  # fmt: skip
+                        params=params).run(cwd=str(tmp_path)).outputs
     regions = pd.read_csv(res.regions, sep="\t")
     assert regions["label"].tolist() == ["L", "R", "out"] and regions["valid"].tolist() == [1, 1, 0]
     ts = pd.read_csv(res.timeseries, sep="\t", na_values="n/a")

@@ -32,11 +32,11 @@ def _write_roi_tables(out, rng, n_subjects=5, missing=()):
                         v *= 1 - (0.01 if roi == "NAWM_L" else 0.005) * months
                     rows.append({"subject": sub, "session": ses, "roi": roi, "metric": metric,
                                  "units": "um^2/ms", "n_voxels": 500, "mean": v, "median": v,
-                                 "sd": 0.1, "lesion_loss_fraction": np.nan})  # fmt: skip
+                                 "sd": 0.1, "lesion_loss_fraction": np.nan})
             folder = out / f"sub-{sub}/ses-{ses}/dwi"
             folder.mkdir(parents=True)
             pd.DataFrame(rows).to_csv(folder / f"sub-{sub}_ses-{ses}_space-dwi_model-tensor_roistats.tsv",
-                                      sep="\t", index=False, na_rep="n/a")  # fmt: skip
+                                      sep="\t", index=False, na_rep="n/a")
 
 
 def test_group_dwi_stats_finds_the_planted_change_and_states_its_limits(tiny_bids, tmp_path):
@@ -87,7 +87,7 @@ def _write_tract_tables(out, rng, n_subjects=6, lost=()):
                         "status": "ok" if found else "not_found",
                         "reason": "" if found else "no streamline matched the bundle's ROIs",
                         "n_recognised": 100 * found, "n_streamlines": 90 * found,
-                        "lesion_node_fraction": 0.0 if found else np.nan}  # fmt: skip
+                        "lesion_node_fraction": 0.0 if found else np.nan}
                 for metric, base in BUNDLE_BASE.items():
                     prof = base * shape * (1 + offset[metric]) * (1 + rng.normal(0, 0.004, 100))
                     if bundle == "CST_L" and metric == "rd":
@@ -99,7 +99,7 @@ def _write_tract_tables(out, rng, n_subjects=6, lost=()):
                     for masked in (False, True):
                         prof_rows += [{"subject": sub, "session": ses, "bundle": bundle, "node": n,
                                        "metric": metric, "value": v, "lesion_masked": masked}
-                                      for n, v in zip(nodes, prof, strict=True)]  # fmt: skip
+                                      for n, v in zip(nodes, prof, strict=True)]
                         summ[f"mean_{metric}" + ("_lesion_masked" if masked else "")] = np.mean(
                             prof
                         )
@@ -161,7 +161,7 @@ def _write_func_outputs(out, rng, n_subjects=6, planted=6, n_regions=20, exclude
     table = pd.DataFrame({"index": range(1, n_regions + 1), "name": names,
                           "x": rng.uniform(-60, 60, n_regions), "y": rng.uniform(-90, 60, n_regions),
                           "z": rng.uniform(-30, 70, n_regions), "network": ["DMN"] * 10 + ["SMN"] * 10,
-                          "coverage": 1.0, "valid": 1})  # fmt: skip
+                          "coverage": 1.0, "valid": 1})
     for s in range(1, n_subjects + 1):
         sub = f"{s:02d}"
         base = rng.normal(0.3, 0.1, (n_regions, n_regions))
@@ -172,7 +172,7 @@ def _write_func_outputs(out, rng, n_subjects=6, planted=6, n_regions=20, exclude
             skip = ses == "m06" and sub in excluded
             pd.DataFrame([{"subject": sub, "session": ses, "excluded": int(skip),
                            "exclusion_reason": "only 150 s left after censoring (< 240 s)" if skip else ""}]
-                         ).to_csv(f"{stem}_desc-summary_bold.tsv", sep="\t", index=False)  # fmt: skip
+                         ).to_csv(f"{stem}_desc-summary_bold.tsv", sep="\t", index=False)
             if skip:
                 continue
             m = base + rng.normal(0, 0.1, base.shape)
@@ -273,7 +273,7 @@ def test_group_clinical_stats_tests_edss_and_its_association_with_imaging_change
         for ses, months in SESSIONS.items():
             edss = 6.0 + (0.25 * s * months / 6 if ses != "baseline" else 0.0)
             rows.append({"session_id": f"ses-{ses}", "time_months": months, "edss": edss,
-                         "grip_kg": 30 + rng.normal(0, 1)})  # fmt: skip
+                         "grip_kg": 30 + rng.normal(0, 1)})
             table = []
             for roi in ("NAWM", "NAWM_L", "NAWM_R"):
                 for metric, base in BASE.items():
@@ -281,11 +281,11 @@ def test_group_clinical_stats_tests_edss_and_its_association_with_imaging_change
                     if roi == "NAWM_L" and metric == "rd":
                         v *= 1 - drop * months / 6
                     table.append({"subject": sub, "session": ses, "roi": roi, "metric": metric,
-                                  "median": v, "mean": v})  # fmt: skip
+                                  "median": v, "mean": v})
             folder = out / f"sub-{sub}/ses-{ses}/dwi"
             folder.mkdir(parents=True)
             pd.DataFrame(table).to_csv(folder / f"sub-{sub}_ses-{ses}_space-dwi_model-tensor_roistats.tsv",
-                                       sep="\t", index=False)  # fmt: skip
+                                       sep="\t", index=False)
         (bids / f"sub-{sub}").mkdir()
         pd.DataFrame(rows).to_csv(bids / f"sub-{sub}/sub-{sub}_sessions.tsv", sep="\t", index=False)
     assert main([str(bids), str(out), "group", "--stages", "clinical_stats"]) == 0
@@ -310,7 +310,7 @@ def test_group_qcfc_shows_motion_coupling_only_without_denoising(tiny_bids, tmp_
     names = [f"R{k:02d}" for k in range(n_regions)]
     table = pd.DataFrame({"index": range(1, n_regions + 1), "name": names,
                           "x": rng.uniform(-60, 60, n_regions), "y": rng.uniform(-90, 60, n_regions),
-                          "z": rng.uniform(-30, 70, n_regions), "coverage": 1.0, "valid": 1})  # fmt: skip
+                          "z": rng.uniform(-30, 70, n_regions), "coverage": 1.0, "valid": 1})
     fds = {}
     for s in range(1, 8):
         for ses in ("baseline", "m06"):
@@ -322,7 +322,7 @@ def test_group_qcfc_shows_motion_coupling_only_without_denoising(tiny_bids, tmp_
             fd = fds[sub, ses] = float(rng.uniform(0.05, 0.6))
             pd.DataFrame([{"subject": sub, "session": ses, "mean_fd_mm": fd, "excluded": int(skip),
                            "exclusion_reason": "only 150 s left after censoring (< 240 s)" if skip else ""}]
-                         ).to_csv(f"{stem}_desc-summary_bold.tsv", sep="\t", index=False)  # fmt: skip
+                         ).to_csv(f"{stem}_desc-summary_bold.tsv", sep="\t", index=False)
             if skip:
                 continue
             clean = rng.normal(size=(n_vol, n_regions))
@@ -360,7 +360,7 @@ def _flag(out, sub, ses, flagged=True):
     folder = out / f"sub-{sub}/ses-{ses}/anat"
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"Flagged": flagged, "FailedChecks": ["icv_l"] if flagged else [],
-            "Reason": "intracranial volume (brain mask) = 2.9 l (plausible: 1-2.1)" if flagged else ""}  # fmt: skip
+            "Reason": "intracranial volume (brain mask) = 2.9 l (plausible: 1-2.1)" if flagged else ""}
     (folder / f"sub-{sub}_ses-{ses}_desc-plausibility_checks.json").write_text(json.dumps(meta))
 
 
@@ -380,7 +380,7 @@ def test_flagged_sessions_leave_the_group_statistics_with_their_reason(tiny_bids
     sessions = pd.read_csv(out / "group/desc-sessions_dwistats.tsv", sep="\t")
     assert sessions.loc[sessions["session"] == "m06", "n"].max() == 4  # 5 subjects, one left out
     nbs = pd.read_csv(out / f"group/task-rest_seg-{seg}_stat-fisherz_desc-exclusions_nbs.tsv",
-                      sep="\t", dtype={"subject": str})  # fmt: skip
+                      sep="\t", dtype={"subject": str})
     assert nbs["subject"].tolist() == ["03"] and "flagged" in nbs["reason"].item()
     # the user may keep them: nothing is left out, and the warning says so
     cfg = tmp_path / "keep.yaml"
@@ -403,9 +403,9 @@ def test_dwi_and_bold_flags_leave_only_their_own_statistics(tiny_bids, tmp_path)
     summary = {"excluded": [3, 7, 9, 12, 20, 21, 30], "excluded_fraction": 7 / 32,
                "warning": "7 of 32 ...", "flagged": True,
                "reason": "7 of 32 diffusion-weighted volumes (22 %) excluded: more than "
-                         "dwi.max_excluded_fraction = 0.2"}  # fmt: skip
+                         "dwi.max_excluded_fraction = 0.2"}
     dwi_meta = _exclusion_meta({"exclusions": summary}, {"nmi_sharpness": 0.5, "threshold": 0.2,
-                                                         "passed": True})  # fmt: skip
+                                                         "passed": True})
     folder = out / "sub-04/ses-m06/dwi"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sub-04_ses-m06_desc-confounds_timeseries.json").write_text(json.dumps(dwi_meta))
@@ -413,7 +413,7 @@ def test_dwi_and_bold_flags_leave_only_their_own_statistics(tiny_bids, tmp_path)
     func = out / "sub-05/ses-baseline/func"
     side = func / "sub-05_ses-baseline_task-rest_desc-summary_bold.json"
     side.write_text(json.dumps({**json.loads(side.read_text()), **bold_meta})
-                    if side.exists() else json.dumps(bold_meta))  # fmt: skip
+                    if side.exists() else json.dumps(bold_meta))
     assert main([str(tiny_bids), str(out), "group", "--stages", "dwi_stats", "nbs"]) == 0
     excl = pd.read_csv(out / "group/desc-exclusions_dwistats.tsv", sep="\t", dtype={"subject": str})
     row = excl[(excl["subject"] == "04") & (excl["roi"] == "all")]
@@ -421,7 +421,7 @@ def test_dwi_and_bold_flags_leave_only_their_own_statistics(tiny_bids, tmp_path)
     assert "max_excluded_fraction" in row["reason"].item()
     assert "05" not in set(excl["subject"])
     nbs = pd.read_csv(out / f"group/task-rest_seg-{seg}_stat-fisherz_desc-exclusions_nbs.tsv",
-                      sep="\t", dtype={"subject": str})  # fmt: skip
+                      sep="\t", dtype={"subject": str})
     assert nbs["subject"].tolist() == ["05"]
     assert "BOLD -> T1w registration failed" in nbs["reason"].item()
 
@@ -437,9 +437,9 @@ def test_group_nbs_power_analysis_writes_table_figure_and_report(tiny_bids, tmp_
     cfg = tmp_path / "power.yaml"
     cfg.write_text("nbs:\n  power_repetitions: 30\n  power_n_subjects: [4, 10]\n"
                    "  power_effects: [0.0, 2.0]\n  power_regions: 6\n  power_edges: 8\n"
-                   "  power_permutations: 200\n")  # fmt: skip
+                   "  power_permutations: 200\n")
     assert main([str(tiny_bids), str(out), "group", "--stages", "nbs", "report",
-                 "--config", str(cfg)]) == 0  # fmt: skip
+                 "--config", str(cfg)]) == 0
     stem = out / f"group/task-rest_seg-{seg}_stat-fisherz"
     power = pd.read_csv(f"{stem}_desc-power_nbs.tsv", sep="\t")
     assert len(power) == 4 and set(power["n_subjects"]) == {4, 10}

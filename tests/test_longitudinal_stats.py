@@ -62,7 +62,7 @@ def simulate(
                     rows.append(
                         {"subject": sub, "session": ses, "roi": roi, "metric": metric,
                          "median": v, "mean": v, "n_voxels": 1000}
-                    )  # fmt: skip
+                    )
     return pd.DataFrame(rows)
 
 
@@ -82,7 +82,7 @@ def test_paired_and_friedman_values_equal_direct_scipy_calls():
     df = pd.concat(
         [pd.DataFrame({"subject": range(5), "session": s, "roi": "R", "metric": "fa", "median": v})
          for s, v in zip(SESSIONS, (a, b, c), strict=True)]
-    )  # fmt: skip
+    )
     res = LongitudinalTests(SESSIONS, MONTHS, compare=("baseline", "m06")).fit(df)
     t = res.table
     w = _row(t, "R", "fa", "wilcoxon")
@@ -121,7 +121,7 @@ def _wilcoxon_brute_force(d: np.ndarray) -> float:
     centre = ranks.sum() / 2
     obs = abs(ranks[nz > 0].sum() - centre)
     hits = sum(abs(sum(r for r, s in zip(ranks, signs, strict=True) if s) - centre) >= obs - 1e-9
-               for signs in itertools.product((0, 1), repeat=nz.size))  # fmt: skip
+               for signs in itertools.product((0, 1), repeat=nz.size))
     return hits / 2**nz.size
 
 
@@ -156,9 +156,9 @@ def test_wilcoxon_edss_ties_cannot_be_significant_at_n5():
             [pd.DataFrame({"subject": range(5), "session": s, "roi": "clinical",
                            "metric": "edss", "median": v})
              for s, v in (("baseline", x), ("m06", y))]
-        )  # fmt: skip
+        )
         w = _row(LongitudinalTests(["baseline", "m06"]).fit(df).table, "clinical", "edss",
-                 "wilcoxon")  # fmt: skip
+                 "wilcoxon")
         assert w.exact and w.p == pytest.approx(p_exact) and w.min_p == pytest.approx(p_exact)
         assert not w.significant and not w.can_reach_alpha
         assert "exact conditional" in w.method and "mid-ranks" in w.method
@@ -204,9 +204,9 @@ def test_lmm_equals_statsmodels_and_within_subject_regression_when_balanced():
 
 def _lmm_row(y, t, subjects):
     df = pd.DataFrame({"subject": subjects, "session": [SESSIONS[MONTHS.index(x)] for x in t],
-                       "roi": "R", "metric": "m", "median": y})  # fmt: skip
+                       "roi": "R", "metric": "m", "median": y})
     res = LongitudinalTests(SESSIONS, MONTHS, friedman=False, wilcoxon=False,
-                            paired_t=False).fit(df)  # fmt: skip
+                            paired_t=False).fit(df)
     return _row(res.table, "R", "m", "lmm")
 
 
@@ -368,7 +368,7 @@ def _profiles(rng, n_sub=6, n_nodes=40, effect=None, missing=None):
                 {"subject": f"{s:02d}", "session": ses, "bundle": "CST_L", "node": j,
                  "metric": "fa", "value": float(v[j])}
                 for j in range(n_nodes)
-            ]  # fmt: skip
+            ]
     return pd.DataFrame(rows)
 
 
@@ -406,7 +406,7 @@ def test_profile_planted_segment_found_and_only_there(method):
     assert set(sig) <= set(range(14, 26)) and len(sig) >= 8
     assert len(res.ranges) >= 1 and (res.ranges.sign == -1).all()
     null = profile_tests(_profiles(np.random.default_rng(5), n_sub=8), ("baseline", "m06"),
-                         n_permutations=2000, random_state=1, method=method)  # fmt: skip
+                         n_permutations=2000, random_state=1, method=method)
     assert (null.table.p_fwe >= 0.05).mean() > 0.9
 
 
@@ -424,7 +424,7 @@ def test_clinical_variables_and_association():
         [{"participant_id": f"sub-{s}", "session_id": f"ses-{ses}",
           "EDSS": 2.0 + (0.5 * order[i] if ses == "m06" else 0.0)}
          for i, s in enumerate(rd.index) for ses in SESSIONS]
-    )  # fmt: skip
+    )
     clin = clinical_to_long(sessions, ["EDSS"])
     assert set(clin.columns) >= {"subject", "session", "roi", "metric", "median"}
     cres = LongitudinalTests(SESSIONS, MONTHS).fit(clin)
@@ -440,7 +440,7 @@ def test_clinical_variables_and_association():
     brute = np.mean(
         [abs(stats.spearmanr(x.to_numpy(), y.to_numpy()[list(p)]).statistic) >= abs(rho) - 1e-12
          for p in itertools.permutations(range(6))]
-    )  # fmt: skip
+    )
     r2 = assoc[(assoc.imaging == "WM/fa") & (assoc.clinical == "clinical/EDSS")].iloc[0]
     assert r2.r == pytest.approx(rho) and r2.p == pytest.approx(brute)
     assert "all 24" in assoc.fdr_family.iloc[0]
@@ -473,6 +473,6 @@ def test_paired_t_with_the_same_change_up_to_float_noise_is_not_a_test():
     df = pd.concat(
         [pd.DataFrame({"subject": range(5), "session": s, "roi": "R", "metric": "m", "median": v})
          for s, v in (("baseline", x), ("m06", y))]
-    )  # fmt: skip
+    )
     row = _row(LongitudinalTests(["baseline", "m06"]).fit(df).table, "R", "m", "paired_t")
     assert np.isnan(row.p) and "no variance" in row.reason

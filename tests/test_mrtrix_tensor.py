@@ -82,11 +82,11 @@ def test_wls_agrees_with_mrtrix(tiny_phantom_sessions, tmp_path):
 
     common = ["-quiet", "-force", "-nthreads", "1"]
     _run(["dwi2tensor", str(dwi), str(tmp_path / "dt.nii"), "-mask", str(mask_path),
-          "-fslgrad", str(bvec), str(bval), *common])  # fmt: skip
+          "-fslgrad", str(bvec), str(bval), *common])
     out = {k: tmp_path / f"mrtrix_{k}.nii" for k in ("fa", "md", "ad", "rd", "v1")}
     _run(["tensor2metric", str(tmp_path / "dt.nii"), "-mask", str(mask_path),
           "-fa", str(out["fa"]), "-adc", str(out["md"]), "-ad", str(out["ad"]),
-          "-rd", str(out["rd"]), "-vector", str(out["v1"]), "-modulate", "none", *common])  # fmt: skip
+          "-rd", str(out["rd"]), "-vector", str(out["v1"]), "-modulate", "none", *common])
     mr = {k: np.asarray(nib.load(p).dataobj, dtype=np.float64) for k, p in out.items()}
 
     # ours, from the NIfTI and gradient files as a pipeline would read them
@@ -116,7 +116,7 @@ def test_wls_agrees_with_mrtrix(tiny_phantom_sessions, tmp_path):
     cos = np.abs(np.sum(world * mr["v1"][aniso], axis=1))
     angle = np.degrees(np.arccos(np.clip(cos, 0, 1)))
     print(f"v1 angle to MRtrix3 (FA > 0.3): median {np.median(angle):.3f} deg, "
-          f"p99 {np.percentile(angle, 99):.2f} deg")  # fmt: skip
+          f"p99 {np.percentile(angle, 99):.2f} deg")
     assert np.median(angle) < 1.0
     assert np.percentile(angle, 95) < 5.0
 
@@ -163,11 +163,11 @@ def test_wls_agrees_with_mrtrix_on_real_series(tmp_path):
     for name, extra in (("default", []), ("ols_iter1", ["-ols", "-iter", "1"])):
         dt, fa, md = (tmp_path / f"{name}_{k}.nii" for k in ("dt", "fa", "md"))
         _run(["dwi2tensor", str(dwi), str(dt), "-mask", str(mask_path),
-              "-fslgrad", str(bvec), str(bval), *extra, *common])  # fmt: skip
+              "-fslgrad", str(bvec), str(bval), *extra, *common])
         _run(["tensor2metric", str(dt), "-mask", str(mask_path), "-fa", str(fa), "-adc", str(md),
-              *common])  # fmt: skip
+              *common])
         mr[name] = {k: np.asarray(nib.load(p).dataobj, dtype=np.float64)[mask]
-                    for k, p in (("fa", fa), ("md", md))}  # fmt: skip
+                    for k, p in (("fa", fa), ("md", md))}
     gtab = grads.dipy_gtab()
     ours = {m: fit_tensor(data, gtab, mask, method=m, n_procs=2) for m in ("WLS", "OLS")}
 
@@ -178,7 +178,7 @@ def test_wls_agrees_with_mrtrix_on_real_series(tmp_path):
 
     d_fa, d_md = agreement(ours["WLS"], mr["default"])
     print(f"\nreal series, ours WLS vs dwi2tensor default: median |dFA| {d_fa:.2e}, "
-          f"median rel. |dMD| {100 * d_md:.3f} %")  # fmt: skip
+          f"median rel. |dMD| {100 * d_md:.3f} %")
     assert d_fa < 0.005 and d_md < 0.01, (d_fa, d_md)
     # MRtrix3 3.0.3 re-weights only with -iter >= 2: -ols -iter 1 is OLS, not our WLS
     d_fa, d_md = agreement(ours["OLS"], mr["ols_iter1"])

@@ -541,12 +541,12 @@ def test_both_one_sided_equals_two_separate_one_sided_runs(paired_small, size):
     kw = {"size": size, "n_permutations": 5000}
     both = NetworkBasedStatistic(2.0, alternative="both-one-sided", **kw).fit_paired(base, fu)
     runs = {1: NetworkBasedStatistic(2.0, alternative="greater", **kw).fit_paired(base, fu),
-            -1: NetworkBasedStatistic(2.0, alternative="less", **kw).fit_paired(base, fu)}  # fmt: skip
+            -1: NetworkBasedStatistic(2.0, alternative="less", **kw).fit_paired(base, fu)}
     for sign, single in runs.items():
         mine = sorted((round(c.size, 8), c.p_fwe) for c in both.components if c.sign == sign)
         ref = sorted((round(c.size, 8), c.p_fwe) for c in single.components)
         assert mine == ref and len(ref) > 0
         np.testing.assert_allclose(both.null_by_test[both.tests.index((0, sign))],
-                                   single.null_distribution)  # fmt: skip
+                                   single.null_distribution)
     assert both.min_attainable_p == pytest.approx(1 / 64)
     assert "two separate one-sided tests" in both.summary()

@@ -50,7 +50,7 @@ def _direct(spec, n: int, seeds, threshold: float, threshold_type: str = "p") ->
         base = simulate_region_connectomes(spec, n, 0, seed=seed)
         follow = simulate_region_connectomes(spec, n, len(spec.sessions) - 1, seed=seed)
         res = NetworkBasedStatistic(threshold, threshold_type=threshold_type, alternative="greater",
-                                    n_permutations=1000, random_state=seed).fit_paired(base, follow)  # fmt: skip
+                                    n_permutations=1000, random_state=seed).fit_paired(base, follow)
         rows.append(_scores(res, planted))
     return np.array(rows, dtype=float)
 
@@ -129,14 +129,14 @@ def test_raw_and_standardized_effects_agree_and_the_null_keeps_the_fwer():
     edges = random_subnetwork(np.arange(m), 8, 10, np.random.default_rng(4))
     raw = np.array([noise.sd[i, j] for i, j in edges])
     kw = dict(n_subjects=[8], thresholds=[2.5], edges=edges, noise_model="gaussian",
-              n_repetitions=40, random_state=5)  # fmt: skip
+              n_repetitions=40, random_state=5)
     std = nbs_power(noise, effects=[1.5], **kw).table
     rawt = nbs_power(noise, effects=[1.0], effect_type="raw", edge_effects=1.5 * raw, **kw).table
     cols = ["detection", "recall", "precision", "false_positive"]
     assert np.allclose(std[cols].to_numpy(float), rawt[cols].to_numpy(float), equal_nan=True)
     assert std["detection"].item() > 0.5
     null = nbs_power(noise, n_subjects=[8], effects=[0.0], thresholds=[2.5], n_regions=8,
-                     n_edges=10, noise_model="gaussian", n_repetitions=200, random_state=6).table  # fmt: skip
+                     n_edges=10, noise_model="gaussian", n_repetitions=200, random_state=6).table
     fwer = null["false_positive"].item()
     assert null["exact"].item() and fwer <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / 200), fwer
 
@@ -165,7 +165,7 @@ def test_power_prediction_matches_direct_simulation_of_the_trial(trial_noise):
     dz = np.array([np.arctanh(r1[i, j]) - np.arctanh(r0[i, j]) for i, j in design.edges])
     pred = nbs_power(trial_noise, n_subjects=[5, 10], effects=[1.0], thresholds=[0.001],
                      threshold_type="p", edges=design.edges, effect_type="raw", edge_effects=dz,
-                     n_repetitions=100, random_state=7).table.set_index("n_subjects")  # fmt: skip
+                     n_repetitions=100, random_state=7).table.set_index("n_subjects")
     for n in (5, 10):
         direct = _direct(TRIAL, n, range(100), 0.001)
         for col, name in ((0, "detection"), (1, "recall")):
@@ -173,7 +173,7 @@ def test_power_prediction_matches_direct_simulation_of_the_trial(trial_noise):
             d_se = direct[:, col].std(ddof=1) / math.sqrt(len(direct))
             p_mean, p_se = pred.loc[n, name], pred.loc[n, f"{name}_se"]
             print(f"n = {n} {name}: predicted {p_mean:.3f} +- {p_se:.3f}, "
-                  f"direct {d_mean:.3f} +- {d_se:.3f}")  # fmt: skip
+                  f"direct {d_mean:.3f} +- {d_se:.3f}")
             assert abs(p_mean - d_mean) <= 3 * math.hypot(p_se, d_se) + 0.02, (n, name)
     # the design has power to spare at 10 subjects and next to none at 5
     assert pred.loc[10, "detection"] >= 0.5 and pred.loc[5, "detection"] <= 0.2
@@ -276,7 +276,7 @@ def test_wishart_noise_model_matches_the_change_noise_of_a_real_run():
     noise = ChangeNoise(sd=np.ones((n_reg, n_reg)), residuals=np.zeros((1, n_reg, n_reg)),
                         n_subjects=1, measure="fisher_z",
                         mean_correlation=np.tanh(z).mean(axis=0) + np.eye(n_reg),
-                        n_effective=3 + 2 / var_all)  # fmt: skip
+                        n_effective=3 + 2 / var_all)
     model = _Wishart(noise, np.arange(n_reg))
     slopes = []
     for s in range(20):
@@ -287,6 +287,6 @@ def test_wishart_noise_model_matches_the_change_noise_of_a_real_run():
     indep[iu] = np.random.default_rng(1).standard_normal(iu[0].size)
     flat = _shared_region_slope(indep + indep.T, full, np.random.default_rng(0))
     print(f"n_eff {noise.n_effective:.1f}; shared-region slope: real {real:.2f}, Wishart "
-          f"{np.mean(slopes):.2f} +- {np.std(slopes):.2f}, independent {flat:.3f}")  # fmt: skip
+          f"{np.mean(slopes):.2f} +- {np.std(slopes):.2f}, independent {flat:.3f}")
     assert real > 0.5 and abs(flat) < 0.1
     assert abs(real - np.mean(slopes)) < 3 * np.std(slopes)

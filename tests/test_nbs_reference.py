@@ -124,7 +124,7 @@ def test_mrtrix_connectomestats_agrees_within_monte_carlo_error(tmp_path: Path):
     out = tmp_path / "out" / "nbs_"
     out.parent.mkdir()
     cmd = [exe, "files.txt", "nbs", "design.txt", "contrast.txt", str(out), "-threshold", f"{z_thr:.12f}",
-           "-errors", "ise", "-nshuffles", str(n_shuffles), "-nthreads", "1", "-quiet", "-force"]  # fmt: skip
+           "-errors", "ise", "-nshuffles", str(n_shuffles), "-nthreads", "1", "-quiet", "-force"]
     subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
 
     def load(name: str) -> np.ndarray:

@@ -182,7 +182,7 @@ def test_population_correlation_is_valid_and_planted(atlas, edges, loadings):
         assert corr[same & off].mean() > corr[~same].mean() + 0.2
     # three graded levels: same network, same large-scale system, unrelated
     system = np.array([bold.network_system(n) if n in atlas.network_names else None
-                       for n in atlas.networks], dtype=object)  # fmt: skip
+                       for n in atlas.networks], dtype=object)
     kin = (system[:, None] == system[None, :]) & (system[:, None] != None) & ~same  # noqa: E711
     assert base[same & off].mean() == pytest.approx(0.6, abs=0.05)
     assert base[kin].mean() == pytest.approx(0.3, abs=0.03)

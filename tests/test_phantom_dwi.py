@@ -38,12 +38,12 @@ def _simulate(
         template=load_template(SPEC.template_resolution), tracts=tract_field(SPEC.template_resolution),
         lesions=subject.lesions, session_index=session_index, rd_change_left_nawm=rd_change,
         bvals=bvals, bvecs_world=bvecs, rng=rng, motion=motion, noiseless=noiseless, snr_b0=snr,
-    )  # fmt: skip
+    )
 
 
 def test_compartment_values_are_realistic():
     fa = {k: float(tensor_metrics(np.array(v["ad"]), np.array(v["rd"]))["fa"])
-          for k, v in COMPARTMENTS.items()}  # fmt: skip
+          for k, v in COMPARTMENTS.items()}
     assert 0.65 <= fa["wm_tract"] <= 0.75
     assert 0.45 <= fa["wm"] <= 0.65
     assert 0.1 <= fa["gm"] <= 0.2

@@ -28,7 +28,7 @@ from workflows.report import (
 )
 
 SVG = ('<svg xmlns="http://www.w3.org/2000/svg" width="120pt" height="60pt" viewBox="0 0 120 60">'
-       '<rect width="120" height="60" fill="#3a7"/></svg>\n')  # fmt: skip
+       '<rect width="120" height="60" fill="#3a7"/></svg>\n')
 
 
 # --------------------------------------------------------------------------- browser helpers
@@ -64,7 +64,7 @@ window.addEventListener('load', function () {
 
 def _chromium(exe: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
     cmd = [exe, "--headless", "--disable-gpu", "--no-sandbox", "--disable-dev-shm-usage",
-           "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]  # fmt: skip
+           "--hide-scrollbars", f"--user-data-dir={profile}", "--virtual-time-budget=10000", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
 
 
@@ -93,7 +93,7 @@ def render_in_chromium(page: Path, screenshot: Path, *, height: int = 4000) -> l
         images = json.loads(_html.unescape(text))
         screenshot.parent.mkdir(parents=True, exist_ok=True)
         shot = _chromium(exe, profile, f"--window-size=1280,{height}", f"--screenshot={screenshot}",
-                         page.as_uri())  # fmt: skip
+                         page.as_uri())
         assert shot.returncode == 0 and screenshot.exists(), shot.stderr[-2000:]
         print(f"screenshot: {screenshot}")
     finally:
@@ -125,7 +125,7 @@ def _derivatives(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset_description.json").write_text(json.dumps({
         "Name": "msmri derivatives", "BIDSVersion": "1.9.0", "DatasetType": "derivative",
-        "GeneratedBy": [{"Name": "msmri", "Version": "0.1.0"}]}))  # fmt: skip
+        "GeneratedBy": [{"Name": "msmri", "Version": "0.1.0"}]}))
     return root
 
 
@@ -133,13 +133,13 @@ def _inventory(out: Path, sub: str, ses: str, *, skipped: dict[str, str] | None 
     skipped = skipped or {}
     rows = [{"modality": m, "path": f"sub-{sub}/ses-{ses}/x_{m}.nii.gz",
              "status": "skipped" if m in skipped else "used", "note": skipped.get(m, "")}
-            for m in ("T1w", "FLAIR", "dwi", "bold")]  # fmt: skip
+            for m in ("T1w", "FLAIR", "dwi", "bold")]
     folder = out / f"sub-{sub}/ses-{ses}"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"sub-{sub}_ses-{ses}_inventory.tsv"
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
     path.with_suffix(".json").write_text(json.dumps({
-        "warnings": [], "notes": [], "SoftwareVersions": {"msmri": "0.1.0", "numpy": "2.0.0"}}))  # fmt: skip
+        "warnings": [], "notes": [], "SoftwareVersions": {"msmri": "0.1.0", "numpy": "2.0.0"}}))
     return path
 
 
@@ -149,10 +149,10 @@ def _anat(out: Path, sub: str, ses: str, versions: dict[str, str]) -> None:
     stem = folder / f"sub-{sub}_ses-{ses}"
     pd.DataFrame([{"icv_mm3": 1.5e6, "gm_mm3": 7e5, "wm_mm3": 5e5, "csf_mm3": 3e5,
                    "lesion_mm3": 1200.0, "nawm_mm3": 4.8e5, "bpf": 0.8}]).to_csv(
-        f"{stem}_volumes.tsv", sep="\t", index=False)  # fmt: skip
+        f"{stem}_volumes.tsv", sep="\t", index=False)
     Path(f"{stem}_volumes.json").write_text(json.dumps({
         "LesionMethod": "provided", "Parameters": {"syn": True, "template_resolution": 2},
-        "SoftwareVersions": versions, "DateGenerated": "2026-01-01"}))  # fmt: skip
+        "SoftwareVersions": versions, "DateGenerated": "2026-01-01"}))
     figs = out / f"sub-{sub}/ses-{ses}/figures"
     figs.mkdir(parents=True, exist_ok=True)
     for name in ("brainseg", "t1w2mni"):  # the lesions figure is missing on purpose
@@ -212,9 +212,9 @@ def test_excluded_run_shows_its_reason(tmp_path):
     folder.mkdir(parents=True)
     pd.DataFrame([{"subject": "01", "session": "m00", "mean_fd_mm": 0.9, "excluded": 1,
                    "exclusion_reason": "only 150 s left after censoring (< 240 s)"}]).to_csv(
-        folder / "sub-01_ses-m00_task-rest_desc-summary_bold.tsv", sep="\t", index=False)  # fmt: skip
+        folder / "sub-01_ses-m00_task-rest_desc-summary_bold.tsv", sep="\t", index=False)
     (folder / "sub-01_ses-m00_task-rest_desc-summary_bold.json").write_text(json.dumps(
-        {"Excluded": True, "ExclusionReason": "only 150 s left after censoring (< 240 s)"}))  # fmt: skip
+        {"Excluded": True, "ExclusionReason": "only 150 s left after censoring (< 240 s)"}))
     func = {s.id: s for s in session_report(out, "01", "m00").sections}["func"]
     assert func.status == "excluded" and "150 s" in func.reason
     text = write_session_report(out, "01", "m00").read_text()
@@ -228,9 +228,9 @@ def test_flagged_structural_results_show_a_banner_and_the_checks(tmp_path):
     stem = out / "sub-01/ses-m00/anat/sub-01_ses-m00_desc-plausibility_checks"
     reason = "intracranial volume (brain mask) = 2.9 l (plausible: 1-2.1): brain extraction failed"
     pd.DataFrame([{"name": "icv_l", "value": 2.9, "lower": 1.0, "upper": 2.1, "unit": "l",
-                   "passed": False, "message": reason}]).to_csv(f"{stem}.tsv", sep="\t", index=False)  # fmt: skip
+                   "passed": False, "message": reason}]).to_csv(f"{stem}.tsv", sep="\t", index=False)
     Path(f"{stem}.json").write_text(json.dumps({"Flagged": True, "FailedChecks": ["icv_l"],
-                                                "Reason": reason}))  # fmt: skip
+                                                "Reason": reason}))
     report = session_report(out, "01", "m00")
     anat = next(s for s in report.sections if s.id == "anat")
     assert anat.status == "flagged" and "2.9 l" in anat.reason
@@ -248,11 +248,11 @@ def test_methods_name_the_software_versions_of_the_sidecars(tmp_path):
     out = _derivatives(tmp_path / "out")
     _inventory(out, "01", "m00")
     _anat(out, "01", "m00", {"msmri": "0.1.0", "dipy": "9.8.7", "nipype": "6.5.4",
-                             "nibabel": "5.4.3"})  # fmt: skip
+                             "nibabel": "5.4.3"})
     text = write_session_report(out, "01", "m00").read_text()
     methods = text.split('<section id="methods">', 1)[1]
     for name, version in (("dipy", "9.8.7"), ("nipype", "6.5.4"), ("nibabel", "5.4.3"),
-                          ("numpy", "2.0.0")):  # fmt: skip
+                          ("numpy", "2.0.0")):
         assert f"{name} {version}" in methods, (name, version)
     assert (
         "Garyfallidis E" in methods and "doi.org/10.3389/fninf.2011.00013" in methods
@@ -260,7 +260,7 @@ def test_methods_name_the_software_versions_of_the_sidecars(tmp_path):
     assert "SyN" in methods and "several versions" not in methods
     # a second session processed with another DIPY: both versions are stated, flagged
     (out / "sub-01/ses-m00/sub-01_ses-m00_inventory.json").write_text(json.dumps(
-        {"SoftwareVersions": {"dipy": "1.0.0"}}))  # fmt: skip
+        {"SoftwareVersions": {"dipy": "1.0.0"}}))
     text = write_session_report(out, "01", "m00").read_text()
     assert "1.0.0, 9.8.7" in text and "several versions" in text
 
@@ -304,7 +304,7 @@ def group_outputs(tmp_path_factory):
     _write_tract_tables(out, np.random.default_rng(7), n_subjects=5, lost={("03", "m06", "CC")})
     _write_func_outputs(out, np.random.default_rng(3), n_subjects=6, excluded={"06"})
     assert main([str(bids), str(out), "group", "--stages", "dwi_stats", "tract_stats", "nbs",
-                 "report"]) == 0  # fmt: skip
+                 "report"]) == 0
     return out
 
 
@@ -312,7 +312,7 @@ def test_group_report_states_limits_exactness_and_exclusions(group_outputs):
     page = group_report_path(group_outputs)
     text = page.read_text()
     for title in ("DTI (ROIs)", "Tracts", "Network-based statistic", "QC-FC (residual motion)",
-                  "Exclusions and their reasons", "Methods"):  # fmt: skip
+                  "Exclusions and their reasons", "Methods"):
         assert f">{title}<" in text, title
     # four complete pairs: the exact Wilcoxon cannot reach 0.05, and the page says so
     assert "wilcoxon [m06 - baseline]: cannot reach p &lt; 0.05 with this design" in text
@@ -333,7 +333,7 @@ def test_group_report_renders_in_chromium(group_outputs, tmp_path):
     page = group_report_path(group_outputs)
     n_svg = len(list(group_outputs.glob("group/*.svg")))
     images = assert_report_is_complete(page, _screenshot_dir(tmp_path) / "group.png",
-                                       min_images=n_svg)  # fmt: skip
+                                       min_images=n_svg)
     assert len(images) == n_svg, (len(images), n_svg)
     print(f"group report: {page.stat().st_size / 1024:.0f} kB, {len(images)} figures")
 
@@ -360,9 +360,9 @@ def test_dwi_and_bold_flags_show_banners(tmp_path):
     dwi = out / "sub-01/ses-m00/dwi"
     dwi.mkdir(parents=True)
     summary = {"excluded": [4, 5], "excluded_fraction": 2 / 32, "flagged": False, "reason": "",
-               "warning": None}  # fmt: skip
+               "warning": None}
     meta = _exclusion_meta({"exclusions": summary},
-                           {"nmi_sharpness": 0.08, "threshold": 0.2, "passed": False})  # fmt: skip
+                           {"nmi_sharpness": 0.08, "threshold": 0.2, "passed": False})
     (dwi / "sub-01_ses-m00_desc-confounds_timeseries.json").write_text(json.dumps(meta))
     func = out / "sub-01/ses-m00/func"
     func.mkdir(parents=True)

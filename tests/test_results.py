@@ -33,7 +33,7 @@ from workflows.results import (
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "inspect_subject.ipynb"
 CONFIG = {"sessions": {"order": ["screening", "baseline"],
                        "months": {"screening": -1.0, "baseline": 0.0}},
-          "bids": {"bold_task": "rest"}, "func": {"atlas": "toy"}}  # fmt: skip
+          "bids": {"bold_task": "rest"}, "func": {"atlas": "toy"}}
 REGIONS = ["toy_001", "toy_002", "toy_003", "toy_004"]
 METRICS = ("fa", "md", "ad", "rd")
 
@@ -47,7 +47,7 @@ def _roi_table(sub: str, ses: str, rd_left: float) -> pd.DataFrame:
             rows.append({"subject": sub, "session": ses, "roi": roi, "metric": m,
                          "units": "unitless" if m == "fa" else "um^2/ms", "n_voxels": 100,
                          "mean": value, "median": value, "sd": 0.01,
-                         "lesion_loss_fraction": np.nan})  # fmt: skip
+                         "lesion_loss_fraction": np.nan})
     return pd.DataFrame(rows)
 
 
@@ -55,7 +55,7 @@ def _summary(sub: str, ses: str, *, excluded: bool) -> pd.DataFrame:
     return pd.DataFrame([{"subject": sub, "session": ses, "task": "rest", "repetition_time_s": 2.0,
                           "n_volumes": 100, "mean_fd_mm": 0.12, "max_fd_mm": 0.6,
                           "n_censored": 2, "excluded": int(excluded),
-                          "exclusion_reason": "too much motion" if excluded else np.nan}])  # fmt: skip
+                          "exclusion_reason": "too much motion" if excluded else np.nan}])
 
 
 @pytest.fixture
@@ -70,9 +70,9 @@ def deriv(tmp_path: Path) -> Path:
             meta = w.provenance(sources=["bids/x.nii.gz"], seed=7, extra={"Description": "t"})
             w.write_tsv(pd.DataFrame([{"icv_mm3": 1.5e6, "lesion_mm3": 1200.0 if ses == "baseline"
                                        else 1000.0, "brain_fraction_icv": 0.85}]),
-                        meta=meta, datatype="anat", suffix="volumes", **ent)  # fmt: skip
+                        meta=meta, datatype="anat", suffix="volumes", **ent)
             w.write_tsv(pd.DataFrame({"lesion_id": [1, 2], "volume_mm3": [600.0, 400.0]}),
-                        datatype="anat", suffix="lesions", **ent)  # fmt: skip
+                        datatype="anat", suffix="lesions", **ent)
         if sub != "01":
             continue
         dwi = {"sub": sub, "ses": "screening", "datatype": "dwi", "space": "dwi"}
@@ -80,36 +80,36 @@ def deriv(tmp_path: Path) -> Path:
             img = nib.Nifti1Image(rng.random((6, 5, 4)).astype(np.float32), affine)
             w.write_nifti(img, meta=meta, **dwi, model="tensor", param=m, suffix="dwimap")
         w.write_nifti(nib.Nifti1Image(np.ones((6, 5, 4), np.uint8), affine), **dwi,
-                      desc="NAWML", suffix="mask")  # fmt: skip
+                      desc="NAWML", suffix="mask")
         w.write_tsv(_roi_table(sub, "screening", 0.50), meta=meta, **dwi, model="tensor",
-                    suffix="roistats")  # fmt: skip
+                    suffix="roistats")
         conf = pd.DataFrame({"framewise_displacement": [0.0, 0.2, 0.4], "motion_outlier": [0, 0, 1],
-                             "dropout_outlier": [0, 0, 0]})  # fmt: skip
+                             "dropout_outlier": [0, 0, 0]})
         w.write_tsv(conf, datatype="dwi", sub=sub, ses="screening", desc="confounds",
-                    suffix="timeseries")  # fmt: skip
+                    suffix="timeseries")
         func = {"sub": sub, "ses": "screening", "datatype": "func", "task": "rest"}
         labels = pd.DataFrame({"index": [1, 2, 3, 4], "name": REGIONS, "network": ["A", "A", "B", "B"],
-                               "valid": [1, 1, 1, 0]})  # fmt: skip
+                               "valid": [1, 1, 1, 0]})
         w.write_tsv(labels, **func, seg="toy", suffix="dseg")
         m = np.corrcoef(rng.standard_normal((4, 20)))
         m[3, :] = m[:, 3] = np.nan
         mat = pd.DataFrame(m, index=pd.Index(REGIONS, name="label"), columns=REGIONS)
         w.write_tsv(mat, index=True, meta={"RelationshipMeasure": "pearsoncorrelation"}, **func,
-                    seg="toy", stat="pearsoncorrelation", suffix="relmat")  # fmt: skip
+                    seg="toy", stat="pearsoncorrelation", suffix="relmat")
         w.write_tsv(
             _summary(sub, "screening", excluded=False), **func, desc="summary", suffix="bold"
         )
         w.write_tsv(_summary(sub, "baseline", excluded=True), **{**func, "ses": "baseline"},
-                    desc="summary", suffix="bold")  # fmt: skip
+                    desc="summary", suffix="bold")
         w.write_tsv(_roi_table(sub, "baseline", 0.55), **{**dwi, "ses": "baseline"}, model="tensor",
-                    suffix="roistats")  # fmt: skip
+                    suffix="roistats")
         w.write_text("<svg/>", sub=sub, ses="screening", datatype="figures", desc="fa",
-                     suffix="dwi", extension=".svg")  # fmt: skip
+                     suffix="dwi", extension=".svg")
         # an in-progress atomic write: hidden, must never be seen
         (out / "sub-01/ses-screening/dwi/.sub-01_ses-screening_space-dwi_model-tensor_tractstats"
-         ".tmp.tsv").write_text("x\n")  # fmt: skip
+         ".tmp.tsv").write_text("x\n")
     w.write_tsv(pd.DataFrame({"roi": ["NAWM_L"], "p": [0.04]}), datatype="group",
-                suffix="dwistats", desc="tests")  # fmt: skip
+                suffix="dwistats", desc="tests")
     return out
 
 
@@ -170,7 +170,7 @@ def test_map_and_tables_equal_the_files(deriv):
     assert ses.mask("NAWM_L").shape == fa.shape
     roi = ses.roi_table()
     ref = pd.read_csv(folder / "sub-01_ses-screening_space-dwi_model-tensor_roistats.tsv", sep="\t",
-                      dtype={"subject": str, "session": str})  # fmt: skip
+                      dtype={"subject": str, "session": str})
     pd.testing.assert_frame_equal(roi, ref)
     assert roi["subject"].tolist()[0] == "01"  # not the integer 1
     nawm = ses.roi_table(rois=["NAWM_L", "NAWM_R"], metrics="rd")
@@ -247,13 +247,13 @@ def test_longitudinal_tables_and_motion(deriv):
     res = DerivativesResults(deriv)
     rd = res.longitudinal("01", "roi_table", rois=["NAWM_L"], metrics=["rd"])
     assert rd[["session", "time_months", "mean"]].values.tolist() == [
-        ["screening", -1.0, 0.50], ["baseline", 0.0, 0.55]]  # fmt: skip
+        ["screening", -1.0, 0.50], ["baseline", 0.0, 0.55]]
     vols = res.longitudinal("02", "volumes")
     assert vols["session"].tolist() == ["baseline"]
     motion = res.longitudinal("01", "motion_summary")
     assert motion[["session", "modality", "n_flagged", "excluded"]].values.tolist() == [
         ["screening", "dwi", 1, False], ["screening", "bold (task-rest)", 2, False],
-        ["baseline", "bold (task-rest)", 2, True]]  # fmt: skip
+        ["baseline", "bold (task-rest)", 2, True]]
     with pytest.raises(MissingOutputError, match="tract"):
         res.longitudinal("01", "tract_profiles")
     with pytest.raises(ValueError, match="unknown table"):
@@ -265,7 +265,7 @@ def test_group_figures_provenance_and_summary(deriv):
     assert res.group_table("dwistats")["p"].tolist() == [0.04]
     ses = res.session("01", "screening")
     assert ses.figures() == {"desc-fa_dwi": deriv / "sub-01/ses-screening/figures/"
-                             "sub-01_ses-screening_desc-fa_dwi.svg"}  # fmt: skip
+                             "sub-01_ses-screening_desc-fa_dwi.svg"}
     prov = ses.provenance("sub-01_ses-screening_space-dwi_model-tensor_param-fa_dwimap.nii.gz")
     assert prov["RandomSeed"] == 7 and prov["Sources"][0].endswith("bids/x.nii.gz")
     assert res.provenance("sub-01/ses-screening/anat/sub-01_ses-screening_volumes.tsv") == prov
@@ -282,7 +282,7 @@ def test_refresh_sees_files_written_after_indexing(deriv):
     assert not ses.has("dwi")
     w = DerivativesWriter(deriv, config=CONFIG)
     w.write_tsv(_roi_table("02", "baseline", 0.5), datatype="dwi", sub="02", ses="baseline",
-                space="dwi", model="tensor", suffix="roistats")  # fmt: skip
+                space="dwi", model="tensor", suffix="roistats")
     res.refresh()
     assert res.session("02").has("dwi")
 
@@ -332,7 +332,7 @@ def execute_notebook(tmp_path: Path, env: dict[str, str], *, timeout: int = 600)
     t0 = time.perf_counter()
     try:
         NotebookClient(nb, timeout=timeout, startup_timeout=120, kernel_name="msmri-test",
-                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()  # fmt: skip
+                       resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
     finally:
         for k, v in saved.items():
             if v is None:

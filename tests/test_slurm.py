@@ -112,10 +112,10 @@ def slurm_cluster(tmp_path_factory):
     ]
     try:
         munge = [f"--socket={root}/munge.socket", f"--key-file={key}", f"--pid-file={root}/munged.pid",
-                 f"--log-file={logs[0]}", f"--seed-file={root}/munged.seed"]  # fmt: skip
+                 f"--log-file={logs[0]}", f"--seed-file={root}/munged.seed"]
         for cmd in (["munged", "--foreground", "--force", *munge],
                     ["slurmctld", "-D", "-i", "-f", str(SLURM_CONF)],
-                    ["slurmd", "-D", "-N", node, "-f", str(SLURM_CONF)]):  # fmt: skip
+                    ["slurmd", "-D", "-N", node, "-f", str(SLURM_CONF)]):
             with (root / f"{cmd[0]}.out").open("w") as console:
                 daemons.append(subprocess.Popen(cmd, stdout=console, stderr=subprocess.STDOUT))
             if cmd[0] == "munged":
@@ -163,7 +163,7 @@ def _run_both(slurm_cluster, tmp_path: Path, target: str, config: list[str], n_j
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     res = run_snakemake("--profile", str(REPO / "configs/profiles/local"), "--cores", "2",
                         _target(target, local), *config, f"output_dir={local}",
-                        cwd=tmp_path)  # fmt: skip
+                        cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
 
     before = set(_jobs())
@@ -172,7 +172,7 @@ def _run_both(slurm_cluster, tmp_path: Path, target: str, config: list[str], n_j
     res = run_snakemake("--profile", str(REPO / "configs/profiles/slurm"),
                         "--slurm-init-seconds-before-status-checks", "1",  # test speed only
                         _target(target, cluster), *config, f"output_dir={cluster}",
-                        cwd=run_dir, timeout=900)  # fmt: skip
+                        cwd=run_dir, timeout=900)
     root = slurm_cluster["root"]
     assert res.returncode == 0, res.stderr[-4000:] + (root / "slurmctld.log").read_text()[-2000:]
 

@@ -22,7 +22,7 @@ _snakemake = run_snakemake
 
 def test_dry_run_builds_one_job_per_subject_session(tiny_bids, tmp_path):
     res = _snakemake("-n", "--config", f"bids_dir={tiny_bids}", f"output_dir={tmp_path / 'out'}",
-                     cwd=tmp_path)  # fmt: skip
+                     cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     out = res.stdout + res.stderr
     assert "inventory              4" in out or "inventory 4" in " ".join(out.split())
@@ -37,7 +37,7 @@ def test_dry_run_runs_only_the_diffusion_stage_for_a_session_without_t1w(make_bi
     """sub-01/ses-m03 has a DWI series but no T1w: inventory, dwi and report jobs only."""
     bids = make_bids(omit={("01", "m03"): ["T1w", "FLAIR", "bold", "lesion"]})
     res = _snakemake("-n", "--config", f"bids_dir={bids}", f"output_dir={tmp_path / 'out'}",
-                     cwd=tmp_path)  # fmt: skip
+                     cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     text = " ".join((res.stdout + res.stderr).split())
     assert "inventory 4" in text and "dwi 4" in text and "report 4" in text
@@ -47,7 +47,7 @@ def test_dry_run_runs_only_the_diffusion_stage_for_a_session_without_t1w(make_bi
 
 def test_dry_run_honours_label_filters(tiny_bids, tmp_path):
     res = _snakemake("-n", "--config", f"bids_dir={tiny_bids}", f"output_dir={tmp_path / 'o'}",
-                     "participant_label=02", "session_label=m03", cwd=tmp_path)  # fmt: skip
+                     "participant_label=02", "session_label=m03", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     text = " ".join((res.stdout + res.stderr).split())
     assert "inventory 1" in text
@@ -58,7 +58,7 @@ def test_first_reference_adds_one_reference_job_per_subject(tiny_bids, tmp_path)
     cfg = tmp_path / "first.yaml"
     cfg.write_text("anat:\n  anatomical_reference: first\n")
     res = _snakemake("-n", "--config", f"bids_dir={tiny_bids}", f"output_dir={tmp_path / 'o'}",
-                     f"msmri_config={cfg}", cwd=tmp_path)  # fmt: skip
+                     f"msmri_config={cfg}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     text = " ".join((res.stdout + res.stderr).split())
     assert "anat_reference 2" in text and "sub-01_desc-subjectref_T1w.nii.gz" in text
@@ -66,7 +66,7 @@ def test_first_reference_adds_one_reference_job_per_subject(tiny_bids, tmp_path)
 
 def test_lint_is_clean(tiny_bids, tmp_path):
     res = _snakemake("--lint", "--config", f"bids_dir={tiny_bids}", f"output_dir={tmp_path / 'o'}",
-                     cwd=tmp_path)  # fmt: skip
+                     cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "Lints for" not in res.stdout + res.stderr
 
@@ -81,7 +81,7 @@ def test_snakefmt_check():
 def test_local_run_writes_every_inventory(tiny_bids, tmp_path):
     out = tmp_path / "out"
     res = _snakemake("--cores", "2", "group_inventory", "--config", f"bids_dir={tiny_bids}", f"output_dir={out}",
-                     cwd=tmp_path)  # fmt: skip
+                     cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert len(list(out.glob("sub-*/ses-*/*_inventory.tsv"))) == 4
     assert (out / "group/inventory.tsv").exists()
@@ -105,7 +105,7 @@ def test_func_job_waits_for_the_structural_job_only_with_raw_bold(mode, tiny_bid
     out = tmp_path / "o"
     target = out / "sub-01/ses-m00/func/sub-01_ses-m00_task-rest_desc-summary_bold.tsv"
     res = _snakemake("-n", str(target), "--config", f"bids_dir={tiny_bids}", f"output_dir={out}",
-                     f"msmri_config={cfg}", cwd=tmp_path)  # fmt: skip
+                     f"msmri_config={cfg}", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     text = " ".join((res.stdout + res.stderr).split())
     assert "func 1" in text and "inventory 1" in text
@@ -122,7 +122,7 @@ def test_a_broken_subject_fails_only_its_own_job_and_names_the_file(tiny_bids, t
     bad.write_bytes(b"\x1f\x8b not an image")
     out = tmp_path / "out"
     res = _snakemake("--profile", str(LOCAL), "--cores", "2", "group_inventory",
-                     "--config", f"bids_dir={tiny_bids}", f"output_dir={out}", cwd=tmp_path)  # fmt: skip
+                     "--config", f"bids_dir={tiny_bids}", f"output_dir={out}", cwd=tmp_path)
     assert res.returncode != 0  # the run as a whole failed ...
     for sub, ses in [("01", "m00"), ("01", "m03"), ("02", "m03")]:  # ... but --keep-going
         assert _inventory(out, sub, ses).exists(), res.stderr[-3000:]  # finished the others
@@ -139,15 +139,15 @@ def test_rerun_incomplete_after_a_killed_run_gives_the_uninterrupted_outputs(tin
     config = ["--config", f"bids_dir={tiny_bids}"]
     whole = tmp_path / "whole"
     res = _snakemake("--profile", str(LOCAL), "--cores", "2", "group_inventory", *config,
-                     f"output_dir={whole}", cwd=tmp_path)  # fmt: skip
+                     f"output_dir={whole}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
 
     out = tmp_path / "killed"
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     cmd = [str(BIN / "snakemake"), "-s", str(ROOT / "Snakefile"), "--cores", "1", "group_inventory",
-           *config, f"output_dir={out}"]  # fmt: skip
+           *config, f"output_dir={out}"]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     log, target = out / "logs/inventory/sub-01_ses-m03.log", _inventory(out, "01", "m03")
     deadline = time.monotonic() + 300
     while not (log.exists() and not target.exists()) and time.monotonic() < deadline:
@@ -163,7 +163,7 @@ def test_rerun_incomplete_after_a_killed_run_gives_the_uninterrupted_outputs(tin
     res = _snakemake("--unlock", *config, f"output_dir={out}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     res = _snakemake("--profile", str(LOCAL), "--cores", "2", "group_inventory", *config,
-                     f"output_dir={out}", cwd=tmp_path)  # fmt: skip
+                     f"output_dir={out}", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert tree_checksums(out) == tree_checksums(whole)
 
@@ -180,5 +180,5 @@ def test_building_the_dag_does_not_import_nipype(tiny_bids, tmp_path):
         "print('EXIT', status, 'NIPYPE', 'nipype' in sys.modules)\n"
     )
     res = subprocess.run([str(BIN / "python"), "-c", code], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=300)  # fmt: skip
+                         text=True, timeout=300)
     assert "EXIT 0 NIPYPE False" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]

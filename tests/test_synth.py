@@ -54,7 +54,7 @@ def test_pybids_indexes_without_warnings(trial):
 
 def _bids_validator() -> str | None:
     candidates = [os.environ.get("MSMRI_BIDS_VALIDATOR"), str(ROOT / ".ci/node/node_modules/.bin/bids-validator"),
-                  shutil.which("bids-validator")]  # fmt: skip
+                  shutil.which("bids-validator")]
     return next((c for c in candidates if c and Path(c).exists()), None)
 
 

@@ -28,7 +28,7 @@ from pipeline.tract.tracking import TrackingParams, track_odf, track_tensor, tra
 #: 3 mm stays below it (its density mask is 3.9 times the truth tube: precision 0.26,
 #: recall 0.76), so its bound guards the current level against regressions.
 MIN_DICE = {"CST_L": 0.5, "CST_R": 0.5, "OR_L": 0.3, "OR_R": 0.5, "CC": 0.5,
-            "ForcepsMinor": 0.5, "CC_Body": 0.5, "ForcepsMajor": 0.5}  # fmt: skip
+            "ForcepsMinor": 0.5, "CC_Body": 0.5, "ForcepsMajor": 0.5}
 CALLOSAL = ("CC", "ForcepsMinor", "CC_Body", "ForcepsMajor")
 PARAMS = TrackingParams(seeds_per_voxel=3, fa_threshold=0.15, seed=1)
 
@@ -50,14 +50,14 @@ def _run(session):
     grads = DwiGradients.from_world(session.bvals, session.bvecs_world, affine)
     tm = fit_tensor(np.asarray(dwi.dataobj), grads.dipy_gtab(), brain)
     sl = track_tensor(tm.v1, tm.fa, affine, brain_mask=brain, seed_mask=wm, lesion=lesion,
-                      params=PARAMS)  # fmt: skip
+                      params=PARAMS)
     to_mni = session.subject.to_template(session.session, "dwi")
     defs = load_bundle_definitions()
     maps = {"fa": tm.fa, "md": tm.md, "ad": tm.ad, "rd": tm.rd}
     res = tractometry(sl, defs, maps, affine, to_mni=to_mni, lesion=lesion)
     return {"sl": sl, "res": res, "defs": defs, "affine": affine, "tm": tm, "lesion": lesion,
             "to_mni": to_mni, "truth": ti, "brain": brain, "wm": wm, "grads": grads,
-            "data": np.asarray(dwi.dataobj, dtype=np.float32)}  # fmt: skip
+            "data": np.asarray(dwi.dataobj, dtype=np.float32)}
 
 
 def _dice(run, res) -> dict[str, float]:
@@ -112,15 +112,15 @@ def test_csd_deterministic_tracking_recovers_the_bundles(tracked):
     run = tracked[0]
     track = tracking_mask(run["tm"].fa, run["brain"], run["lesion"], PARAMS)
     odf = fit_odf(run["data"], run["grads"].dipy_gtab(), track, params=OdfParams(model="csd"),
-                  wm=run["wm"], fa=run["tm"].fa)  # fmt: skip
+                  wm=run["wm"], fa=run["tm"].fa)
     # the phantom's tracts have AD 1.65 and RD 0.38 um^2/ms: the response is that tensor
     evals = np.asarray(odf.response[0])
     assert abs(evals[0] / 1.65e-3 - 1) < 0.1 and abs(evals[1] / 0.38e-3 - 1) < 0.15, evals
     sl = track_odf(odf, run["tm"].fa, run["affine"], brain_mask=run["brain"], seed_mask=run["wm"],
-                   lesion=run["lesion"], params=PARAMS)  # fmt: skip
+                   lesion=run["lesion"], params=PARAMS)
     maps = {"fa": run["tm"].fa}
     res = tractometry(sl, run["defs"], maps, run["affine"], to_mni=run["to_mni"],
-                      lesion=run["lesion"])  # fmt: skip
+                      lesion=run["lesion"])
     dice = _dice(run, res)
     print("CSD Dice", {k: round(float(v), 3) for k, v in dice.items()})
     for name, d in dice.items():
@@ -172,7 +172,7 @@ def test_lesion_aware_profile(tracked):
     fa = run["tm"].fa.copy()
     fa[lesion > 0] = 0.2  # demyelinated
     out = bundle_profiles("CST_L", r.streamlines, {"fa": fa}, run["affine"], lesion=lesion,
-                          clean={"enabled": False})  # fmt: skip
+                          clean={"enabled": False})
     assert out.lesion_node_fraction > 0
     assert out.lesion_nodes[50]
     plain, masked = out.profiles["fa"], out.profiles_lesion_masked["fa"]
@@ -202,7 +202,7 @@ def test_not_found_bundle_gives_nan_row(tracked, tmp_path, caplog):
     defs = load_bundle_definitions(path)
     with caplog.at_level(logging.WARNING):
         res = tractometry(run["sl"], defs, {"fa": run["tm"].fa}, run["affine"],
-                          to_mni=run["to_mni"])  # fmt: skip
+                          to_mni=run["to_mni"])
     r = res["NOWHERE"]
     assert r.status == "not_found" and r.reason
     assert np.all(np.isnan(r.profiles["fa"]))
@@ -211,7 +211,7 @@ def test_not_found_bundle_gives_nan_row(tracked, tmp_path, caplog):
     assert len(table) == 1 and np.isnan(table.loc[0, "mean_fa"])
     long = profiles_dataframe(res, "01", "baseline")
     assert set(long.columns) == {"subject", "session", "bundle", "node", "metric", "value",
-                                 "lesion_masked"}  # fmt: skip
+                                 "lesion_masked"}
 
 
 @pytest.mark.parametrize(
@@ -224,7 +224,7 @@ def test_not_found_bundle_gives_nan_row(tracked, tmp_path, caplog):
          "bundles.X.hemisphere"),
         ("nothing: 1\n", "bundles"),
     ],
-)  # fmt: skip
+)
 def test_bad_yaml_names_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"
     path.write_text(text)

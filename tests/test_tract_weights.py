@@ -31,7 +31,7 @@ def test_matches_dipy(mahalanobis, stat, dtype, rtol):
     sl = _bundle(np.random.default_rng(3), dtype=dtype)
     with np.errstate(all="ignore"):
         ref = np.asarray(dipy_gaussian_weights(sl, n_points=40, return_mahalnobis=mahalanobis,
-                                               stat=stat), float)  # fmt: skip
+                                               stat=stat), float)
     ours = gaussian_weights(sl, n_points=40, return_mahalanobis=mahalanobis, stat=stat)
     assert ours.shape == ref.shape == (len(sl), 40)
     np.testing.assert_array_equal(np.isnan(ours), np.isnan(ref))

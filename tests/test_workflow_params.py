@@ -53,7 +53,7 @@ def _dwi_wf(tmp_path: Path, config: dict, nprocs: int = 1):
     return init_dwi_wf(config=config, dwi=f["dwi"], bval=str(tmp_path / "dwi.bval"),
                        bvec=str(tmp_path / "dwi.bvec"), anat={k: f[k] for k in ANAT},
                        subject="01", session="baseline", output_dir=str(tmp_path / "out"),
-                       nprocs=nprocs)  # fmt: skip
+                       nprocs=nprocs)
 
 
 def test_dwi_nodes_hash_only_the_keys_they_read(tmp_path):
@@ -86,7 +86,7 @@ def test_tract_nodes_hash_only_the_keys_they_read(tmp_path, model):
         cfg = _config(tmp_path, f"tract:\n  model: {model}\n" + text)
         inputs = _files(tmp_path, (*TRACT, *extra))
         return _hashes(init_tract_wf(config=cfg, inputs=inputs, subject="01", session="m06",
-                                     output_dir=str(tmp_path / "out")))  # fmt: skip
+                                     output_dir=str(tmp_path / "out")))
 
     base = build()
     assert {n for n, h in build("nbs:\n  threshold: 4.0\n").items() if h != base[n]} == {

@@ -42,7 +42,7 @@ def main(out_dir: str) -> None:
             net, (x,), buf, dynamo=False, opset_version=17,
             input_names=["image"], output_names=["probability"],
             dynamic_axes={"image": {2: "i", 3: "j", 4: "k"}, "probability": {2: "i", 3: "j", 4: "k"}},
-        )  # fmt: skip
+        )
         onnx_bytes = buf.getvalue()
         with torch.no_grad():
             ref = net(x).numpy()

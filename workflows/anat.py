@@ -39,7 +39,7 @@ class _BrainInputSpec(BaseInterfaceInputSpec):
     prior_mask = File(exists=True, desc="template brain mask on the T1w grid")
     method = traits.Enum("deepbet", "threshold", usedefault=True)
     skull_stripped = traits.Either(traits.Enum("auto"), traits.Bool(), default="auto",
-                                   usedefault=True)  # fmt: skip
+                                   usedefault=True)
 
 
 class _BrainOutputSpec(TraitedSpec):
@@ -63,7 +63,7 @@ class BrainMask(SimpleInterface):
         if isdefined(self.inputs.prior_mask):
             prior = np.asanyarray(nib.load(self.inputs.prior_mask).dataobj) > 0.5
         result = extract_brain(t1, method=self.inputs.method,
-                               skull_stripped=self.inputs.skull_stripped, prior_mask=prior)  # fmt: skip
+                               skull_stripped=self.inputs.skull_stripped, prior_mask=prior)
         corrected, field = correct_bias(t1, result.mask, return_field=True)
         data = np.asarray(corrected.dataobj, dtype=np.float32)
         cwd = Path(runtime.cwd)
@@ -77,7 +77,7 @@ class BrainMask(SimpleInterface):
             "bias_field_range": [float(inside.min()), float(inside.max())],
             "intensity_p999_raw": float(np.percentile(raw[result.mask], 99.9)),
             "intensity_p999_corrected": float(np.percentile(data[result.mask], 99.9)),
-        }  # fmt: skip
+        }
         return runtime
 
 
@@ -102,7 +102,7 @@ class ToSubjectReference(SimpleInterface):
         from pipeline.registration import Transform
 
         img = to_reference(nib.load(self.inputs.t1w), Transform.load(self.inputs.xfm),
-                           nib.load(self.inputs.reference))  # fmt: skip
+                           nib.load(self.inputs.reference))
         path = Path(runtime.cwd) / "t1w_on_reference.nii.gz"
         nib.save(img, path)
         self._results["t1w"] = str(path)
@@ -209,7 +209,7 @@ class _WarpTemplateOutputSpec(TraitedSpec):
 TEMPLATE_MAPS = {
     "brain": 1, "gm": 1, "wm": 1, "csf": 1,
     "ventricles": 0, "cortex": 0, "infratentorial": 0, "hemisphere": 0,
-}  # fmt: skip
+}
 
 
 class WarpTemplate(SimpleInterface):
@@ -294,7 +294,7 @@ class LesionMask(SimpleInterface):
                 nib.load(self.inputs.flair_in_t1w), wm, brain,
                 gm_prob=np.asanyarray(nib.load(self.inputs.maps["gm"]).dataobj),
                 csf_prob=np.asanyarray(nib.load(self.inputs.maps["csf"]).dataobj),
-            )  # fmt: skip
+            )
             method = f"automatic FLAIR segmentation {json.dumps(params, default=str)}"
         else:
             data = np.zeros(ref.shape[:3], dtype=bool)
@@ -356,7 +356,7 @@ class SegmentAndMeasure(SimpleInterface):
             probseg[k] = _save(getattr(seg, k), t1, cwd / f"{k}.nii.gz")
         dseg = _save(seg.labels, t1, cwd / "dseg.nii.gz", np.uint8)
         nawm = normal_appearing_wm(seg.labels == 3, lesion, margin_mm=self.inputs.nawm_margin_mm,
-                                   voxel_size=zooms)  # fmt: skip
+                                   voxel_size=zooms)
         nawm_file = _save(nawm, t1, cwd / "nawm.nii.gz", np.uint8)
 
         labels, _n = label_lesions(lesion, zooms, min_volume_mm3=self.inputs.min_volume_mm3)
@@ -364,17 +364,17 @@ class SegmentAndMeasure(SimpleInterface):
             labels, affine=t1.affine, ventricles=maps["ventricles"] > 0.5,
             cortex=maps["cortex"] > 0.5, infratentorial=maps["infratentorial"] > 0.5,
             brain_mask=brain,
-        )  # fmt: skip
+        )
         totals = lesion_totals(table)
         cortex_gm = (maps["cortex"] > 0.5) & (seg.labels == 2)
         vols = tissue_volumes(
             seg, voxel_volume_mm3=float(np.prod(zooms)), lesion_mask=lesion,
             nawm_mask=nawm, cortex_mask=cortex_gm,
-        )  # fmt: skip
+        )
         # both lesion volumes, named: every lesion voxel (volumes.tsv lesion_mm3) and the
         # lesions the tables count (components of at least lesion_min_volume_mm3)
         vols["lesion_tabulated_mm3"] = float(totals.loc[totals["location"] == "total",
-                                                        "volume_mm3"].sum())  # fmt: skip
+                                                        "volume_mm3"].sum())
         table.to_csv(cwd / "lesions.tsv", sep="\t", index=False, na_rep="n/a")
         totals.to_csv(cwd / "totals.tsv", sep="\t", index=False, na_rep="n/a")
         pd.DataFrame([vols]).to_csv(cwd / "volumes.tsv", sep="\t", index=False, na_rep="n/a")
@@ -384,7 +384,7 @@ class SegmentAndMeasure(SimpleInterface):
             volumes=str(cwd / "volumes.tsv"),
             parameters={"segmentation": seg.method, **dict(seg.parameters),
                         "nawm_lesion_margin_mm": self.inputs.nawm_margin_mm},
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -433,7 +433,7 @@ class StructuralChecks(SimpleInterface):
         xfm = Transform.load(self.inputs.mni_xfm)
         tpl = load_mni_template(2)
         warped = xfm.resample_mask(nib.Nifti1Image(mask.astype(np.uint8), t1.affine),
-                                   tpl.image("brain"))  # fmt: skip
+                                   tpl.image("brain"))
         inside = dilate(np.asarray(tpl.brain, bool), 5.0, voxel_sizes(tpl.affine))
         overlap = float((warped & inside).sum() / warped.sum()) if warped.any() else 0.0
         field_lo, field_hi = bp.get("bias_field_range", [np.nan, np.nan])
@@ -526,7 +526,7 @@ class AnatQC(SimpleInterface):
                                       Overlay(dseg == 2, "lime", "GM"),
                                       Overlay(dseg == 3, "deepskyblue", "WM")],
                     title="Brain mask and tissue segmentation on the bias-corrected T1w"),
-             "brainseg")  # fmt: skip
+             "brainseg")
         tpl = load_mni_template(2)
         in_mni = Transform.load(self.inputs.xfm).resample(
             nib.Nifti1Image(data * mask, t1.affine), tpl.image("brain"), order=1
@@ -534,7 +534,7 @@ class AnatQC(SimpleInterface):
         save(mosaic(np.asarray(in_mni.dataobj), tpl.affine,
                     [Overlay(tpl.brain, "red", "MNI brain"), Overlay(tpl.wm > 0.5, "yellow", "MNI WM")],
                     title=f"T1w in {MNI_SPACE} space with template outlines"),
-             "t1w2mni")  # fmt: skip
+             "t1w2mni")
         bg = data
         label = "T1w"
         if isdefined(self.inputs.flair_in_t1w):
@@ -543,7 +543,7 @@ class AnatQC(SimpleInterface):
         save(mosaic(bg, t1.affine, [Overlay(lesion, "red", "lesions"),
                                     Overlay(nawm, "deepskyblue", "NAWM")],
                     focus=mask, title=f"Lesions and NAWM on {label}"),
-             "lesions")  # fmt: skip
+             "lesions")
         self._results["figures"] = figs
         return runtime
 
@@ -577,7 +577,7 @@ class _SinkInputSpec(BaseInterfaceInputSpec):
     checks = File(exists=True, mandatory=True, desc="plausibility checks TSV")
     figures = traits.Dict(mandatory=True)
     grid = traits.Str("the session's own T1w grid", usedefault=True,
-                      desc="which grid the outputs are on")  # fmt: skip
+                      desc="which grid the outputs are on")
 
 
 class _SinkOutputSpec(TraitedSpec):
@@ -598,7 +598,7 @@ LESION_COLUMNS = {
     "n_voxels": {"Description": "number of voxels of the lesion"},
     "infratentorial_fraction": {"Description": "fraction of lesion voxels in the template infratentorial region"},
     "in_brain_fraction": {"Description": "fraction of lesion voxels inside the brain mask"},
-}  # fmt: skip
+}
 
 
 #: Column descriptions of the volumes table (fractions: ``<name>_fraction_icv``).
@@ -615,7 +615,7 @@ VOLUME_COLUMNS = {
     "cortical_gm_mm3": {"Description": "GM inside the template cortex", "Units": "mm^3"},
     "bpf": {"Description": "brain parenchymal fraction: brain / ICV"},
     "voxel_volume_mm3": {"Description": "volume of one voxel of the grid", "Units": "mm^3"},
-}  # fmt: skip
+}
 
 #: Column descriptions of the plausibility-checks table.
 CHECK_COLUMNS = {
@@ -652,7 +652,7 @@ class AnatDerivatives(SimpleInterface):
             return w.provenance(
                 sources=sources if sources is not None else i.sources,
                 parameters=params, seed=cfg.get("seed"), extra=extra,
-            )  # fmt: skip
+            )
 
         def nifti(path, description, **spec):
             img = nib.load(path)
@@ -662,9 +662,9 @@ class AnatDerivatives(SimpleInterface):
 
         params["grid"] = i.grid
         nifti(i.preproc, "T1w after brain extraction and bias correction",
-              desc="preproc", suffix="T1w")  # fmt: skip
+              desc="preproc", suffix="T1w")
         nifti(i.brain_mask, f"brain mask ({i.brain_parameters.get('method', '')})",
-              desc="brain", suffix="mask")  # fmt: skip
+              desc="brain", suffix="mask")
         for tissue, lab in (("gm", "GM"), ("wm", "WM"), ("csf", "CSF")):
             nifti(
                 i.probseg[tissue],
@@ -673,31 +673,31 @@ class AnatDerivatives(SimpleInterface):
                 suffix="probseg",
             )
         dseg_meta = {"Description": "hard tissue labels", "Labels": {"0": "background", "1": "CSF",
-                     "2": "GM", "3": "WM", "4": "lesion"}}  # fmt: skip
+                     "2": "GM", "3": "WM", "4": "lesion"}}
         out.append(str(w.write_nifti(nib.load(i.dseg), meta=meta(dseg_meta), **ent, suffix="dseg")))
         hemi_meta = {"Description": "hemisphere from the MNI template midline",
-                     "Labels": {"0": "outside", "1": "left", "2": "right"}}  # fmt: skip
+                     "Labels": {"0": "outside", "1": "left", "2": "right"}}
         out.append(str(w.write_nifti(nib.load(i.hemisphere["hemisphere"]), meta=meta(hemi_meta),
-                                     **ent, desc="hemi", suffix="dseg")))  # fmt: skip
+                                     **ent, desc="hemi", suffix="dseg")))
         nifti(i.lesion_mask, f"lesion mask on the T1w grid: {i.lesion_method}",
-              label="lesion", suffix="mask")  # fmt: skip
+              label="lesion", suffix="mask")
         nifti(i.nawm, "normal-appearing WM: hard WM minus lesions dilated by "
-              f"{params.get('nawm_lesion_margin_mm')} mm", label="NAWM", suffix="mask")  # fmt: skip
+              f"{params.get('nawm_lesion_margin_mm')} mm", label="NAWM", suffix="mask")
         xfm = Transform.load(i.mni_xfm)
         out.append(str(w.write_with(xfm.save, **ent, **{"from": "T1w", "to": MNI_SPACE},
-                                    mode="image", suffix="xfm", extension=".json")))  # fmt: skip
+                                    mode="image", suffix="xfm", extension=".json")))
         if isdefined(i.flair_xfm):
             fx = Transform.load(i.flair_xfm)
             out.append(str(w.write_with(fx.save, **ent, **{"from": "FLAIR", "to": "T1w"},
-                                        mode="image", suffix="xfm", extension=".json")))  # fmt: skip
+                                        mode="image", suffix="xfm", extension=".json")))
             quality = i.flair_quality if isdefined(i.flair_quality) else {}
             kept = quality.get("kept_header_alignment")
             how = ("header alignment kept (a rigid registration did not improve it)" if kept
-                   else "rigidly registered")  # fmt: skip
+                   else "rigidly registered")
             img = nib.load(i.flair_in_t1w)
             out.append(str(w.write_nifti(img, meta=meta({"Description": f"FLAIR on the T1w grid: {how}",
                                                           "RegistrationQuality": quality}),
-                                         **ent, space="T1w", desc="preproc", suffix="FLAIR")))  # fmt: skip
+                                         **ent, space="T1w", desc="preproc", suffix="FLAIR")))
         checks = pd.read_csv(i.checks, sep="\t", keep_default_na=False, na_values=["n/a"])
         failed = checks.loc[~checks["passed"].astype(bool)]
         out.append(str(w.write_tsv(
@@ -706,24 +706,24 @@ class AnatDerivatives(SimpleInterface):
                        "(pipeline/anat/plausibility.py); a failed check flags the session",
                        "Flagged": bool(len(failed)), "FailedChecks": list(failed["name"]),
                        "Reason": "; ".join(failed["message"])}),
-            **ent, desc="plausibility", suffix="checks")))  # fmt: skip
+            **ent, desc="plausibility", suffix="checks")))
         tables = (
             (i.lesions, {"suffix": "lesions"}, LESION_COLUMNS, "one row per lesion"),
             (i.lesion_totals, {"desc": "summary", "suffix": "lesions"}, None,
              "lesion count and volume per location class"),
             (i.volumes, {"suffix": "volumes"}, VOLUME_COLUMNS,
              "tissue volumes (mm^3) and fractions of intracranial volume"),
-        )  # fmt: skip
+        )
         for path, spec, columns, desc in tables:
             df = pd.read_csv(path, sep="\t")
             out.append(str(w.write_tsv(df, columns=columns,
                                        meta=meta({"Description": desc, "LesionMethod": i.lesion_method,
                                                   "Segmentation": i.seg_parameters}),
-                                       **ent, **spec)))  # fmt: skip
+                                       **ent, **spec)))
         for name, path in i.figures.items():
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
                                          datatype="figures", desc=name, suffix="T1w",
-                                         extension=".svg")))  # fmt: skip
+                                         extension=".svg")))
         self._results["out_files"] = out
         return runtime
 
@@ -770,7 +770,7 @@ def init_anat_wf(
     method = anat_config["brain_extraction"]
     brain_opts = {"method": method, "skull_stripped": anat_config["skull_stripped"]}
     warp = pe.Node(WarpTemplate(resolution=int(anat_config["template_resolution"])),
-                   name="template_to_t1w")  # fmt: skip
+                   name="template_to_t1w")
     if method == "threshold":
         # two passes: the template brain, registered with the first mask, constrains the second
         brain0 = pe.Node(BrainMask(**brain_opts), name="brain_initial")
@@ -781,7 +781,7 @@ def init_anat_wf(
         t1_targets = ((brain, "t1w"), (warp, "reference"))
     if reference_xfm:
         to_ref = pe.Node(ToSubjectReference(t1w=t1w, xfm=reference_xfm, reference=reference_image),
-                         name="to_subject_reference")  # fmt: skip
+                         name="to_subject_reference")
         wf.connect([(to_ref, node, [("t1w", field)]) for node, field in t1_targets])
     else:
         for node, field in t1_targets:
@@ -809,17 +809,17 @@ def init_anat_wf(
     wf.connect([
         (brain, lesions, [("preproc", "reference"), ("mask", "brain_mask")]),
         (warp, lesions, [("maps", "maps")]),
-    ])  # fmt: skip
+    ])
     seg = pe.Node(
         SegmentAndMeasure(nawm_margin_mm=anat_config["nawm_lesion_margin_mm"],
                           min_volume_mm3=anat_config["lesion_min_volume_mm3"]),
         name="segment",
-    )  # fmt: skip
+    )
     wf.connect([
         (brain, seg, [("preproc", "preproc"), ("mask", "brain_mask")]),
         (warp, seg, [("maps", "maps")]),
         (lesions, seg, [("mask", "lesion_mask")]),
-    ])  # fmt: skip
+    ])
     checks = pe.Node(StructuralChecks(), name="plausibility")
     if reference_xfm:
         checks.inputs.reference_xfm = reference_xfm
@@ -829,21 +829,21 @@ def init_anat_wf(
         (seg, checks, [("volumes", "volumes")]),
         (warp, checks, [("maps", "maps")]),
         (reg, checks, [("xfm", "mni_xfm")]),
-    ])  # fmt: skip
+    ])
     qc = pe.Node(AnatQC(), name="qc")
     wf.connect([
         (brain, qc, [("preproc", "preproc"), ("mask", "brain_mask")]),
         (seg, qc, [("dseg", "dseg"), ("nawm", "nawm")]),
         (lesions, qc, [("mask", "lesion_mask")]),
         (reg, qc, [("xfm", "xfm")]),
-    ])  # fmt: skip
+    ])
     sink = pe.Node(
         AnatDerivatives(output_dir=output_dir, subject=subject, session=session,
                         config=full_config, sources=sources,
                         grid=(f"subject reference ({anat_config['anatomical_reference']}): "
                               f"{Path(reference_image).name}") if reference_image else "the session's own T1w grid"),
         name="derivatives",
-    )  # fmt: skip
+    )
     wf.connect([
         (brain, sink, [("preproc", "preproc"), ("mask", "brain_mask"), ("parameters", "brain_parameters")]),
         (seg, sink, [("probseg", "probseg"), ("dseg", "dseg"), ("nawm", "nawm"), ("lesions", "lesions"),
@@ -854,7 +854,7 @@ def init_anat_wf(
         (reg, sink, [("xfm", "mni_xfm")]),
         (qc, sink, [("figures", "figures")]),
         (checks, sink, [("checks", "checks")]),
-    ])  # fmt: skip
+    ])
     if flair:
         flair_reg = pe.Node(RigidToT1w(moving=flair, source="FLAIR"), name="flair_to_t1w")
         if reference_xfm:  # the FLAIR is in the session's space, the T1w on the reference grid
@@ -866,7 +866,7 @@ def init_anat_wf(
             (flair_reg, sink, [("xfm", "flair_xfm"), ("resampled", "flair_in_t1w"),
                                ("quality", "flair_quality")]),
             (flair_reg, checks, [("resampled", "flair_in_t1w"), ("quality", "flair_quality")]),
-        ])  # fmt: skip
+        ])
     elif lesion_mask and lesion_space == "FLAIR":
         raise ValueError(f"{lesion_mask}: lesion mask in FLAIR space but no FLAIR image")
     return wf

@@ -26,11 +26,11 @@ log = logging.getLogger("msmri")
 #: Stages run at the participant level, in order.
 PARTICIPANT_STAGES = (
     "inventory", "anat_reference", "anat", "dwi", "tract", "func", "lesion_changes", "report",
-)  # fmt: skip
+)
 #: Stages run at the group level, in order.
 GROUP_STAGES = (
     "inventory", "dwi_stats", "tract_stats", "nbs", "qcfc", "clinical_stats", "report",
-)  # fmt: skip
+)
 
 
 def _bids_parser() -> argparse.ArgumentParser:
@@ -54,25 +54,25 @@ def _bids_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--participant-label", "--participant_label", nargs="+", metavar="LABEL",
         help="subjects to process (with or without `sub-`); default all",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--session-label", "--session_label", nargs="+", metavar="LABEL",
         help="sessions to process (with or without `ses-`); default all",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--config", type=Path, action="append", default=[], metavar="FILE",
         help="YAML file merged over configs/default.yaml (repeatable, later wins)",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--work-dir", "-w", type=Path, default=None, metavar="DIR",
         help="scratch folder for intermediate (Nipype) files; default OUTPUT_DIR/../work",
-    )  # fmt: skip
+    )
     p.add_argument("--nprocs", type=int, default=1, metavar="N", help="CPU cores to use")
     p.add_argument(
         "--stages", nargs="+", default=None, metavar="STAGE",
         help=f"stages to run (participant: {', '.join(PARTICIPANT_STAGES)}; "
         f"group: {', '.join(GROUP_STAGES)}); default all",
-    )  # fmt: skip
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 
@@ -96,17 +96,17 @@ def _synth_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rd-change", type=float, nargs="+", default=None, metavar="FRACTION",
         help="relative change of left-NAWM radial diffusivity per session, e.g. 0 -0.03 -0.06",
-    )  # fmt: skip
+    )
     p.add_argument(
         "--bold-effect", type=float, nargs="+", default=None, metavar="STRENGTH",
         help="planted connectivity increase per session, as a fraction of the largest the "
         "model allows (correlation rise about 0.3 at 1.0), e.g. 0 0.5 1",
-    )  # fmt: skip
+    )
     p.add_argument("--no-new-lesion", action="store_true", help="no new lesion at the last session")
     p.add_argument(
         "--nprocs", type=int, default=os.cpu_count() or 1, metavar="N",
         help="subject-sessions generated in parallel (the files do not depend on it)",
-    )  # fmt: skip
+    )
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
     return p
 
@@ -142,7 +142,7 @@ def run_synth(args: argparse.Namespace) -> int:
         "synthetic trial (%s preset, seed %d): %d subjects x %d sessions in %.1f s -> %s",
         args.preset, spec.seed, spec.n_subjects, len(spec.sessions),
         summary["seconds_total"], args.output_dir,
-    )  # fmt: skip
+    )
     return 0
 
 
@@ -236,7 +236,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
                 run_tract(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
             if "func" in stages:
                 run_func(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs,
-                         bids_dir=bids_dir)  # fmt: skip
+                         bids_dir=bids_dir)
         except Exception as exc:  # one subject's failure must not stop the others
             log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
             failures.append((sub, ses, exc))
@@ -265,7 +265,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
             ref_done = out / f"sub-{sub}/ses-{ref}/anat/sub-{sub}_ses-{ref}_desc-preproc_T1w.nii.gz"
             if (sub, ref) not in pairs and not ref_done.exists():
                 log.warning("sub-%s ses-%s: lesion changes skipped: the reference session %s was "
-                            "not selected and has no structural outputs yet", sub, ses, ref)  # fmt: skip
+                            "not selected and has no structural outputs yet", sub, ses, ref)
                 continue
             try:
                 write_lesion_changes(writer, subject=sub, session=ses, reference=ref, config=config)
@@ -304,7 +304,7 @@ def _subject_references(layout, pairs, config, writer) -> list:
             t1ws = {}
             for ses in ordered:
                 t1w = collect_inputs(layout, sub, ses, bold_task=config.bids.bold_task,
-                                     lesion_label=config.bids.lesion_label).t1w  # fmt: skip
+                                     lesion_label=config.bids.lesion_label).t1w
                 if t1w is None:
                     log.warning(
                         "sub-%s ses-%s has no T1w: left out of the subject reference", sub, ses
@@ -322,7 +322,7 @@ def _no_t1w(inputs, stage: str) -> None:
     from workflows.inventory import DWI_ONLY_REASON
 
     log.warning("sub-%s ses-%s: %s skipped: %s", inputs.subject, inputs.session, stage,
-                DWI_ONLY_REASON)  # fmt: skip
+                DWI_ONLY_REASON)
 
 
 def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
@@ -344,18 +344,18 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         for path in (image, xfm):
             if not path.exists():
                 raise InputError(path, f"missing: anat.anatomical_reference is {mode}; run the "
-                                 "anat_reference stage for this subject first")  # fmt: skip
+                                 "anat_reference stage for this subject first")
         reference = {"reference_xfm": str(xfm), "reference_image": str(image)}
 
     lesion_mask, lesion_space = inputs.lesion_mask, inputs.lesion_space
     if lesion_mask is not None and lesion_space == "FLAIR" and inputs.flair is None:
         log.warning("sub-%s ses-%s: lesion mask %s is in FLAIR space but there is no FLAIR; "
-                    "it is not used", inputs.subject, inputs.session, lesion_mask)  # fmt: skip
+                    "it is not used", inputs.subject, inputs.session, lesion_mask)
         lesion_mask = lesion_space = None
     if lesion_mask is None and inputs.flair is None:
         log.warning("sub-%s ses-%s: no lesion mask and no FLAIR: automatic lesion segmentation is "
                     "unavailable; the lesion mask will be empty and NAWM = white matter",
-                    inputs.subject, inputs.session)  # fmt: skip
+                    inputs.subject, inputs.session)
     wf = init_anat_wf(
         anat_config=config.anat.model_dump(mode="json"),
         t1w=str(inputs.t1w),
@@ -374,7 +374,7 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         log.warning("sub-%s ses-%s: structural results FLAGGED as implausible (%s): %s; the "
                     "group statistics leave this session out unless group.include_flagged is "
                     "true", inputs.subject, inputs.session, ", ".join(flag["failed"]),
-                    flag["reason"])  # fmt: skip
+                    flag["reason"])
 
 
 def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
@@ -384,7 +384,7 @@ def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
 
     if inputs.dwi is None:
         log.warning("sub-%s ses-%s: no DWI series; diffusion stage skipped",
-                    inputs.subject, inputs.session)  # fmt: skip
+                    inputs.subject, inputs.session)
         return
     wf = init_dwi_wf(
         config=config.to_dict(),
@@ -404,10 +404,10 @@ def run_dwi(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
     if ex is not None and ex["flagged"]:
         log.warning("sub-%s ses-%s: DWI FLAGGED: %s; the group statistics leave this session "
                     "out unless group.include_flagged is true (table: %s)", inputs.subject,
-                    inputs.session, ex["reason"], ex["path"].with_suffix(".tsv"))  # fmt: skip
+                    inputs.session, ex["reason"], ex["path"].with_suffix(".tsv"))
     elif ex is not None and ex["warning"]:
         log.warning("sub-%s ses-%s: DWI: %s (table: %s)", inputs.subject, inputs.session,
-                    ex["warning"], ex["path"].with_suffix(".tsv"))  # fmt: skip
+                    ex["warning"], ex["path"].with_suffix(".tsv"))
 
 
 def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
@@ -417,7 +417,7 @@ def run_tract(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
 
     if inputs.dwi is None:
         log.warning("sub-%s ses-%s: no DWI series; tract stage skipped",
-                    inputs.subject, inputs.session)  # fmt: skip
+                    inputs.subject, inputs.session)
         return
     if inputs.t1w is None:
         _no_t1w(inputs, "tract stage (bundle waypoints come through the T1w -> MNI transform)")
@@ -466,20 +466,20 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
             files = fmriprep_inputs(
                 fcfg["fmriprep_dir"], inputs.subject, inputs.session, task=config.bids.bold_task,
                 space=fcfg["fmriprep_space"], raw_bold=inputs.bold, raw_json=inputs.bold_json,
-            )  # fmt: skip
+            )
         except InputError:
             if inputs.bold is not None:
                 raise
             log.warning("sub-%s ses-%s: no resting-state BOLD (raw or fMRIPrep); fMRI stage "
-                        "skipped", inputs.subject, inputs.session)  # fmt: skip
+                        "skipped", inputs.subject, inputs.session)
             return
         wf = init_func_fmriprep_wf(
             config=cfg, files=files, subject=inputs.subject, session=inputs.session,
             output_dir=str(out), task=config.bids.bold_task,
-        )  # fmt: skip
+        )
     elif inputs.bold is None:
         log.warning("sub-%s ses-%s: no resting-state BOLD; fMRI stage skipped",
-                    inputs.subject, inputs.session)  # fmt: skip
+                    inputs.subject, inputs.session)
         return
     else:
         wf = init_func_wf(
@@ -506,11 +506,11 @@ def run_func(inputs, config, out: Path, work_dir: Path, nprocs: int, *, bids_dir
         side = json.loads(summary.read_text())
         if side.get("Excluded"):
             log.warning("sub-%s ses-%s: resting-state run EXCLUDED: %s", inputs.subject,
-                        inputs.session, side.get("ExclusionReason"))  # fmt: skip
+                        inputs.session, side.get("ExclusionReason"))
         if side.get("Flagged"):
             log.warning("sub-%s ses-%s: resting-state run FLAGGED: %s; the NBS leaves this "
                         "session out unless group.include_flagged is true", inputs.subject,
-                        inputs.session, side.get("Reason"))  # fmt: skip
+                        inputs.session, side.get("Reason"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -527,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _setup_logging(args.verbose)
     if os.environ.get("SLURM_JOB_ID"):  # say which cluster job wrote this log
         log.info("running in SLURM job %s on %s", os.environ["SLURM_JOB_ID"],
-                 os.environ.get("SLURMD_NODENAME", "unknown node"))  # fmt: skip
+                 os.environ.get("SLURMD_NODENAME", "unknown node"))
     try:
         return runner(args)
     except MsmriError as exc:

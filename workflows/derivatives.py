@@ -48,7 +48,7 @@ ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "echo",
     "from", "to", "mode", "space", "res", "den", "hemi", "seg", "label",
     "model", "param", "bundle", "stat", "desc",
-)  # fmt: skip
+)
 
 
 def bids_name(entities: Mapping[str, Any], suffix: str, extension: str) -> str:
@@ -157,12 +157,12 @@ def read_plausibility(root: str | os.PathLike[str], subject: str, session: str) 
     :mod:`pipeline.anat.plausibility`).
     """
     path = build_path(root, datatype="anat", suffix="checks", extension=".json",
-                      sub=subject, ses=session, desc="plausibility")  # fmt: skip
+                      sub=subject, ses=session, desc="plausibility")
     if not path.exists():
         return None
     meta = read_json_object(path)
     return {"flagged": bool(meta.get("Flagged")), "failed": list(meta.get("FailedChecks", [])),
-            "reason": str(meta.get("Reason", "")), "path": path}  # fmt: skip
+            "reason": str(meta.get("Reason", "")), "path": path}
 
 
 def read_dwi_exclusions(root: str | os.PathLike[str], subject: str, session: str) -> dict | None:
@@ -173,7 +173,7 @@ def read_dwi_exclusions(root: str | os.PathLike[str], subject: str, session: str
     ``dwi/sub-*_ses-*_desc-confounds_timeseries.tsv``.
     """
     path = build_path(root, datatype="dwi", suffix="timeseries", extension=".json",
-                      sub=subject, ses=session, desc="confounds")  # fmt: skip
+                      sub=subject, ses=session, desc="confounds")
     if not path.exists():
         return None
     meta = read_json_object(path)
@@ -181,7 +181,7 @@ def read_dwi_exclusions(root: str | os.PathLike[str], subject: str, session: str
         return None
     return {"flagged": bool(meta.get("Flagged")), "reason": str(meta.get("Reason", "")),
             "warning": str(meta.get("Warning", "")), "excluded": list(meta["ExcludedVolumes"]),
-            "fraction": float(meta.get("ExcludedFraction", 0.0)), "path": path}  # fmt: skip
+            "fraction": float(meta.get("ExcludedFraction", 0.0)), "path": path}
 
 
 def flagged_sessions(
@@ -252,23 +252,23 @@ def read_dataset_description(
     desc = root / "dataset_description.json"
     if not desc.is_file():
         raise InputError(desc, f"file not found: expected every {kind} to have a "
-                         f"dataset_description.json at its root ({root}){hint}")  # fmt: skip
+                         f"dataset_description.json at its root ({root}){hint}")
     content = read_json_object(desc)
     if not derivative:
         return content
     dtype = content.get("DatasetType")
     if (outputs or dtype is not None) and dtype != "derivative":
         raise InputError(desc, f'not a derivatives dataset: expected "DatasetType": "derivative", '
-                         f"got {dtype!r}{hint}")  # fmt: skip
+                         f"got {dtype!r}{hint}")
     generated = content.get("GeneratedBy") or []
     names = [g.get("Name") for g in generated if isinstance(g, Mapping)] if isinstance(
-        generated, list) else []  # fmt: skip
+        generated, list) else []
     legacy = content.get("PipelineDescription")
     if not any(names) and not (isinstance(legacy, Mapping) and legacy.get("Name")):
         raise InputError(
             desc, 'expected a derivatives description with "GeneratedBy": [{"Name": ...}] '
             "naming the pipeline, got none"
-        )  # fmt: skip
+        )
     return content
 
 

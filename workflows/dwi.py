@@ -158,7 +158,7 @@ class LoadDwi(SimpleInterface):
         self._results.update(dwi=dwi, bval=str(bval), bvec=str(bvec), warnings=warnings,
                              shells=[float(b) for b, _ in grads.shells],
                              derived=[{"volume": int(d.index), "reason": d.warning}
-                                      for d in found])  # fmt: skip
+                                      for d in found])
         return runtime
 
 
@@ -192,16 +192,16 @@ class Denoise(SimpleInterface):
         within = cfg["dwi"]["denoise_mask"] and method == "mppca"
         mask = head_mask(data, grads) if within else None
         out, noise = denoise(data, grads, mask=mask, method=method,
-                             patch_radius=cfg["dwi"]["denoise_patch_radius"])  # fmt: skip
+                             patch_radius=cfg["dwi"]["denoise_patch_radius"])
         cwd = Path(runtime.cwd)
         params = {"method": method, "patch_radius": cfg["dwi"]["denoise_patch_radius"],
                   "mask": f"Otsu head mask of the mean b = 0 dilated by {HEAD_MASK_DILATION_VOX} "
-                          "voxels" if within else "none"}  # fmt: skip
+                          "voxels" if within else "none"}
         self._results.update(
             dwi=_save4d(out, img, cwd / f"denoised{SERIES_EXT}"), bval=self.inputs.bval,
             bvec=self.inputs.bvec, noise=save_array(noise, img, cwd / "noise.nii.gz"),
             parameters=params,
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -220,9 +220,9 @@ class Gibbs(SimpleInterface):
 
         img = nib.load(self.inputs.dwi)
         out = remove_gibbs(np.asarray(img.dataobj, dtype=np.float32), slice_axis=2,
-                           num_processes=self.inputs.nprocs)  # fmt: skip
+                           num_processes=self.inputs.nprocs)
         self._results.update(dwi=_save4d(out, img, Path(runtime.cwd) / "degibbs.nii.gz"),
-                             bval=self.inputs.bval, bvec=self.inputs.bvec)  # fmt: skip
+                             bval=self.inputs.bval, bvec=self.inputs.bvec)
         return runtime
 
 
@@ -258,7 +258,7 @@ class MotionCorrect(SimpleInterface):
             pe_axis, pe_source = phase_encoding_axis(self.inputs.dwi, d["phase_encoding_axis"])
             mc = correct_motion(data, img.affine, grads, fd_threshold_mm=d["fd_threshold_mm"],
                                 dropout_threshold=d["dropout_threshold"],
-                                eddy=d["eddy_correction"], pe_axis=pe_axis)  # fmt: skip
+                                eddy=d["eddy_correction"], pe_axis=pe_axis)
             data, grads, b0 = mc.data, mc.gradients, mc.reference
             confounds = mc.confounds()
             reasons = exclusion_reasons(mc, d["fd_threshold_mm"])
@@ -268,17 +268,17 @@ class MotionCorrect(SimpleInterface):
             confounds["exclusion_reason"] = reasons
             summary = exclusion_summary(reasons, grads.dw_mask,
                                         warn_fraction=d["warn_excluded_fraction"],
-                                        max_fraction=d["max_excluded_fraction"])  # fmt: skip
+                                        max_fraction=d["max_excluded_fraction"])
             outliers = summary["excluded"]
             method = ("least squares to each volume's leave-one-out tensor prediction "
                       "(b = 0 to b = 0), rigid" + (" + linear eddy-current field along the "
                       "phase-encoding axis" if d["eddy_correction"] else "")
-                      + ", b-vectors rotated by the rigid part")  # fmt: skip
+                      + ", b-vectors rotated by the rigid part")
             params = {"motion_correction": method,
                       "phase_encoding_axis": "ijk"[pe_axis], "phase_encoding_source": pe_source,
                       "max_framewise_displacement_mm": float(np.max(mc.framewise_displacement)),
                       "mean_framewise_displacement_mm": float(np.mean(mc.framewise_displacement)),
-                      "exclusions": summary}  # fmt: skip
+                      "exclusions": summary}
         else:
             import pandas as pd
 
@@ -292,7 +292,7 @@ class MotionCorrect(SimpleInterface):
             dwi=_save4d(data, img, cwd / f"corrected{SERIES_EXT}"), bval=str(bval), bvec=str(bvec),
             confounds=str(cwd / "confounds.tsv"), b0=save_array(b0, img, cwd / "b0.nii.gz"),
             outliers=outliers, parameters=params,
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -410,14 +410,14 @@ class FitTensor(SimpleInterface):
 
             raise InputError(self.inputs.dwi, f"too few volumes left after excluding outliers "
                              f"{excluded} (need one b = 0 and {need} directions, "
-                             "validation.min_directions)")  # fmt: skip
+                             "validation.min_directions)")
         selection = tensor_volumes(grads.select(keep), bmax=cfg["dwi"]["tensor_bmax"],
-                                   shells=cfg["dwi"]["tensor_shells"])  # fmt: skip
+                                   shells=cfg["dwi"]["tensor_shells"])
         if selection.warning:
             import logging
 
             logging.getLogger("msmri.dwi").warning("%s: %s", Path(self.inputs.dwi).name,
-                                                   selection.warning)  # fmt: skip
+                                                   selection.warning)
         keep = keep[np.asarray(selection.indices, dtype=int)]
         kept = grads.select(keep)
         sigma = None
@@ -425,7 +425,7 @@ class FitTensor(SimpleInterface):
         if method == "RESTORE":
             sigma = load_array(self.inputs.noise, np.float32)
         maps = fit_tensor(data[..., keep], kept.dipy_gtab(), load_array(self.inputs.mask) > 0,
-                          method=method, sigma=sigma, n_procs=self.inputs.nprocs)  # fmt: skip
+                          method=method, sigma=sigma, n_procs=self.inputs.nprocs)
         cwd = Path(runtime.cwd)
         files = {}
         for name in TENSOR_MAPS:
@@ -442,7 +442,7 @@ class FitTensor(SimpleInterface):
             "min_diffusivity_mm2_s": float(maps.min_diffusivity),
             "negative_eigenvalues": "clipped to min_diffusivity (as DIPY); voxels counted",
             "outside_mask": "0 in every map",
-        }  # fmt: skip
+        }
         self._results["volumes"] = [int(k) for k in keep]
         return runtime
 
@@ -496,16 +496,16 @@ class FitKurtosis(SimpleInterface):
                 raise InputError(self.inputs.dwi, f"dwi.kurtosis is true but {exc}") from None
             self._results.update(maps={}, parameters={
                 "fitted": False, "setting": setting,
-                "reason": f"{exc} (dwi.kurtosis auto: DKI left out)"})  # fmt: skip
+                "reason": f"{exc} (dwi.kurtosis auto: DKI left out)"})
             return runtime
         img = nib.load(self.inputs.dwi)
         data = np.asarray(img.dataobj, dtype=np.float32)
         km = fit_kurtosis(data[..., keep], kept.dipy_gtab(), load_array(self.inputs.mask) > 0,
-                          n_procs=self.inputs.nprocs)  # fmt: skip
+                          n_procs=self.inputs.nprocs)
         cwd = Path(runtime.cwd)
         self._results["maps"] = {name: save_array(np.asarray(getattr(km, name)), img,
                                                   cwd / f"dki_{name}.nii.gz")
-                                 for name in KURTOSIS_MAPS}  # fmt: skip
+                                 for name in KURTOSIS_MAPS}
         self._results["parameters"] = {
             "fitted": True, "setting": setting, "method": km.method,
             "shells": [float(b) for b in km.shells], "n_directions": int(km.n_directions),
@@ -514,7 +514,7 @@ class FitKurtosis(SimpleInterface):
             "kurtosis_range": [float(km.min_kurtosis), float(km.max_kurtosis)],
             "implementation": "DIPY DiffusionKurtosisModel design and metrics "
                               "(pipeline.dwi.kurtosis)",
-        }  # fmt: skip
+        }
         return runtime
 
 
@@ -585,7 +585,7 @@ class DwiRois(SimpleInterface):
         zooms = np.sqrt((fa_img.affine[:3, :3] ** 2).sum(axis=0))
         rois = build_rois(wm, lesion, hemi, voxel_size_mm=zooms, wm_threshold=cfg["wm_threshold"],
                           lesion_margin_mm=cfg["lesion_margin_mm"], ring_mm=cfg["perilesion_ring_mm"],
-                          brain_mask=brain)  # fmt: skip
+                          brain_mask=brain)
         atlas_names: list[str] = []
         if cfg["atlas"]:
             atlas_img, labels = _atlas(self.inputs.params)
@@ -602,14 +602,14 @@ class DwiRois(SimpleInterface):
         cwd = Path(runtime.cwd)
         table.to_csv(cwd / "rois.tsv", sep="\t", index=False, na_rep="n/a")
         files = {name: save_array(m, fa_img, cwd / f"roi_{name}.nii.gz", np.uint8)
-                 for name, m in rois.items()}  # fmt: skip
+                 for name, m in rois.items()}
         self._results.update(rois=files, table=str(cwd / "rois.tsv"), parameters={
             "wm_threshold": cfg["wm_threshold"], "lesion_margin_mm": cfg["lesion_margin_mm"],
             "perilesion_ring_mm": cfg["perilesion_ring_mm"], "atlas": cfg["atlas"],
             "atlas_rois": atlas_names,
             "resampling": "T1w -> DWI through the inverse dwi -> T1w transform: WM probability "
                           "linear, lesion mask linear >= 0.5, hemisphere nearest neighbour",
-        })  # fmt: skip
+        })
         return runtime
 
 
@@ -630,18 +630,18 @@ class DwiOnlyRois(SimpleInterface):
 
         fa_img = nib.load(self.inputs.maps["fa"])
         rois = dwi_only_rois(np.asarray(fa_img.dataobj, dtype=np.float32),
-                             load_array(self.inputs.mask) > 0)  # fmt: skip
+                             load_array(self.inputs.mask) > 0)
         table = roi_table(_roi_maps(self.inputs.maps, self.inputs.kurtosis_maps), rois)
         cwd = Path(runtime.cwd)
         table.to_csv(cwd / "rois.tsv", sep="\t", index=False, na_rep="n/a")
         files = {name: save_array(m, fa_img, cwd / f"roi_{name}.nii.gz", np.uint8)
-                 for name, m in rois.items()}  # fmt: skip
+                 for name, m in rois.items()}
         self._results.update(rois=files, table=str(cwd / "rois.tsv"), parameters={
             "rois": {"wholebrain": "DWI brain mask",
                      "WM_FA": f"FA >= {WM_FA_THRESHOLD} in the brain mask eroded by one voxel "
                               "(diffusion-defined white matter, not comparable with NAWM)"},
             "not_produced": dict(NOT_PRODUCED_WITHOUT_T1W),
-        })  # fmt: skip
+        })
         return runtime
 
 
@@ -704,44 +704,44 @@ class DwiQC(SimpleInterface):
         tp = self.inputs.tensor_parameters if isdefined(self.inputs.tensor_parameters) else {}
         shells = ", ".join(f"{b:g}" for b in (tp.get("shells") or {}).get("tensor_shells", []))
         fitted = (f" (tensor on b = {shells} s/mm², {tp['n_volumes_fitted']} volumes)"
-                  if shells else "")  # fmt: skip
+                  if shells else "")
         save(mosaic(fa, fa_img.affine, [Overlay(mask, "yellow", "DWI brain mask")],
-                    title="FA" + fitted, focus=mask), "fa")  # fmt: skip
+                    title="FA" + fitted, focus=mask), "fa")
         rgb = np.asarray(nib.load(self.inputs.maps["rgb"]).dataobj, dtype=np.float32)
         save(mosaic(rgb, fa_img.affine, title="colour FA (red L-R, green A-P, blue S-I in voxel axes)",
-                    focus=mask), "colorfa")  # fmt: skip
+                    focus=mask), "colorfa")
         if isdefined(self.inputs.xfm):
             t1 = nib.load(self.inputs.t1w)
             b0_in_t1 = Transform.load(self.inputs.xfm).resample(nib.load(self.inputs.b0), t1)
             t1_mask = load_array(self.inputs.t1w_mask) > 0
             save(mosaic(np.asarray(b0_in_t1.dataobj), t1.affine,
                         [Overlay(t1_mask, "red", "T1w brain mask")],
-                        title="mean b = 0 in T1w space", focus=t1_mask), "b0toT1w")  # fmt: skip
+                        title="mean b = 0 in T1w space", focus=t1_mask), "b0toT1w")
         roi = {k: load_array(v) > 0 for k, v in self.inputs.rois.items()}
         overlays = [Overlay(roi[k], c, k, filled=True, alpha=0.35)
                     for k, c in (("NAWM_L", "tab:blue"), ("NAWM_R", "tab:green"),
                                  ("lesion", "tab:red"), ("perilesion", "tab:orange"),
-                                 ("WM_FA", "tab:blue")) if k in roi]  # fmt: skip
+                                 ("WM_FA", "tab:blue")) if k in roi]
         title = ("NAWM and lesion ROIs on FA" if "NAWM" in roi else
-                 "diffusion-defined white matter (FA >= 0.2) on FA: no T1w, no NAWM / lesion ROIs")  # fmt: skip
+                 "diffusion-defined white matter (FA >= 0.2) on FA: no T1w, no NAWM / lesion ROIs")
         save(mosaic(fa, fa_img.affine, overlays, title=title, focus=mask), "rois")
         conf = pd.read_csv(self.inputs.confounds, sep="\t")
         if "framewise_displacement" in conf:
             motion_cols = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
             eddy = {c.replace("eddy_", ""): conf[c].to_numpy(float)
-                    for c in conf.columns if c.startswith("eddy_")}  # fmt: skip
+                    for c in conf.columns if c.startswith("eddy_")}
             excluded = (conf["excluded"].to_numpy(bool) if "excluded" in conf
-                        else flagged_volumes(conf))  # fmt: skip
+                        else flagged_volumes(conf))
             reasons = (conf["exclusion_reason"].fillna("").astype(str) if "exclusion_reason" in conf
-                       else None)  # fmt: skip
+                       else None)
             listed = "; ".join(f"{k}: {reasons.iloc[k]}" for k in np.flatnonzero(excluded)) if (
-                reasons is not None) else ""  # fmt: skip
+                reasons is not None) else ""
             fig = plot_motion(conf[motion_cols].to_numpy(float),
                               conf["framewise_displacement"].to_numpy(float),
                               extra=eddy or None, extra_label="eddy current\n(mm/mm)",
                               excluded=excluded,
                               title="head motion and eddy currents during the DWI series"
-                              + (f"\nexcluded {listed}" if listed else ""))  # fmt: skip
+                              + (f"\nexcluded {listed}" if listed else ""))
             save(fig, "motion")
         self._results["figures"] = figs
         return runtime
@@ -801,7 +801,7 @@ CONFOUND_COLUMNS = {
     "eddy_shear_k": {"Description": "eddy-current shear: displacement along the phase-encoding axis per mm along voxel axis k", "Units": "mm/mm"},
     "excluded": {"Description": "1 if the volume is left out of the tensor and tract-model fits"},
     "exclusion_reason": {"Description": "why the volume is excluded (empty if kept)"},
-}  # fmt: skip
+}
 
 
 def _exclusion_meta(motion: dict, registration: dict | None) -> dict:
@@ -809,15 +809,15 @@ def _exclusion_meta(motion: dict, registration: dict | None) -> dict:
     read: the excluded volumes, the b = 0 -> T1w registration quality and the
     session-level flag (too many volumes excluded, or a failed registration)."""
     ex = motion.get("exclusions") or {"excluded": [], "excluded_fraction": 0.0,
-                                      "warning": None, "flagged": False, "reason": ""}  # fmt: skip
+                                      "warning": None, "flagged": False, "reason": ""}
     flagged, reasons = bool(ex["flagged"]), [ex["reason"]] if ex["flagged"] else []
     if registration and not registration.get("passed", True):
         flagged = True
         reasons.append(f"b = 0 -> T1w registration failed its quality check (NMI sharpness "
-                       f"{registration['nmi_sharpness']:.3f} < {registration['threshold']:g})")  # fmt: skip
+                       f"{registration['nmi_sharpness']:.3f} < {registration['threshold']:g})")
     return {"ExcludedVolumes": list(ex["excluded"]), "ExcludedFraction": ex["excluded_fraction"],
             "Warning": ex["warning"] or "", "RegistrationQuality": registration or {},
-            "Flagged": flagged, "Reason": "; ".join(reasons)}  # fmt: skip
+            "Flagged": flagged, "Reason": "; ".join(reasons)}
 
 
 class DwiDerivatives(SimpleInterface):
@@ -838,41 +838,41 @@ class DwiDerivatives(SimpleInterface):
         w = DerivativesWriter(i.output_dir, config=cfg)
         ent = {"sub": i.subject, "ses": i.session, "datatype": "dwi"}
         denoise = (i.denoise_parameters if isdefined(i.denoise_parameters)
-                   else {"method": "none (dwi.denoise none)"})  # fmt: skip
+                   else {"method": "none (dwi.denoise none)"})
         params = {"dwi": dict(cfg.get("dwi", {})), "denoise": denoise,
                   "motion": i.motion_parameters, "tensor": i.tensor_parameters,
                   "kurtosis": i.kurtosis_parameters if isdefined(i.kurtosis_parameters) else {
                       "fitted": False, "reason": "dwi.kurtosis false"},
                   "rois": i.roi_parameters, "mask": i.mask_method,
                   "input_warnings": list(i.warnings),
-                  "derived_volumes_left_out": list(i.derived) if isdefined(i.derived) else []}  # fmt: skip
+                  "derived_volumes_left_out": list(i.derived) if isdefined(i.derived) else []}
         out: list[str] = []
 
         def meta(description, **extra):
             return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
-                                extra={"Description": description, **extra})  # fmt: skip
+                                extra={"Description": description, **extra})
 
         def nifti(path, description, **spec):
             out.append(str(w.write_nifti(nib.load(path), meta=meta(description), **ent, **spec)))
 
         if cfg.get("dwi", {}).get("save_preproc", True):
             nifti(i.dwi, "preprocessed DWI: denoised, Gibbs-corrected, motion-corrected",
-                  space="dwi", desc="preproc", suffix="dwi")  # fmt: skip
+                  space="dwi", desc="preproc", suffix="dwi")
             for src, ext in ((i.bval, ".bval"), (i.bvec, ".bvec")):
                 out.append(str(w.write_bytes(Path(src).read_bytes(), **ent, space="dwi",
-                                             desc="preproc", suffix="dwi", extension=ext)))  # fmt: skip
+                                             desc="preproc", suffix="dwi", extension=ext)))
         if isdefined(i.noise):
             nifti(i.noise, "noise standard deviation estimated by the denoiser (signal units)",
                   space="dwi", model=i.denoise_parameters.get("method"), param="noise",
-                  suffix="dwimap")  # fmt: skip
+                  suffix="dwimap")
         nifti(i.mask, f"brain mask in DWI space ({i.mask_method})", space="dwi", desc="brain",
-              suffix="mask")  # fmt: skip
+              suffix="mask")
         for name, description in TENSOR_MAPS.items():
             nifti(i.maps[name], description, space="dwi", model="tensor", param=name,
-                  suffix="dwimap")  # fmt: skip
+                  suffix="dwimap")
         for name, path in (i.kurtosis_maps.items() if isdefined(i.kurtosis_maps) else ()):
             nifti(path, KURTOSIS_MAPS[name], space="dwi", model="dki", param=name,
-                  suffix="dwimap")  # fmt: skip
+                  suffix="dwimap")
         conf = pd.read_csv(i.confounds, sep="\t", keep_default_na=False)
         out.append(str(w.write_tsv(conf, columns={k: v for k, v in CONFOUND_COLUMNS.items() if k in conf},
                                    meta=meta("per-volume head motion, eddy currents and "
@@ -880,31 +880,31 @@ class DwiDerivatives(SimpleInterface):
                                              **_exclusion_meta(i.motion_parameters,
                                                                Transform.load(i.xfm).quality
                                                                if isdefined(i.xfm) else None)),
-                                   **ent, desc="confounds", suffix="timeseries")))  # fmt: skip
+                                   **ent, desc="confounds", suffix="timeseries")))
         if isdefined(i.xfm):
             xfm = Transform.load(i.xfm)
             out.append(str(w.write_with(xfm.save, meta=meta("rigid mean b = 0 -> T1w"), **ent,
                                         **{"from": "dwi", "to": "T1w"}, mode="image",
-                                        suffix="xfm", extension=".json")))  # fmt: skip
+                                        suffix="xfm", extension=".json")))
         for name, path in i.rois.items():
             nifti(path, f"ROI {name} in DWI space", space="dwi",
-                  desc="".join(c for c in name if c.isalnum()), suffix="mask")  # fmt: skip
+                  desc="".join(c for c in name if c.isalnum()), suffix="mask")
         table = pd.read_csv(i.table, sep="\t")
         table.insert(0, "session", i.session)
         table.insert(0, "subject", i.subject)
         columns = {"subject": {"Description": "participant label"},
-                   "session": {"Description": "session label"}, **describe_roi_columns()}  # fmt: skip
+                   "session": {"Description": "session label"}, **describe_roi_columns()}
         not_produced = i.roi_parameters.get("not_produced") or {}
         out.append(str(w.write_tsv(table, columns=columns,
                                    meta=meta("tensor metrics (and kurtosis metrics mk, ak, rk, "
                                              "kfa when the DKI was fitted) per ROI; "
                                              "diffusivities in um^2/ms (= 1e-3 mm^2/s)",
                                              NotProduced=not_produced),
-                                   **{**ent, **STAGE_OUTPUTS["dwi"]})))  # fmt: skip
+                                   **{**ent, **STAGE_OUTPUTS["dwi"]})))
         for name, path in i.figures.items():
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
                                          datatype="figures", desc=name, suffix="dwi",
-                                         extension=".svg")))  # fmt: skip
+                                         extension=".svg")))
         self._results["out_files"] = out
         return runtime
 
@@ -941,7 +941,7 @@ def structural_inputs(out: Path, subject: str, session: str) -> dict[str, str]:
     for path in files.values():
         if not path.exists():
             raise InputError(path, "structural output missing: run the anat stage of this "
-                             "subject-session before the dwi stage")  # fmt: skip
+                             "subject-session before the dwi stage")
     return {k: str(v) for k, v in files.items()}
 
 
@@ -969,7 +969,7 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "kurtosis": pick("kurtosis", "exclude_outliers"),
         "rois": {"dwi": {k: d[k] for k in ("wm_threshold", "lesion_margin_mm",
                                            "perilesion_ring_mm", "atlas", "atlas_labels")}},
-    }  # fmt: skip
+    }
 
 
 def init_dwi_wf(
@@ -1034,7 +1034,7 @@ def init_dwi_wf(
     tensor = pe.Node(FitTensor(params=p["tensor"], nprocs=nprocs), name="tensor")
     wf.connect([(moco, tensor, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
                                 ("outliers", "exclude")]),
-                (mask, tensor, [("mask", "mask")])])  # fmt: skip
+                (mask, tensor, [("mask", "mask")])])
     if dcfg["denoise"] != "none":
         wf.connect(den, "noise", tensor, "noise")
     kurt = None
@@ -1042,11 +1042,11 @@ def init_dwi_wf(
         kurt = pe.Node(FitKurtosis(params=p["kurtosis"], nprocs=nprocs), name="kurtosis")
         wf.connect([(moco, kurt, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
                                   ("outliers", "exclude")]),
-                    (mask, kurt, [("mask", "mask")])])  # fmt: skip
+                    (mask, kurt, [("mask", "mask")])])
     if anat is not None:
         rois = pe.Node(DwiRois(params=p["rois"], wm_prob=anat["wm"], lesion=anat["lesion"],
                                hemisphere=anat["hemisphere"], mni_xfm=anat["mni_xfm"]),
-                       name="rois")  # fmt: skip
+                       name="rois")
         wf.connect(to_t1, "xfm", rois, "xfm")
         qc = pe.Node(DwiQC(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="qc")
         wf.connect(to_t1, "xfm", qc, "xfm")
@@ -1057,11 +1057,11 @@ def init_dwi_wf(
     if kurt is not None:
         wf.connect(kurt, "maps", rois, "kurtosis_maps")
     wf.connect([(tensor, qc, [("maps", "maps"), ("parameters", "tensor_parameters")]), (moco, qc, [("b0", "b0"), ("confounds", "confounds")]),
-                (mask, qc, [("mask", "mask")]), (rois, qc, [("rois", "rois")])])  # fmt: skip
+                (mask, qc, [("mask", "mask")]), (rois, qc, [("rois", "rois")])])
     sink = pe.Node(DwiDerivatives(output_dir=output_dir, subject=subject, session=session,
                                   config=config,
                                   sources=[dwi, bval, bvec, *(anat or {}).values()]),
-                   name="derivatives")  # fmt: skip
+                   name="derivatives")
     wf.connect([
         (load, sink, [("warnings", "warnings"), ("derived", "derived")]),
         (moco, sink, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec"),
@@ -1070,7 +1070,7 @@ def init_dwi_wf(
         (tensor, sink, [("maps", "maps"), ("parameters", "tensor_parameters")]),
         (rois, sink, [("rois", "rois"), ("table", "table"), ("parameters", "roi_parameters")]),
         (qc, sink, [("figures", "figures")]),
-    ])  # fmt: skip
+    ])
     if anat is not None:
         wf.connect(to_t1, "xfm", sink, "xfm")
     if kurt is not None:

@@ -142,13 +142,13 @@ def slice_timing_from_sidecar(meta: dict, shape, source) -> tuple[list[float], i
     direction = str(meta.get("SliceEncodingDirection", "k"))
     if direction not in ("i", "j", "k", "i-", "j-", "k-"):
         raise InputError(source, f"SliceEncodingDirection: expected i, j, k, i-, j- or k-, "
-                         f"got {direction!r}")  # fmt: skip
+                         f"got {direction!r}")
     axis = "ijk".index(direction[0])
     st = [float(t) for t in meta["SliceTiming"]]
     if len(st) != shape[axis]:
         raise InputError(source, f"SliceTiming has {len(st)} entries but the BOLD has "
                          f"{shape[axis]} slices along axis {axis} (SliceEncodingDirection "
-                         f"{direction!r}, shape {tuple(shape[:3])})")  # fmt: skip
+                         f"{direction!r}, shape {tuple(shape[:3])})")
     if direction.endswith("-"):
         st = st[::-1]
     return st, axis
@@ -179,11 +179,11 @@ class LoadBold(SimpleInterface):
                 bad = [t for t in st if not 0 <= t < chk.repetition_time]
                 if bad:
                     raise InputError(sidecar, f"SliceTiming values must lie in [0, RepetitionTime = "
-                                     f"{chk.repetition_time:g} s), got {bad[:5]}")  # fmt: skip
+                                     f"{chk.repetition_time:g} s), got {bad[:5]}")
             else:
                 notes.append(f"{sidecar}: no SliceTiming; slice-timing correction skipped")
         self._results.update(tr=chk.repetition_time, slice_timing=st, slice_axis=axis,
-                             n_volumes=chk.n_volumes, warnings=notes)  # fmt: skip
+                             n_volumes=chk.n_volumes, warnings=notes)
         return runtime
 
 
@@ -221,7 +221,7 @@ class PreprocessBold(SimpleInterface):
         pre = preprocess_bold(
             i.bold, tr=i.tr, n_dummy=p["dummy_volumes"], slice_timing=st, slice_axis=i.slice_axis,
             slice_time_ref=p["slice_time_ref"], fwhm_mm=p["realign_fwhm_mm"],
-        )  # fmt: skip
+        )
         cwd = Path(runtime.cwd)
         nib.save(pre.image(), cwd / f"realigned{SERIES_EXT}")
         nib.save(pre.mean_image(), cwd / "boldref.nii.gz")
@@ -243,7 +243,7 @@ class PreprocessBold(SimpleInterface):
                 "mean_framewise_displacement_mm": float(fd.mean()),
                 "max_framewise_displacement_mm": float(fd.max()),
             },
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -312,14 +312,14 @@ class BoldMasks(SimpleInterface):
         brain = to_bold.resample_mask(nib.load(i.t1w_mask), ref) & (load_array(i.bold_mask) > 0)
         if brain.sum() < 100:
             raise InputError(i.boldref, f"brain mask in BOLD space has {int(brain.sum())} voxels: "
-                             "the BOLD -> T1w registration or the BOLD field of view is wrong")  # fmt: skip
+                             "the BOLD -> T1w registration or the BOLD field of view is wrong")
         wm = np.asarray(to_bold.resample(nib.load(i.wm_prob), ref, order=1).dataobj)
         csf = np.asarray(to_bold.resample(nib.load(i.csf_prob), ref, order=1).dataobj)
         try:
             wm_m, csf_m, notes = nuisance_masks(
                 wm, csf, brain, wm_threshold=i.params["wm_threshold"],
                 csf_threshold=i.params["csf_threshold"],
-            )  # fmt: skip
+            )
         except ValueError as exc:
             raise InputError(i.csf_prob, f"tissue masks in BOLD space: {exc}") from exc
         cwd = Path(runtime.cwd)
@@ -336,7 +336,7 @@ class BoldMasks(SimpleInterface):
                              "csf": int(csf_m.sum())},
                 "notes": notes,
             },
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -373,7 +373,7 @@ class BoldConfounds(SimpleInterface):
             wm_mask=load_array(i.wm) > 0, csf_mask=load_array(i.csf) > 0,
             framewise_displacement=motion["framewise_displacement"].to_numpy(float),
             std_dvars=motion["std_dvars"].to_numpy(float), n_compcor=i.params["n_compcor"],
-        )  # fmt: skip
+        )
         table["dvars"] = motion["dvars"].to_numpy(float)
         if "dvars_raw" in motion:
             table["dvars_raw"] = motion["dvars_raw"].to_numpy(float)
@@ -427,7 +427,7 @@ class LoadFmriprep(SimpleInterface):
         n = int(p["dummy_volumes"])
         if chk.n_volumes - n < p["min_volumes"]:
             raise InputError(i.bold, f"{chk.n_volumes} volumes, {chk.n_volumes - n} after "
-                             f"func.dummy_volumes = {n}; at least {p['min_volumes']} needed")  # fmt: skip
+                             f"func.dummy_volumes = {n}; at least {p['min_volumes']} needed")
         img = nib.load(i.bold)
         mean = np.asarray(img.dataobj[..., n:], dtype=np.float32).mean(axis=3)
         if isdefined(i.mask) and i.mask:
@@ -437,7 +437,7 @@ class LoadFmriprep(SimpleInterface):
             ):
                 raise InputError(i.mask, f"brain mask grid {mimg.shape[:3]} differs from the BOLD "
                                  f"grid {img.shape[:3]} of {Path(i.bold).name} (affines compared "
-                                 "too)")  # fmt: skip
+                                 "too)")
             brain = np.asanyarray(mimg.dataobj) > 0
             how = f"fMRIPrep brain mask {Path(i.mask).name}"
         else:
@@ -447,7 +447,7 @@ class LoadFmriprep(SimpleInterface):
             notes.append(f"{Path(i.bold).name}: {how}")
         if brain.sum() < 100:
             raise InputError(i.mask if isdefined(i.mask) else i.bold,
-                             f"brain mask has {int(brain.sum())} voxels")  # fmt: skip
+                             f"brain mask has {int(brain.sum())} voxels")
         cwd = Path(runtime.cwd)
         ref = nib.Nifti1Image(mean, img.affine)
         nib.save(ref, cwd / "boldref.nii.gz")
@@ -465,18 +465,18 @@ class LoadFmriprep(SimpleInterface):
                 "preprocessing": "fMRIPrep (realignment, registration and resampling into "
                                  f"{p['space']}); not redone here",
             },
-        )  # fmt: skip
+        )
         return runtime
 
 
 class _FmriprepConfInputSpec(BaseInterfaceInputSpec):
     bold = File(exists=True, mandatory=True, desc="fMRIPrep desc-preproc_bold (nilearn finds "
-                "the confounds from its name)")  # fmt: skip
+                "the confounds from its name)")
     confounds = File(exists=True, mandatory=True, desc="desc-confounds_timeseries.tsv")
     confounds_json = File(exists=True, desc="its JSON (CompCor masks); hashed, read by nilearn")
     n_volumes = traits.Int(mandatory=True, desc="volumes of the BOLD file")
     params = traits.Dict(mandatory=True, desc="strategy, n_compcor, scrubbing, fd_threshold_mm, "
-                         "scrub_before, scrub_after, min_segment, dummy_volumes")  # fmt: skip
+                         "scrub_before, scrub_after, min_segment, dummy_volumes")
 
 
 class _FmriprepConfOutputSpec(TraitedSpec):
@@ -502,11 +502,11 @@ class FmriprepConfounds(SimpleInterface):
             i.bold, p["strategy"], scrubbing=p["scrubbing"], fd_threshold=p["fd_threshold_mm"],
             before=p["scrub_before"], after=p["scrub_after"], min_segment=p["min_segment"],
             n_compcor=p["n_compcor"], n_dummy=p["dummy_volumes"],
-        )  # fmt: skip
+        )
         n_rows = len(cs.table) + int(p["dummy_volumes"])
         if n_rows != i.n_volumes:
             raise InputError(cs.source, f"{n_rows} rows, but {Path(i.bold).name} has "
-                             f"{i.n_volumes} volumes")  # fmt: skip
+                             f"{i.n_volumes} volumes")
         if "framewise_displacement" not in cs.table.columns:  # the summary and QC need it
             raise InputError(cs.source, "missing column 'framewise_displacement'")
         cwd = Path(runtime.cwd)
@@ -514,7 +514,7 @@ class FmriprepConfounds(SimpleInterface):
         cs.regressors.to_csv(cwd / "regressors.tsv", sep="\t", index=False, na_rep="n/a")
         self._results.update(confounds=str(cwd / "confounds.tsv"),
                              regressors=str(cwd / "regressors.tsv"),
-                             keep=[bool(k) for k in cs.sample_mask], notes=list(cs.notes))  # fmt: skip
+                             keep=[bool(k) for k in cs.sample_mask], notes=list(cs.notes))
         return runtime
 
 
@@ -572,7 +572,7 @@ class BoldToMni(SimpleInterface):
             parameters={"space": SPACE, "voxel_mm": voxel, "grid_shape": list(grid[0]),
                         "resampling": "trilinear, bold -> T1w (rigid) composed with T1w -> "
                                       "MNI (affine + SyN) in one step"},
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -590,14 +590,14 @@ def _parcellation(p: dict):
         if not Path(path).is_file():
             raise InputError(path, "func.atlas / func.atlas_labels file not found")
     return label_parcellation(p["atlas"], p["atlas_labels"],
-                              name=seg_name(p["atlas"], p["atlas_labels"]))  # fmt: skip
+                              name=seg_name(p["atlas"], p["atlas_labels"]))
 
 
 class _RegionInputSpec(BaseInterfaceInputSpec):
     bold = File(exists=True, mandatory=True, desc="BOLD in MNI space")
     mask = File(exists=True, mandatory=True, desc="BOLD brain mask in MNI space")
     params = traits.Dict(mandatory=True, desc="atlas, atlas_labels, sphere_radius_mm, min_coverage "
-                         "(and drop_volumes: leading volumes removed from the time series)")  # fmt: skip
+                         "(and drop_volumes: leading volumes removed from the time series)")
 
 
 class _RegionOutputSpec(TraitedSpec):
@@ -621,12 +621,12 @@ class RegionSignals(SimpleInterface):
         with warnings.catch_warnings(record=True) as record:
             warnings.simplefilter("always")
             rts = extract_region_timeseries(i.bold, parc, mask_img=nib.load(i.mask),
-                                            min_coverage=p["min_coverage"])  # fmt: skip
+                                            min_coverage=p["min_coverage"])
         cwd = Path(runtime.cwd)
         ts = rts.timeseries.iloc[int(p.get("drop_volumes", 0)) :]  # dummies of an fMRIPrep run
         ts.to_csv(cwd / "timeseries.tsv", sep="\t", index=False, na_rep="n/a")
         rts.regions.assign(valid=rts.regions["valid"].astype(int)).to_csv(
-            cwd / "regions.tsv", sep="\t", index=False, na_rep="n/a")  # fmt: skip
+            cwd / "regions.tsv", sep="\t", index=False, na_rep="n/a")
         invalid = rts.regions.loc[~rts.valid, "label"].tolist()
         self._results.update(
             timeseries=str(cwd / "timeseries.tsv"), regions=str(cwd / "regions.tsv"),
@@ -639,7 +639,7 @@ class RegionSignals(SimpleInterface):
                               "mask (nilearn NiftiSpheresMasker / NiftiLabelsMasker)",
                 "warnings": sorted({str(w.message) for w in record})[:10],
             },
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -653,7 +653,7 @@ class _DenoiseInputSpec(BaseInterfaceInputSpec):
     tr = traits.Float(mandatory=True)
     params = traits.Dict(mandatory=True)
     regressors = File(exists=True, desc="fMRIPrep mode: the regressors (nilearn load_confounds); "
-                      "otherwise the strategy's columns of confounds are used")  # fmt: skip
+                      "otherwise the strategy's columns of confounds are used")
     keep = traits.List(traits.Bool(), desc="fMRIPrep mode: volumes kept (nilearn scrubbing)")
     source = traits.Str(desc="the BOLD run, named in messages", nohash=True)
 
@@ -693,7 +693,7 @@ class DenoiseRegions(SimpleInterface):
                 high_pass=p["high_pass"], low_pass=p["low_pass"], detrend=p["detrend"],
                 standardize=p["standardize"], min_duration_s=p["min_duration_s"],
                 strategy=p["strategy"] + ("+scrubbing" if p["scrubbing"] else ""),
-            )  # fmt: skip
+            )
         else:
             regressors = strategy_columns(p["strategy"], p["n_compcor"])
             res = denoise_with_strategy(
@@ -703,13 +703,13 @@ class DenoiseRegions(SimpleInterface):
                 min_duration_s=p["min_duration_s"], high_pass=p["high_pass"],
                 low_pass=p["low_pass"], detrend=p["detrend"], standardize=p["standardize"],
                 n_compcor=p["n_compcor"], source=i.confounds,
-            )  # fmt: skip
+            )
         excluded, reason = res.excluded, res.reason
         n_valid = int(regions["valid"].astype(bool).sum())
         if not excluded and n_valid < 2:
             excluded = True
             reason = (f"only {n_valid} of {len(regions)} regions have coverage >= "
-                      f"{p['min_coverage']}; a connectome needs at least 2")  # fmt: skip
+                      f"{p['min_coverage']}; a connectome needs at least 2")
         n_t = len(ts)
         summary = {
             "strategy": res.strategy,
@@ -719,18 +719,18 @@ class DenoiseRegions(SimpleInterface):
             "dof": None if np.isnan(res.dof) else float(res.dof),
             "excluded": bool(excluded), "exclusion_reason": reason,
             "n_regions": len(regions), "n_regions_valid": n_valid,
-        }  # fmt: skip
+        }
         if not excluded and res.dof < 15:
             summary["warning"] = (f"about {res.dof:.0f} residual degrees of freedom: the "
-                                  "correlations are noisy (short run, band-pass and many regressors)")  # fmt: skip
+                                  "correlations are noisy (short run, band-pass and many regressors)")
             log.warning("%s: %s", i.source if isdefined(i.source) else i.timeseries,
-                        summary["warning"])  # fmt: skip
+                        summary["warning"])
         if not excluded:
             import pandas as pd
 
             path = Path(runtime.cwd) / "denoised.tsv"
             pd.DataFrame(res.signals, columns=ts.columns).to_csv(path, sep="\t", index=False,
-                                                                 na_rep="n/a")  # fmt: skip
+                                                                 na_rep="n/a")
             self._results["denoised"] = str(path)
         self._results.update(sample_mask=[bool(k) for k in res.sample_mask], summary=summary)
         return runtime
@@ -834,19 +834,19 @@ class FuncQC(SimpleInterface):
         vox = vox[:, :: max(1, vox.shape[1] // 6000)]
         what = f"fMRIPrep BOLD, space-{i.space}" if fmriprep else "realigned BOLD"
         save(qc.plot_carpet(vox, None, tr=i.tr, fd=fd, title=f"{what} (brain voxels)"),
-             "carpetraw")  # fmt: skip
+             "carpetraw")
         if keep.sum() >= 10:
             if isdefined(i.regressors) and i.regressors:
                 conf = _read_tsv(i.regressors)
             else:
                 conf = select_confounds(table, p["strategy"], n_compcor=p["n_compcor"],
-                                        source=i.confounds)  # fmt: skip
+                                        source=i.confounds)
             den = denoise(vox, conf, tr=i.tr, sample_mask=keep, high_pass=p["high_pass"],
                           low_pass=p["low_pass"], detrend=p["detrend"], standardize=False,
-                          min_duration_s=0, strategy=p["strategy"])  # fmt: skip
+                          min_duration_s=0, strategy=p["strategy"])
             label = p["strategy"] + ("+scrubbing" if p["scrubbing"] else "")
             save(qc.plot_carpet(den.signals, None, tr=i.tr, fd=fd[keep],
-                                title=f"denoised ({label}), kept volumes only"), "carpetdenoised")  # fmt: skip
+                                title=f"denoised ({label}), kept volumes only"), "carpetdenoised")
         threshold = p["fd_threshold_mm"] if p["scrubbing"] else None
         title = f"head motion: {int((~keep).sum())} of {keep.size} volumes censored"
         if all(c in table for c in MOTION_COLUMNS):
@@ -855,7 +855,7 @@ class FuncQC(SimpleInterface):
                              fd_threshold=threshold,
                              dvars_raw=table["dvars_raw"].to_numpy(float) if "dvars_raw" in table else None,
                              dvars=table["dvars"].to_numpy(float) if "dvars" in table else None,
-                             excluded=~keep, excluded_label="censored", title=title), "fd")  # fmt: skip
+                             excluded=~keep, excluded_label="censored", title=title), "fd")
         else:
             save(qc.plot_fd(fd, tr=i.tr, threshold=threshold, sample_mask=keep, title=title), "fd")
         if i.matrices:
@@ -865,7 +865,7 @@ class FuncQC(SimpleInterface):
             save(qc.plot_connectome_matrix(m, networks=regions["network"].astype(str),
                                            title=f"{measure} (grey: regions without coverage)",
                                            vlim=1.0 if measure != "fisher_z" else None),
-                 "connectome")  # fmt: skip
+                 "connectome")
         if fmriprep:
             from nilearn.image import resample_to_img
 
@@ -874,19 +874,19 @@ class FuncQC(SimpleInterface):
             ref = nib.load(i.boldref)
             tpl = load_mni_template(2).image("brain")
             tpl_mask = np.asarray(resample_to_img(tpl, ref, interpolation="nearest",
-                                                  force_resample=True, copy_header=True).dataobj) > 0  # fmt: skip
+                                                  force_resample=True, copy_header=True).dataobj) > 0
             save(mosaic(np.asarray(ref.dataobj), ref.affine,
                         [Overlay(tpl_mask, "red", f"{SPACE} template brain (atlas frame)"),
                          Overlay(brain, "cyan", "BOLD brain mask")],
                         title=f"fMRIPrep BOLD mean (space-{i.space}) on the atlas frame",
-                        focus=brain), "boldtoMNI")  # fmt: skip
+                        focus=brain), "boldtoMNI")
         else:
             t1 = nib.load(i.t1w)
             ref_in_t1 = Transform.load(i.xfm).resample(nib.load(i.boldref), t1)
             t1_mask = load_array(i.t1w_mask) > 0
             save(mosaic(np.asarray(ref_in_t1.dataobj), t1.affine,
                         [Overlay(t1_mask, "red", "T1w brain mask")],
-                        title="BOLD reference in T1w space", focus=t1_mask), "boldtoT1w")  # fmt: skip
+                        title="BOLD reference in T1w space", focus=t1_mask), "boldtoT1w")
         self._results["figures"] = figs
         return runtime
 
@@ -927,13 +927,13 @@ def _confound_columns(columns, fmriprep: bool = False) -> dict[str, dict[str, st
                                        "volume)", "mm"),
             "dvars": ("fMRIPrep DVARS", None),
             "std_dvars": ("fMRIPrep standardised DVARS", None),
-        })  # fmt: skip
+        })
     out = {}
     for col in columns:
         root, extra = col, ""
         for suffix, text in (("_derivative1_power2", "square of the backward difference of "),
                              ("_derivative1", "backward difference (0 at the first volume) of "),
-                             ("_power2", "square of ")):  # fmt: skip
+                             ("_power2", "square of ")):
             if col.endswith(suffix):
                 root, extra = col[: -len(suffix)], text
                 break
@@ -944,11 +944,11 @@ def _confound_columns(columns, fmriprep: bool = False) -> dict[str, dict[str, st
                 entry["Units"] = unit
         elif "_comp_cor_" in col and fmriprep:
             entry = {"Description": "fMRIPrep CompCor component (its mask and variance are in "
-                                    "fMRIPrep's desc-confounds_timeseries.json)"}  # fmt: skip
+                                    "fMRIPrep's desc-confounds_timeseries.json)"}
         elif "_comp_cor_" in col:
             tissue = {"w": "white-matter", "c": "CSF", "a": "combined"}.get(col[0], "")
             entry = {"Description": f"anatomical CompCor: principal component {col[-2:]} of the "
-                                    f"{tissue} mask (detrended, variance-normalised voxels)"}  # fmt: skip
+                                    f"{tissue} mask (detrended, variance-normalised voxels)"}
         else:
             continue
         out[col] = entry
@@ -1048,14 +1048,14 @@ class FuncDerivatives(SimpleInterface):
         params = {"func": fcfg, "input": inp or {"input": "raw"},
                   "preprocessing": i.preproc_parameters, "masks": opt(i.mask_parameters, {}),
                   "mni": opt(i.mni_parameters, {}), "regions": i.region_parameters,
-                  "denoising": summary, "input_warnings": list(opt(i.warnings, []))}  # fmt: skip
+                  "denoising": summary, "input_warnings": list(opt(i.warnings, []))}
         mode = ({"Input": "fmriprep", "InputSpace": mni_space, "SpaceNote": SPACE_NOTE}
-                if fmriprep else {"Input": "raw"})  # fmt: skip
+                if fmriprep else {"Input": "raw"})
         out: list[str] = []
 
         def meta(description, **extra):
             return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
-                                extra={"Description": description, **mode, **extra})  # fmt: skip
+                                extra={"Description": description, **mode, **extra})
 
         def nifti(path, description, **spec):
             out.append(str(w.write_nifti(nib.load(path), meta=meta(description), **ent, **spec)))
@@ -1063,36 +1063,36 @@ class FuncDerivatives(SimpleInterface):
         tr = float(i.preproc_parameters["repetition_time_s"])
         if fcfg.get("save_preproc") and not fmriprep:
             nifti(i.bold_mni, "preprocessed BOLD (dummies removed, realigned) in MNI space; not "
-                  "denoised", space=SPACE, desc="preproc", suffix="bold")  # fmt: skip
+                  "denoised", space=SPACE, desc="preproc", suffix="bold")
         registration = None  # raw mode: the BOLD -> T1w quality record
         if fmriprep:
             nifti(i.mask_mni, f"BOLD brain mask on the fMRIPrep grid (space-{mni_space}; region "
                   f"coverage): {i.preproc_parameters.get('brain_mask')}", space=mni_space,
-                  desc="brain", suffix="mask")  # fmt: skip
+                  desc="brain", suffix="mask")
         else:
             nifti(i.mask_mni, "BOLD brain mask in MNI space (region coverage)", space=SPACE,
-                  desc="brain", suffix="mask")  # fmt: skip
+                  desc="brain", suffix="mask")
             nifti(i.boldref, "BOLD reference: temporal mean of the realigned run", space="bold",
-                  suffix="boldref")  # fmt: skip
+                  suffix="boldref")
             nifti(i.brain, "brain mask in BOLD space", space="bold", desc="brain", suffix="mask")
             nifti(i.wm, "white-matter mask in BOLD space (tissue signal, CompCor)", space="bold",
-                  label="WM", suffix="mask")  # fmt: skip
+                  label="WM", suffix="mask")
             nifti(i.csf, "CSF mask in BOLD space (tissue signal, CompCor)", space="bold",
-                  label="CSF", suffix="mask")  # fmt: skip
+                  label="CSF", suffix="mask")
             xfm = Transform.load(i.xfm)
             registration = xfm.quality
             out.append(str(w.write_with(xfm.save, meta=meta("rigid BOLD reference -> T1w"), **ent,
                                         **{"from": "bold", "to": "T1w"}, mode="image",
-                                        suffix="xfm", extension=".json")))  # fmt: skip
+                                        suffix="xfm", extension=".json")))
         keep = np.asarray(i.sample_mask, dtype=bool)
         conf = _read_tsv(i.confounds)
         conf = pd.concat([conf.drop(columns="censored", errors="ignore"),
-                          pd.Series((~keep).astype(int), name="censored")], axis=1)  # fmt: skip
+                          pd.Series((~keep).astype(int), name="censored")], axis=1)
         what = ("per-volume confounds: fMRIPrep's table (dummies removed) with the censored "
-                "column added" if fmriprep else "per-volume confounds (fMRIPrep column names)")  # fmt: skip
+                "column added" if fmriprep else "per-volume confounds (fMRIPrep column names)")
         out.append(str(w.write_tsv(conf, columns=_confound_columns(conf.columns, fmriprep),
                                    meta=meta(what, RepetitionTime=tr),
-                                   **ent, desc="confounds", suffix="timeseries")))  # fmt: skip
+                                   **ent, desc="confounds", suffix="timeseries")))
         regions = _read_tsv(i.regions).rename(columns={"label": "name"})
         reg_cols = {
             "index": {"Description": "region number (row / column order of the matrices)"},
@@ -1104,23 +1104,23 @@ class FuncDerivatives(SimpleInterface):
             "coverage": {"Description": "fraction of the region inside the BOLD brain mask"},
             "valid": {"Description": "1 if coverage >= func.min_coverage; 0: NaN row and column in "
                                      "every matrix and NaN time series"},
-        }  # fmt: skip
+        }
         out.append(str(w.write_tsv(regions, columns=reg_cols,
                                    meta=meta(f"regions of the {seg} parcellation (label table of the "
                                              "matrices and time series)"),
-                                   **ent, seg=seg, suffix="dseg")))  # fmt: skip
+                                   **ent, seg=seg, suffix="dseg")))
         raw = _read_tsv(i.timeseries)
         out.append(str(w.write_tsv(raw, meta=meta("mean BOLD signal per region (MNI space), before "
                                                   "denoising; columns = region names",
                                                   RepetitionTime=tr),
-                                   **ent, seg=seg, desc="raw", suffix="timeseries")))  # fmt: skip
+                                   **ent, seg=seg, desc="raw", suffix="timeseries")))
         stale = []
         if isdefined(i.denoised) and i.denoised and not summary["excluded"]:
             den = _read_tsv(i.denoised)
             out.append(str(w.write_tsv(den, meta=meta(
                 "denoised region time series of the kept volumes (rows = volumes with censored 0 "
                 "in the confounds table)", RepetitionTime=tr, Strategy=summary["strategy"]),
-                **ent, seg=seg, desc="denoised", suffix="timeseries")))  # fmt: skip
+                **ent, seg=seg, desc="denoised", suffix="timeseries")))
         else:
             stale.append(
                 w.path(**ent, seg=seg, desc="denoised", suffix="timeseries", extension=".tsv")
@@ -1134,7 +1134,7 @@ class FuncDerivatives(SimpleInterface):
                         **ent, seg=seg, suffix="dseg", extension=".tsv")).name,
                         Strategy=summary["strategy"],
                         InvalidRegions=regions.loc[regions["valid"] == 0, "name"].tolist()),
-                    **ent, seg=seg, stat=stat, suffix="relmat")))  # fmt: skip
+                    **ent, seg=seg, stat=stat, suffix="relmat")))
             else:
                 stale.append(w.path(**ent, seg=seg, stat=stat, suffix="relmat", extension=".tsv"))
         # files of the other input mode (an earlier run of this session) would look current
@@ -1143,14 +1143,14 @@ class FuncDerivatives(SimpleInterface):
                  dict(space="bold", label="CSF", suffix="mask"),
                  dict(space=SPACE, desc="preproc", suffix="bold"),
                  dict(space=SPACE, desc="brain", suffix="mask")] if fmriprep else [
-                 dict(space=fcfg.get("fmriprep_space"), desc="brain", suffix="mask")]  # fmt: skip
+                 dict(space=fcfg.get("fmriprep_space"), desc="brain", suffix="mask")]
         stale += [w.path(**ent, **spec, extension=".nii.gz") for spec in other]
         if fmriprep:
             stale.append(w.path(**ent, **{"from": "bold", "to": "T1w"}, mode="image", suffix="xfm",
-                                extension=".json"))  # fmt: skip
+                                extension=".json"))
         fig_ent = {"sub": i.subject, "ses": i.session, "task": i.task, "datatype": "figures"}
         stale += [w.path(**fig_ent, desc=name, suffix="bold", extension=".svg")
-                  for name in ("boldtoT1w", "boldtoMNI") if name not in i.figures]  # fmt: skip
+                  for name in ("boldtoT1w", "boldtoMNI") if name not in i.figures]
         stale = [f for f in stale if str(f) not in out]
         for path in stale:  # never leave a matrix of an earlier run that looks current
             for f in (path, path.with_suffix(".json")):
@@ -1170,20 +1170,20 @@ class FuncDerivatives(SimpleInterface):
             "dof": summary["dof"], "atlas": seg, "n_regions": summary["n_regions"],
             "n_regions_valid": summary["n_regions_valid"], "excluded": int(summary["excluded"]),
             "exclusion_reason": summary["exclusion_reason"],
-        }  # fmt: skip
+        }
         for name, path in i.figures.items():
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
                                          task=i.task, datatype="figures", desc=name, suffix="bold",
-                                         extension=".svg")))  # fmt: skip
+                                         extension=".svg")))
         # the summary last: Snakemake's output, its presence means the stage finished
         status = (f"EXCLUDED: {summary['exclusion_reason']}" if summary["excluded"]
-                  else "included")  # fmt: skip
+                  else "included")
         out.append(str(w.write_tsv(pd.DataFrame([row]), columns=SUMMARY_COLUMNS,
                                    meta=meta(f"resting-state run summary: motion, censoring, "
                                              f"exclusion ({status})", Excluded=summary["excluded"],
                                              ExclusionReason=summary["exclusion_reason"],
                                              **_registration_flag(registration)),
-                                   **ent, desc="summary", suffix="bold")))  # fmt: skip
+                                   **ent, desc="summary", suffix="bold")))
         self._results["out_files"] = out
         return runtime
 
@@ -1196,7 +1196,7 @@ def _registration_flag(registration: dict | None) -> dict:
     failed = not registration.get("passed", True)
     reason = (f"BOLD -> T1w registration failed its quality check (NMI sharpness "
               f"{registration['nmi_sharpness']:.3f} < {registration['threshold']:g}): the "
-              "regions would be read from the wrong anatomy" if failed else "")  # fmt: skip
+              "regions would be read from the wrong anatomy" if failed else "")
     return {"RegistrationQuality": registration, "Flagged": failed, "Reason": reason}
 
 
@@ -1221,11 +1221,11 @@ def func_structural_inputs(out: Path, subject: str, session: str) -> dict[str, s
         "csf": build_path(out, suffix="probseg", extension=".nii.gz", label="CSF", **ent),
         "mni_xfm": build_path(out, suffix="xfm", extension=".json", mode="image",
                               **{"from": "T1w", "to": SPACE}, **ent),
-    }  # fmt: skip
+    }
     for path in files.values():
         if not path.exists():
             raise InputError(path, "structural output missing: run the anat stage of this "
-                             "subject-session before the func stage")  # fmt: skip
+                             "subject-session before the func stage")
     return {k: str(v.resolve()) for k, v in files.items()}
 
 
@@ -1233,7 +1233,7 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     f = config["func"]
     denoise_keys = ("strategy", "n_compcor", "scrubbing", "fd_threshold_mm", "scrub_before",
                     "scrub_after", "min_segment", "min_duration_s", "high_pass", "low_pass",
-                    "detrend", "standardize", "min_coverage")  # fmt: skip
+                    "detrend", "standardize", "min_coverage")
     return {
         "load": {"min_volumes": config["validation"]["min_bold_volumes"],
                  "slice_timing": f["slice_timing"]},
@@ -1249,7 +1249,7 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "fmriprep_confounds": {k: f[k] for k in ("strategy", "n_compcor", "scrubbing",
                                                  "fd_threshold_mm", "scrub_before", "scrub_after",
                                                  "min_segment", "dummy_volumes")},
-    }  # fmt: skip
+    }
 
 
 _ENTITY = r"_(?:{})-[a-zA-Z0-9]+"
@@ -1300,18 +1300,18 @@ def fmriprep_inputs(
     pre = f"sub-{subject}_ses-{session}_task-{task}"
     middle = _ENTITY.format("acq|ce|rec|dir|run|echo")
     pattern = re.compile(rf"^{re.escape(pre)}((?:{middle})*)_space-{re.escape(space)}"
-                         rf"((?:{_ENTITY.format('cohort|res|den')})*)_desc-preproc_bold\.nii(?:\.gz)?$")  # fmt: skip
+                         rf"((?:{_ENTITY.format('cohort|res|den')})*)_desc-preproc_bold\.nii(?:\.gz)?$")
     want = ""
     if raw_bold is not None:
         m = re.match(rf"^{re.escape(pre)}((?:{middle})*)_bold\.nii", Path(raw_bold).name)
         want = m.group(1) if m else ""
     found = sorted((f for f in (func.iterdir() if func.is_dir() else ()) if pattern.match(f.name)),
-                   key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])  # fmt: skip
+                   key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])
     notes = []
     if not found:
         expected = func / f"{pre}{want}_space-{space}_desc-preproc_bold.nii.gz"
         raise InputError(expected, "fMRIPrep preprocessed BOLD not found (func.input: fmriprep; "
-                         "check func.fmriprep_dir, func.fmriprep_space and bids.bold_task)")  # fmt: skip
+                         "check func.fmriprep_dir, func.fmriprep_space and bids.bold_task)")
     same = [f for f in found if pattern.match(f.name).group(1) == want]
     bold = (same or found)[0]
     if len(found) > 1:
@@ -1320,7 +1320,7 @@ def fmriprep_inputs(
     tsv = fmriprep_confounds_path(bold)
     if not tsv.is_file():
         raise InputError(tsv, f"fMRIPrep confounds file of {bold.name} not found (fMRIPrep writes "
-                         "desc-confounds_timeseries.tsv next to the preprocessed BOLD)")  # fmt: skip
+                         "desc-confounds_timeseries.tsv next to the preprocessed BOLD)")
     conf_json = tsv.with_suffix(".json")
     side = bold.with_name(stem + ".json")
     bold_json = None
@@ -1329,14 +1329,14 @@ def fmriprep_inputs(
     elif raw_json is not None and Path(raw_json).is_file():
         bold_json = Path(raw_json)
         notes.append(f"RepetitionTime from the raw sidecar {bold_json.name} "
-                     f"({side.name} {'has none' if side.is_file() else 'not found'})")  # fmt: skip
+                     f"({side.name} {'has none' if side.is_file() else 'not found'})")
     elif side.is_file():
         bold_json = side  # without RepetitionTime: the check names it
     mask = bold.with_name(stem.replace("_desc-preproc_bold", "_desc-brain_mask") + ".nii.gz")
     mask = mask if mask.is_file() else None
     files = {"bold": str(bold), "bold_json": str(bold_json) if bold_json else None,
              "confounds": str(tsv), "confounds_json": str(conf_json) if conf_json.is_file() else None,
-             "mask": str(mask) if mask else None}  # fmt: skip
+             "mask": str(mask) if mask else None}
     sources = [v for v in files.values() if v]
     return {**files, "sources": sources, "notes": notes}
 
@@ -1375,44 +1375,44 @@ def init_func_fmriprep_wf(
     n_dummy = int(f["dummy_volumes"])
     wf = pe.Workflow(name=name)
     load = pe.Node(LoadFmriprep(bold=files["bold"], params=p["fmriprep_load"],
-                                notes=list(files.get("notes", []))), name="load")  # fmt: skip
+                                notes=list(files.get("notes", []))), name="load")
     if files["bold_json"]:
         load.inputs.bold_json = files["bold_json"]
     if files["mask"]:
         load.inputs.mask = files["mask"]
     conf = pe.Node(FmriprepConfounds(bold=files["bold"], confounds=files["confounds"],
-                                     params=p["fmriprep_confounds"]), name="confounds")  # fmt: skip
+                                     params=p["fmriprep_confounds"]), name="confounds")
     if files["confounds_json"]:
         conf.inputs.confounds_json = files["confounds_json"]
     wf.connect(load, "n_volumes", conf, "n_volumes")
     regions = pe.Node(RegionSignals(bold=files["bold"], params={**p["regions"],
                                                                 "drop_volumes": n_dummy}),
-                      name="regions")  # fmt: skip
+                      name="regions")
     wf.connect(load, "mask", regions, "mask")
     den = pe.Node(DenoiseRegions(params=p["denoise"], source=files["bold"]), name="denoise")
     wf.connect([(regions, den, [("timeseries", "timeseries"), ("regions", "regions")]),
                 (conf, den, [("confounds", "confounds"), ("regressors", "regressors"),
                              ("keep", "keep")]),
-                (load, den, [("tr", "tr")])])  # fmt: skip
+                (load, den, [("tr", "tr")])])
     conn = pe.Node(Connectomes(measures=list(f["measures"])), name="connectomes")
     wf.connect([(den, conn, [("denoised", "denoised")]), (regions, conn, [("regions", "regions")])])
     qc = pe.Node(FuncQC(bold=files["bold"], params=p["denoise"], drop_volumes=n_dummy,
-                        space=f["fmriprep_space"]), name="qc")  # fmt: skip
+                        space=f["fmriprep_space"]), name="qc")
     wf.connect([(load, qc, [("mask", "brain"), ("boldref", "boldref"), ("tr", "tr")]),
                 (conf, qc, [("confounds", "confounds"), ("regressors", "regressors")]),
                 (den, qc, [("sample_mask", "sample_mask")]), (conn, qc, [("matrices", "matrices")]),
-                (regions, qc, [("regions", "regions")])])  # fmt: skip
+                (regions, qc, [("regions", "regions")])])
     inputs = {"input": "fmriprep", "fmriprep_dir": f["fmriprep_dir"], "space": f["fmriprep_space"],
               "files": {k: files[k] for k in ("bold", "bold_json", "confounds", "confounds_json",
                                               "mask")},
               "space_note": SPACE_NOTE,
               "not_used": "func.slice_timing, slice_time_ref, realign_fwhm_mm, mni_voxel_mm, "
                           "wm_threshold, csf_threshold and save_preproc (fMRIPrep did these "
-                          "steps; the data stay on its grid)"}  # fmt: skip
+                          "steps; the data stay on its grid)"}
     sink = pe.Node(FuncDerivatives(output_dir=output_dir, subject=subject, session=session,
                                    task=task, config=config, sources=list(files["sources"]),
                                    input_parameters=inputs, mni_space=f["fmriprep_space"]),
-                   name="derivatives")  # fmt: skip
+                   name="derivatives")
     wf.connect([
         (load, sink, [("warnings", "warnings"), ("parameters", "preproc_parameters"),
                       ("mask", "mask_mni")]),
@@ -1423,7 +1423,7 @@ def init_func_fmriprep_wf(
                      ("summary", "summary")]),
         (conn, sink, [("matrices", "matrices")]),
         (qc, sink, [("figures", "figures")]),
-    ])  # fmt: skip
+    ])
     return wf
 
 
@@ -1471,20 +1471,20 @@ def init_func_wf(
     to_t1 = pe.Node(BoldToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="bold_to_t1w")
     wf.connect(pre, "boldref", to_t1, "boldref")
     masks = pe.Node(BoldMasks(t1w_mask=anat["mask"], wm_prob=anat["wm"], csf_prob=anat["csf"],
-                              params=p["masks"]), name="masks")  # fmt: skip
+                              params=p["masks"]), name="masks")
     wf.connect([(pre, masks, [("boldref", "boldref"), ("mask", "bold_mask")]),
-                (to_t1, masks, [("xfm", "xfm")])])  # fmt: skip
+                (to_t1, masks, [("xfm", "xfm")])])
     conf = pe.Node(BoldConfounds(params=p["confounds"]), name="confounds")
     wf.connect([(pre, conf, [("bold", "bold"), ("motion", "motion")]),
-                (masks, conf, [("brain", "brain"), ("wm", "wm"), ("csf", "csf")])])  # fmt: skip
+                (masks, conf, [("brain", "brain"), ("wm", "wm"), ("csf", "csf")])])
     mni = pe.Node(BoldToMni(mni_xfm=anat["mni_xfm"], params=p["mni"]), name="to_mni")
     wf.connect([(pre, mni, [("bold", "bold")]), (masks, mni, [("brain", "brain")]),
-                (to_t1, mni, [("xfm", "xfm")])])  # fmt: skip
+                (to_t1, mni, [("xfm", "xfm")])])
     regions = pe.Node(RegionSignals(params=p["regions"]), name="regions")
     wf.connect([(mni, regions, [("bold", "bold"), ("mask", "mask")])])
     den = pe.Node(DenoiseRegions(params=p["denoise"], source=bold), name="denoise")
     wf.connect([(regions, den, [("timeseries", "timeseries"), ("regions", "regions")]),
-                (conf, den, [("confounds", "confounds")]), (load, den, [("tr", "tr")])])  # fmt: skip
+                (conf, den, [("confounds", "confounds")]), (load, den, [("tr", "tr")])])
     conn = pe.Node(Connectomes(measures=list(config["func"]["measures"])), name="connectomes")
     wf.connect([(den, conn, [("denoised", "denoised")]), (regions, conn, [("regions", "regions")])])
     qc = pe.Node(FuncQC(t1w=anat["t1w"], t1w_mask=anat["mask"], params=p["denoise"]), name="qc")
@@ -1492,11 +1492,11 @@ def init_func_wf(
                 (masks, qc, [("brain", "brain")]), (conf, qc, [("confounds", "confounds")]),
                 (den, qc, [("sample_mask", "sample_mask")]), (load, qc, [("tr", "tr")]),
                 (conn, qc, [("matrices", "matrices")]), (regions, qc, [("regions", "regions")]),
-                (to_t1, qc, [("xfm", "xfm")])])  # fmt: skip
+                (to_t1, qc, [("xfm", "xfm")])])
     sources = [bold, *([bold_json] if bold_json else []), *anat.values()]
     sink = pe.Node(FuncDerivatives(output_dir=output_dir, subject=subject, session=session,
                                    task=task, config=config, sources=sources),
-                   name="derivatives")  # fmt: skip
+                   name="derivatives")
     wf.connect([
         (load, sink, [("warnings", "warnings")]),
         (pre, sink, [("boldref", "boldref"), ("parameters", "preproc_parameters")]),
@@ -1511,5 +1511,5 @@ def init_func_wf(
                      ("summary", "summary")]),
         (conn, sink, [("matrices", "matrices")]),
         (qc, sink, [("figures", "figures")]),
-    ])  # fmt: skip
+    ])
     return wf

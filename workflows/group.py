@@ -36,7 +36,7 @@ from workflows.derivatives import DerivativesWriter, flagged_sessions
 __all__ = [
     "collect_roi_tables", "collect_tract_tables", "read_clinical", "write_clinical_stats",
     "write_dwi_stats", "write_tract_stats",
-]  # fmt: skip
+]
 
 log = logging.getLogger("msmri.group")
 
@@ -65,7 +65,7 @@ def drop_flagged(df, out: Path, config: Config, stage: str,
     keys = list(zip(df["subject"].astype(str), df["session"].astype(str), strict=True))
     hit = np.array([k in flagged for k in keys], dtype=bool)
     rows = [(sub, ses, reason) for (sub, ses), reason in flagged.items()
-            if (sub, ses) in set(keys)]  # fmt: skip
+            if (sub, ses) in set(keys)]
     for sub, ses, reason in rows:
         if config.group.include_flagged:
             log.warning("group %s: sub-%s %s; kept (group.include_flagged is true)", stage, sub, reason)
@@ -84,7 +84,7 @@ def _with_flagged(exclusions, flagged, by: Sequence[str]):
         return exclusions
     extra = pd.DataFrame({**{k: "all" for k in by}, "test": "all", "contrast": "all",
                           "subject": flagged["subject"], "reason": flagged["reason"]},
-                         index=flagged.index)  # fmt: skip
+                         index=flagged.index)
     return pd.concat([exclusions, extra[exclusions.columns]], ignore_index=True)
 
 
@@ -126,7 +126,7 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         df = df[df["session"].isin(order)]
     if len(order) < 2:
         log.warning("group dwi_stats: fewer than two sessions of sessions.order in the ROI tables "
-                    "(found %s); no longitudinal tests", order)  # fmt: skip
+                    "(found %s); no longitudinal tests", order)
         return []
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
@@ -140,14 +140,14 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
         seed=config.seed,
         extra={"Description": "longitudinal tests of DTI metrics per ROI (medians of each "
                "subject-session); diffusivities in um^2/ms", "Summary": result.summary()},
-    )  # fmt: skip
+    )
     written = [
         writer.write_tsv(result.table, meta=meta, datatype="group", suffix="dwistats", desc="tests"),
         writer.write_tsv(result.summary_table, meta=meta, datatype="group", suffix="dwistats",
                          desc="sessions"),
         writer.write_tsv(_with_flagged(result.exclusions, flagged, ("roi", "metric")), meta=meta,
                          datatype="group", suffix="dwistats", desc="exclusions"),
-    ]  # fmt: skip
+    ]
     for metric in FIGURE_METRICS:
         for roi in FIGURE_ROIS:
             where = {"roi": roi, "metric": metric}
@@ -159,10 +159,10 @@ def write_dwi_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
                 )
                 written.append(writer.write_figure(
                     fig, datatype="group", suffix="dwistats",
-                    desc=f"{kind}{roi.replace('_', '')}{metric}", extension=".svg"))  # fmt: skip
+                    desc=f"{kind}{roi.replace('_', '')}{metric}", extension=".svg"))
                 plt.close(fig)
     log.info("group dwi_stats: %d ROI x metric families, %d subjects\n%s",
-             df.groupby(["roi", "metric"]).ngroups, df["subject"].nunique(), result.summary())  # fmt: skip
+             df.groupby(["roi", "metric"]).ngroups, df["subject"].nunique(), result.summary())
     return written
 
 
@@ -179,7 +179,7 @@ def collect_tract_tables(out: Path):
     for suffix in ("tractstats", "tractprofiles"):
         paths = sorted(out.glob(f"sub-*/ses-*/dwi/sub-*_ses-*_space-dwi_model-tensor_{suffix}.tsv"))
         tables = [pd.read_csv(p, sep="\t", dtype={"subject": str, "session": str},
-                              keep_default_na=False, na_values="n/a") for p in paths]  # fmt: skip
+                              keep_default_na=False, na_values="n/a") for p in paths]
         found[suffix] = (pd.concat(tables, ignore_index=True) if tables else None, paths)
     (summary, s_paths), (profiles, p_paths) = found["tractstats"], found["tractprofiles"]
     return summary, profiles, [*s_paths, *p_paths]
@@ -193,7 +193,7 @@ def _tract_means_long(summary):
     kurtosis = [m for m in ("mk", "ak", "rk", "kfa") if f"mean_{m}" in summary.columns]
     for metric in (*FIGURE_METRICS, *kurtosis):
         for profile, column in (("plain", f"mean_{metric}"),
-                                ("lesion_masked", f"mean_{metric}_lesion_masked")):  # fmt: skip
+                                ("lesion_masked", f"mean_{metric}_lesion_masked")):
             part = summary[["subject", "session", "bundle", column]].rename(
                 columns={column: "value"}
             )
@@ -214,14 +214,14 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
     summary, profiles, sources = collect_tract_tables(writer.root)
     if summary is None or profiles is None:
         log.warning("group tract_stats: no tract tables under %s; run the tract stage first",
-                    writer.root)  # fmt: skip
+                    writer.root)
         return []
     summary, flagged = drop_flagged(summary, writer.root, config, "tract_stats")
     profiles, _ = drop_flagged(profiles, writer.root, config, "tract_stats")
     order = [s for s in config.sessions.order if s in set(summary["session"])]
     if len(order) < 2:
         log.warning("group tract_stats: fewer than two sessions of sessions.order in the tract "
-                    "tables (found %s); no longitudinal tests", order)  # fmt: skip
+                    "tables (found %s); no longitudinal tests", order)
         return []
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
@@ -235,28 +235,28 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
                              extra={"Description": "longitudinal tests of tract means (mean of the "
                                     "100-node profile); diffusivities in um^2/ms; bundles that "
                                     "were not found are excluded with their reason",
-                                    "Summary": result.summary()})  # fmt: skip
+                                    "Summary": result.summary()})
     exclusions = _with_flagged(result.exclusions, flagged, ("bundle", "metric", "profile"))
     for desc, table in (("tests", result.table), ("sessions", result.summary_table),
-                        ("exclusions", exclusions)):  # fmt: skip
+                        ("exclusions", exclusions)):
         written.append(writer.write_tsv(table, meta=meta, datatype="group", suffix="tractstats",
-                                        desc=desc))  # fmt: skip
+                                        desc=desc))
     if not set(compare) <= set(order):
         log.warning("group tract_stats: sessions %s not both present; no profile tests", compare)
         return written
     masked = profiles["lesion_masked"].astype(str).str.lower() == "true"
     for profile, part in (("plain", profiles[~masked]), ("lesionmasked", profiles[masked])):
         res = profile_tests(part, compare, n_permutations=PROFILE_PERMUTATIONS,
-                            random_state=config.seed, method="max-t")  # fmt: skip
+                            random_state=config.seed, method="max-t")
         pmeta = writer.provenance(sources=sources, parameters=res.parameters, seed=config.seed,
                                   extra={"Description": f"node-wise paired t of {compare[1]} - "
                                          f"{compare[0]} along each tract profile ({profile}); "
-                                         "p_fwe from sign-flip permutations (max-t over nodes)"})  # fmt: skip
+                                         "p_fwe from sign-flip permutations (max-t over nodes)"})
         for desc, table in (("nodes", res.table), ("ranges", res.ranges),
-                            ("exclusions", res.exclusions)):  # fmt: skip
+                            ("exclusions", res.exclusions)):
             written.append(writer.write_tsv(table, meta=pmeta, datatype="group",
                                             suffix="tractprofiletests",
-                                            desc=f"{profile}{desc.capitalize()}"))  # fmt: skip
+                                            desc=f"{profile}{desc.capitalize()}"))
         if profile != "plain":
             continue
         for bundle in sorted(part["bundle"].unique()):
@@ -271,11 +271,11 @@ def write_tract_stats(writer: DerivativesWriter, config: Config) -> list[Path]:
                 fig = profile_plot(part, list(compare), where, result=res)
                 written.append(writer.write_figure(
                     fig, datatype="group", suffix="tractprofiletests",
-                    desc=f"{bundle.replace('_', '')}{metric}", extension=".svg"))  # fmt: skip
+                    desc=f"{bundle.replace('_', '')}{metric}", extension=".svg"))
                 plt.close(fig)
     n_sub = pd.Series(summary["subject"]).nunique()
     log.info("group tract_stats: %d bundles, %d subjects\n%s", summary["bundle"].nunique(), n_sub,
-             result.summary())  # fmt: skip
+             result.summary())
     return written
 
 
@@ -326,17 +326,17 @@ def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Pa
 
     clinical, variables, sources = read_clinical(bids_dir, config.sessions.tsv_time_column)
     order = [] if clinical is None else [s for s in config.sessions.order
-                                         if s in set(clinical["session"])]  # fmt: skip
+                                         if s in set(clinical["session"])]
     if clinical is None or len(order) < 2:  # an empty table that says why (the job's output)
         reason = (f"no numeric clinical column in the sessions.tsv files of {bids_dir} (besides "
                   f"{config.sessions.tsv_time_column})" if clinical is None else
                   f"fewer than two sessions of sessions.order {list(config.sessions.order)} "
-                  "in the sessions.tsv files")  # fmt: skip
+                  "in the sessions.tsv files")
         log.warning("group clinical_stats: %s", reason)
         meta = writer.provenance(sources=[str(p) for p in sources], seed=config.seed,
-                                 parameters={"tested": False, "reason": reason})  # fmt: skip
+                                 parameters={"tested": False, "reason": reason})
         return [writer.write_tsv(pd.DataFrame(columns=["roi", "metric", "test", "p"]), meta=meta,
-                                 datatype="group", suffix="clinicalstats", desc="tests")]  # fmt: skip
+                                 datatype="group", suffix="clinicalstats", desc="tests")]
     months = [float(config.sessions.months[s]) for s in order]
     compare = tuple(config.group.compare)
     pair = compare if set(compare) <= set(order) else None
@@ -344,15 +344,15 @@ def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Pa
     meta = writer.provenance(sources=[str(p) for p in sources], parameters=result.parameters,
                              seed=config.seed,
                              extra={"Description": f"longitudinal tests of the clinical variables "
-                                    f"{variables} (sessions.tsv)", "Summary": result.summary()})  # fmt: skip
+                                    f"{variables} (sessions.tsv)", "Summary": result.summary()})
     written = [writer.write_tsv(t, meta=meta, datatype="group", suffix="clinicalstats", desc=d)
                for d, t in (("tests", result.table), ("sessions", result.summary_table),
-                            ("exclusions", result.exclusions))]  # fmt: skip
+                            ("exclusions", result.exclusions))]
     for var in variables:
         fig = spaghetti_plot(clinical, order, {"roi": "clinical", "metric": var}, times=months)
         written.append(writer.write_figure(fig, datatype="group", suffix="clinicalstats",
                                            desc="spaghetti" + "".join(c for c in var if c.isalnum()),
-                                           extension=".svg"))  # fmt: skip
+                                           extension=".svg"))
         plt.close(fig)
     if pair is None:
         return written
@@ -362,7 +362,7 @@ def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Pa
     if rois is not None:
         sel = rois[rois["roi"].isin(ASSOCIATION_ROIS)]
         imaging.append(change_scores(sel, pair, value="median", relative=True).assign(
-            measure=lambda d: "roi " + d["roi"] + " " + d["metric"]))  # fmt: skip
+            measure=lambda d: "roi " + d["roi"] + " " + d["metric"]))
     summary, _, tract_sources = collect_tract_tables(writer.root)
     summary, _ = drop_flagged(summary, writer.root, config, "clinical_stats")
     if summary is not None:
@@ -370,7 +370,7 @@ def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Pa
         means = means[means["profile"] == "plain"]
         imaging.append(change_scores(means, pair, value="value", by=("bundle", "metric"),
                                      relative=True).assign(
-            measure=lambda d: "tract " + d["bundle"] + " " + d["metric"]))  # fmt: skip
+            measure=lambda d: "tract " + d["bundle"] + " " + d["metric"]))
     if not imaging:
         log.warning("group clinical_stats: no ROI or tract tables; no imaging association")
         return written
@@ -385,7 +385,7 @@ def write_clinical_stats(writer: DerivativesWriter, config: Config, bids_dir: Pa
                     "every (imaging, clinical) pair of the table"},
         seed=config.seed,
         extra={"Description": "correlation of imaging change with clinical change across subjects"},
-    )  # fmt: skip
+    )
     written.append(writer.write_tsv(assoc, meta=ameta, datatype="group", suffix="clinicalstats",
-                                    desc="association"))  # fmt: skip
+                                    desc="association"))
     return written

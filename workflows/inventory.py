@@ -64,7 +64,7 @@ def _derived_volume_notes(dwi: Path, chk, v) -> list[str]:
 
     img = nib.load(dwi)
     grads = DwiGradients(bvals=chk.bvals, bvecs=chk.bvecs, affine=img.affine,
-                         b0_threshold=v.b0_threshold, shell_tolerance=v.shell_tolerance)  # fmt: skip
+                         b0_threshold=v.b0_threshold, shell_tolerance=v.shell_tolerance)
     found = derived_volumes(np.asarray(img.dataobj, dtype=np.float32), grads)
     return [d.warning for d in found if d.index not in chk.derived]
 
@@ -140,13 +140,13 @@ def check_session(
         if inputs.t2w is not None:
             validate_anat(inputs.t2w)
             add(inputs.t2w, "T2w", "listed, not used: the structural stage reads the T1w and FLAIR",
-                status="unused")  # fmt: skip
+                status="unused")
         if "dwi" in series and has_dwi and inputs.dwi_bvec is not None:
             chk = validate_dwi(
                 inputs.dwi, inputs.dwi_bval, inputs.dwi_bvec,
                 b0_threshold=v.b0_threshold, shell_tolerance=v.shell_tolerance,
                 bvec_norm_tolerance=v.bvec_norm_tolerance, min_directions=v.min_directions,
-            )  # fmt: skip
+            )
             notes = [*chk.warnings, *_derived_volume_notes(inputs.dwi, chk, v)]
             add(inputs.dwi, "dwi", "; ".join(notes), bvals=chk.bvals, bvecs=chk.bvecs)
         elif "dwi" in series:
@@ -158,7 +158,7 @@ def check_session(
         if "bold" in series and inputs.bold is not None and inputs.t1w is None and raw_bold:
             skip("bold", "not processed: the resting-state stage registers the BOLD run to the "
                  "session's T1w and takes its tissue masks and MNI transform from the structural "
-                 "stage; this session has no T1w")  # fmt: skip
+                 "stage; this session has no T1w")
         elif "bold" in series and inputs.bold is not None:
             bchk = validate_bold(inputs.bold, inputs.bold_json, min_volumes=v.min_bold_volumes)
             add(inputs.bold, "bold", "; ".join(bchk.warnings), repetition_time=bchk.repetition_time)
@@ -166,7 +166,7 @@ def check_session(
             skip("bold", missing.get("BOLD", missing.get("bold", "no resting-state BOLD found")))
         if inputs.lesion_mask is not None and inputs.t1w is None:
             skip("lesion_mask", "not used: no T1w in this session (lesions enter the diffusion "
-                 "ROIs through the structural stage)")  # fmt: skip
+                 "ROIs through the structural stage)")
         elif inputs.lesion_mask is not None:
             reference = inputs.t1w if inputs.lesion_space == "T1w" else inputs.flair
             if reference is None:
@@ -212,7 +212,7 @@ def write_inventory(
     return writer.write_tsv(
         table, columns=INVENTORY_COLUMNS, meta=meta,
         datatype=None, suffix="inventory", sub=inputs.subject, ses=inputs.session,
-    )  # fmt: skip
+    )
 
 
 def summarise_inventories(writer: DerivativesWriter, tsv_paths: list[Path]) -> Path:

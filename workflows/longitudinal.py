@@ -95,9 +95,9 @@ def reference_paths(out: Path, subject: str, session: str | None = None) -> Path
     """The subject reference image, or (with ``session``) that session's transform to it."""
     if session is None:
         return build_path(out, datatype="anat", suffix="T1w", extension=".nii.gz",
-                          sub=subject, desc="subjectref")  # fmt: skip
+                          sub=subject, desc="subjectref")
     return build_path(out, datatype="anat", suffix="xfm", extension=".json", sub=subject,
-                      ses=session, **{"from": "T1w", "to": "subject"}, mode="image")  # fmt: skip
+                      ses=session, **{"from": "T1w", "to": "subject"}, mode="image")
 
 
 def _fingerprint(t1ws: dict[str, Path], config: Config) -> dict:
@@ -153,10 +153,10 @@ def write_subject_reference(
                              skull_stripped=config.anat.skull_stripped).mask
         masks[ses] = nib.Nifti1Image(mask.astype(np.uint8), img.affine)
     ref = build_subject_reference(images, masks, mode=mode,
-                                  iterations=config.anat.reference_iterations)  # fmt: skip
+                                  iterations=config.anat.reference_iterations)
     params = {"mode": mode, "iterations": ref.iterations, "sessions": list(ref.sessions),
               "registration": "rigid, Mattes mutual information (DIPY), skull-stripped brains",
-              "displacement_mm_at_80mm": ref.displacement_mm()}  # fmt: skip
+              "displacement_mm_at_80mm": ref.displacement_mm()}
     for ses in ref.sessions:
         meta = writer.provenance(sources=[t1ws[ses]], parameters=params, seed=config.seed)
         # quality in the session's own space (its brain mask): the reference through the
@@ -167,17 +167,17 @@ def write_subject_reference(
         if not quality["passed"]:
             log.warning("sub-%s ses-%s: T1w -> subject reference registration failed its "
                         "quality check (NMI sharpness %.3f < %g)", subject, ses,
-                        quality["nmi_sharpness"], quality["threshold"])  # fmt: skip
+                        quality["nmi_sharpness"], quality["threshold"])
         writer.write_with(xfm.save, meta=meta, sub=subject, ses=ses,
                           datatype="anat", **{"from": "T1w", "to": "subject"}, mode="image",
-                          suffix="xfm", extension=".json")  # fmt: skip
+                          suffix="xfm", extension=".json")
     meta = writer.provenance(sources=list(t1ws.values()), parameters=params, seed=config.seed,
                              extra={"Description": f"within-subject reference T1w ({mode})",
-                                    "Fingerprint": stamp})  # fmt: skip
+                                    "Fingerprint": stamp})
     path = writer.write_nifti(ref.image, meta=meta, sub=subject, datatype="anat",
-                              desc="subjectref", suffix="T1w")  # fmt: skip
+                              desc="subjectref", suffix="T1w")
     log.info("sub-%s: subject reference (%s) of sessions %s -> %s", subject, mode,
-             list(ref.sessions), path)  # fmt: skip
+             list(ref.sessions), path)
     return path
 
 
@@ -222,22 +222,22 @@ def write_lesion_changes(
         if t1.shape != ref_t1.shape or not np.allclose(t1.affine, ref_t1.affine, atol=1e-4):
             raise InputError(_anat(out, subject, session, "T1w", desc="preproc"),
                              f"not on the grid of ses-{reference} although anatomical_reference "
-                             f"is {config.anat.anatomical_reference}: rerun the anat stage")  # fmt: skip
+                             f"is {config.anat.anatomical_reference}: rerun the anat stage")
         from pipeline.registration import Transform
 
         xfm = Transform.identity("T1w", "T1wRef")
     else:
         xfm = register_rigid(brain(ref_t1, ref_mask), brain(t1, mask), static_mask=ref_mask,
-                             source="T1w", target="T1wRef")  # fmt: skip
+                             source="T1w", target="T1wRef")
     follow = xfm.resample_mask(lesion_img, ref_t1)
     zooms = np.asarray(ref_t1.header.get_zooms()[:3], dtype=float)
     min_vol = config.anat.lesion_min_volume_mm3
     base_labels, _ = label_lesions(ref_lesion, zooms, min_volume_mm3=min_vol)
     follow_labels, _ = label_lesions(follow, zooms, min_volume_mm3=min_vol)
     table = compare_lesions(base_labels, follow_labels, voxel_size=zooms,
-                            include_stable=True)  # fmt: skip
+                            include_stable=True)
     flairs = [build_path(out, datatype="anat", suffix="FLAIR", extension=".nii.gz", sub=subject,
-                         ses=s, space="T1w", desc="preproc") for s in (reference, session)]  # fmt: skip
+                         ses=s, space="T1w", desc="preproc") for s in (reference, session)]
     evidence = "none: no FLAIR in both sessions (new / enlarging from the masks alone)"
     if all(p.exists() for p in flairs):
         ref_flair, fu_flair = nib.load(flairs[0]), nib.load(flairs[1])
@@ -245,10 +245,10 @@ def write_lesion_changes(
         nawm = np.asanyarray(nib.load(_anat(out, subject, reference, "mask", label="NAWM")).dataobj) > 0
         fwhm = _thickest_flair_slice(out, subject, (reference, session))
         increase = flair_increase(follow_labels, ref_lesion, np.asarray(ref_flair.dataobj, dtype=np.float32),
-                                  fu_on_ref, nawm & ~follow, voxel_size=zooms, fwhm_mm=fwhm)  # fmt: skip
+                                  fu_on_ref, nawm & ~follow, voxel_size=zooms, fwhm_mm=fwhm)
         table = confirm_with_flair(table, increase, min_increase=FLAIR_CONFIRMATION)
         evidence = (f"FLAIR increase >= {FLAIR_CONFIRMATION} x NAWM signal over the new voxels "
-                    f"(both FLAIRs NAWM-normalised, Gaussian FWHM {fwhm:.1f} mm)")  # fmt: skip
+                    f"(both FLAIRs NAWM-normalised, Gaussian FWHM {fwhm:.1f} mm)")
     else:
         table["flair_increase"] = np.nan
     table["baseline_ids"] = table["baseline_ids"].map(
@@ -273,12 +273,12 @@ def write_lesion_changes(
     )
     ent = {"sub": subject, "ses": session, "datatype": "anat"}
     writer.write_with(xfm.save, **ent, **{"from": "T1w", "to": "T1wRef"}, mode="image",
-                      suffix="xfm", extension=".json")  # fmt: skip
+                      suffix="xfm", extension=".json")
     path = writer.write_tsv(
         table, columns=CHANGE_COLUMNS, meta=meta, **ent, desc="changes", suffix="lesions"
     )
     log.info("sub-%s ses-%s: %d new, %d enlarging lesions vs ses-%s (%d mask differences without "
              "a FLAIR increase left unconfirmed)", subject, session,
              int((table["status"] == "new").sum()), int((table["status"] == "enlarging").sum()),
-             reference, int(table["status"].str.startswith("unconfirmed").sum()))  # fmt: skip
+             reference, int(table["status"].str.startswith("unconfirmed").sum()))
     return path

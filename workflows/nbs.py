@@ -50,7 +50,7 @@ POWER_COLUMNS = {
                                       "rate)"},
     "n_permutations": {"Description": "relabellings per simulated NBS"},
     "exact": {"Description": "all distinct sign patterns enumerated"},
-}  # fmt: skip
+}
 for _name in ("detection", "recall", "precision", "false_positive"):
     POWER_COLUMNS[f"{_name}_se"] = {"Description": f"Monte Carlo standard error of {_name}"}
 
@@ -86,7 +86,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
         return build_path(out, datatype="func", sub=sub, ses=ses, task=task, **ent)
 
     subjects = sorted({p.parent.parent.name[4:] for ses in (a, b)
-                       for p in out.glob(f"sub-*/ses-{ses}/func")})  # fmt: skip
+                       for p in out.glob(f"sub-*/ses-{ses}/func")})
     regions = ref_path = None
     mats: dict[str, list[np.ndarray]] = {a: [], b: []}
     used, sources, exclusions = [], [], []
@@ -109,7 +109,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
             else:
                 reason = (f"no {stat} matrix for ses-{ses} ({rel.name} missing: the func stage "
                           "did not run or failed, or func.measures does not include "
-                          f"{config.nbs.measure})")  # fmt: skip
+                          f"{config.nbs.measure})")
             break
         if reason:
             exclusions.append({"subject": sub, "reason": reason})
@@ -126,7 +126,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
                 regions, ref_path = table, table_path
             elif names != regions["name"].astype(str).tolist():
                 raise InputError(table_path, f"region table differs from {ref_path} (the matrices "
-                                 "of all subjects and sessions must share one parcellation)")  # fmt: skip
+                                 "of all subjects and sessions must share one parcellation)")
             m = read_table(rel, index_col=0)
             if [str(c) for c in m.columns] != names or [str(i) for i in m.index] != names:
                 raise InputError(
@@ -134,10 +134,10 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
                 )
             loaded[ses] = (m.to_numpy(dtype=float), rel, table_path)
         empty = [ses for ses, (arr, _, _) in loaded.items()
-                 if np.isnan(arr[~np.eye(arr.shape[0], dtype=bool)]).all()]  # fmt: skip
+                 if np.isnan(arr[~np.eye(arr.shape[0], dtype=bool)]).all()]
         if empty:  # would remove every node for every subject: leave the subject out
             reason = (f"ses-{empty[0]} matrix {loaded[empty[0]][1].name} is NaN everywhere "
-                      "(no valid region: check that run's coverage / func stage)")  # fmt: skip
+                      "(no valid region: check that run's coverage / func stage)")
             exclusions.append({"subject": sub, "reason": reason})
             log.warning("group nbs: sub-%s excluded: %s", sub, reason)
             continue
@@ -149,7 +149,7 @@ def collect_nbs_inputs(out: Path, config: Config) -> dict[str, Any]:
         used.append(sub)
     return {"baseline": np.array(mats[a]), "followup": np.array(mats[b]), "subjects": used,
             "regions": regions, "sources": sources, "exclusions": exclusions, "seg": seg,
-            "stat": stat, "task": task, "nan_by_node": nan_by_node}  # fmt: skip
+            "stat": stat, "task": task, "nan_by_node": nan_by_node}
 
 
 def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
@@ -165,15 +165,15 @@ def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
     excl = pd.DataFrame(data["exclusions"], columns=["subject", "reason"])
     if n < 2:  # the exclusion table is still written: it is the job's output and says why
         log.warning("group nbs: %d subject(s) with matrices for both %s and %s; nothing to test",
-                    n, a, b)  # fmt: skip
+                    n, a, b)
         meta = writer.provenance(sources=data["sources"], seed=config.seed, parameters={
             "compare": [a, b], "n_subjects": n, "tested": False,
-            "reason": f"fewer than 2 subjects with matrices for both ses-{a} and ses-{b}"})  # fmt: skip
+            "reason": f"fewer than 2 subjects with matrices for both ses-{a} and ses-{b}"})
         return [writer.write_tsv(excl, meta=meta, desc="exclusions", suffix="nbs", **ent)]
     c = config.nbs
     nbs = NetworkBasedStatistic(c.threshold, threshold_type=c.threshold_type, size=c.size,
                                 alternative=c.alternative, n_permutations=c.n_permutations,
-                                random_state=config.seed)  # fmt: skip
+                                random_state=config.seed)
     regions = data["regions"]
     names = regions["name"].astype(str).tolist()
     res = nbs.fit_paired(data["baseline"], data["followup"], node_labels=names)
@@ -192,10 +192,10 @@ def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
                            "size": comp.size, "p_fwe": comp.p_fwe, "significant": comp.p_fwe < c.alpha}
                           for k, comp in enumerate(res.components)],
                          columns=["component", "contrast", "sign", "n_edges", "n_nodes", "size",
-                                  "p_fwe", "significant"])  # fmt: skip
+                                  "p_fwe", "significant"])
     null = pd.DataFrame({"relabelling": np.arange(res.n_permutations),
                          "identity": np.arange(res.n_permutations) == 0,
-                         "max_component_size": res.null_distribution})  # fmt: skip
+                         "max_component_size": res.null_distribution})
     params = {
         "nbs": c.model_dump(mode="json"), "compare": [a, b], "design": "paired, "
         f"ses-{b} minus ses-{a}, sign flips", "subjects": data["subjects"],
@@ -210,23 +210,23 @@ def write_nbs(writer: DerivativesWriter, config: Config) -> list[Path]:
                               "reason": "no residual variance (the same change in every subject)"}
                              for i, j in res.degenerate_edges],
         "exclusions": data["exclusions"],
-    }  # fmt: skip
+    }
     power, params["power"] = _power(data, config, n_used_nodes=len(names) - len(res.excluded_nodes))
     meta = writer.provenance(sources=data["sources"], parameters=params, seed=config.seed,
                              extra={"Description": f"network-based statistic, ses-{b} vs ses-{a}",
-                                    "Summary": res.summary(c.alpha)})  # fmt: skip
+                                    "Summary": res.summary(c.alpha)})
     written = [writer.write_tsv(t, meta=meta, desc=d, suffix="nbs", **ent)
-               for d, t in (("edges", edges), ("components", comps), ("null", null))]  # fmt: skip
+               for d, t in (("edges", edges), ("components", comps), ("null", null))]
     order = sorted(range(len(res.components)), key=lambda k: -res.components[k].size)
     for k in order[:MAX_GRAPHML]:
         graph = res.component_graph(k)
         if coords is not None:
             for node in graph.nodes:
                 graph.nodes[node].update(x=float(coords[node, 0]), y=float(coords[node, 1]),
-                                         z=float(coords[node, 2]))  # fmt: skip
+                                         z=float(coords[node, 2]))
         written.append(writer.write_with(lambda p, g=graph: _graphml(g, p), meta=meta,
                                          desc=f"component{k}", suffix="nbs", extension=".graphml",
-                                         **ent))  # fmt: skip
+                                         **ent))
     if order:
         written += _figures(writer, res, order[0], names, coords, regions, ent, c.alpha)
     if power is not None:
@@ -256,7 +256,7 @@ def _power(data: dict[str, Any], config: Config, n_used_nodes: int):
         regions = n_used_nodes
         edges = min(max(edges, regions - 1), regions * (regions - 1) // 2)
         notes.append(f"nbs.power_regions {c.power_regions} exceeds the {n_used_nodes} usable "
-                     f"regions: subnetwork of {regions} regions and {edges} edges simulated")  # fmt: skip
+                     f"regions: subnetwork of {regions} regions and {edges} edges simulated")
         log.warning("group nbs: power analysis: %s", notes[-1])
     measure = c.measure if c.measure in ("correlation", "fisher_z") else None
     noise = ChangeNoise.from_paired(data["baseline"], data["followup"], measure=measure)
@@ -266,11 +266,11 @@ def _power(data: dict[str, Any], config: Config, n_used_nodes: int):
         n_regions=regions, n_edges=edges, alternative=c.alternative, size=c.size,
         noise_model=c.power_noise, n_repetitions=c.power_repetitions,
         n_permutations=c.power_permutations, alpha=c.alpha, random_state=config.seed,
-    )  # fmt: skip
+    )
     power.parameters["notes"] = notes
     log.info("group nbs: power analysis (%s noise, %d simulated studies per cell, %.0f s)\n%s",
              c.power_noise, c.power_repetitions, power.parameters["elapsed_s"],
-             power.table.to_string(index=False))  # fmt: skip
+             power.table.to_string(index=False))
     return power, {"run": True, "elapsed_s": power.parameters["elapsed_s"], "notes": notes}
 
 
@@ -289,22 +289,22 @@ def _write_power(writer: DerivativesWriter, power, data, config: Config, ent) ->
             f"{p['n_repetitions']} simulated studies per cell; detection = a significant component "
             f"(FWE p < {p['alpha']}) contains a planted edge; recall / precision of the planted "
             "edges in significant components; false_positive = a significant component without "
-            "planted edges (at effect 0 the family-wise error rate)")  # fmt: skip
+            "planted edges (at effect 0 the family-wise error rate)")
     meta = writer.provenance(sources=data["sources"], parameters=p, seed=config.seed,
-                             extra={"Description": text})  # fmt: skip
+                             extra={"Description": text})
     out = [writer.write_tsv(power.table, meta=meta, columns=POWER_COLUMNS, desc="power",
-                            suffix="nbs", **ent)]  # fmt: skip
+                            suffix="nbs", **ent)]
     t = power.table
     thresholds = sorted(t["threshold"].unique())
     fig, axes = plt.subplots(2, len(thresholds), figsize=(4.2 * len(thresholds), 6.4),
-                             squeeze=False, sharex=True, sharey=True)  # fmt: skip
+                             squeeze=False, sharex=True, sharey=True)
     kind = "t" if p["threshold_type"] == "t" else "p"
     for col, thr in enumerate(thresholds):
         for eff, g in t[t["threshold"] == thr].groupby("effect", sort=True):
             g = g.sort_values("n_subjects")
             for row, name in enumerate(("detection", "recall")):
                 axes[row, col].errorbar(g["n_subjects"], g[name], yerr=1.96 * g[f"{name}_se"],
-                                        marker="o", ms=3, capsize=2, label=f"d = {eff:g}")  # fmt: skip
+                                        marker="o", ms=3, capsize=2, label=f"d = {eff:g}")
         for row, name in enumerate(("detection probability", "recall of planted edges")):
             ax = axes[row, col]
             ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
@@ -318,7 +318,7 @@ def _write_power(writer: DerivativesWriter, power, data, config: Config, ent) ->
     axes[0, -1].legend(fontsize=7, title="effect (d_z)", title_fontsize=7)
     fig.suptitle(f"NBS power: {sub['n_regions']}-region / {sub['n_edges']}-edge subnetwork, "
                  f"{p['alternative']}, {p['noise_model']} noise; bars: 95 % Monte Carlo interval",
-                 fontsize=9)  # fmt: skip
+                 fontsize=9)
     fig.tight_layout()
     out.append(writer.write_figure(fig, desc="power", suffix="nbs", **ent))
     plt.close(fig)
@@ -348,7 +348,7 @@ def _figures(writer, res, k: int, names, coords, regions, ent, alpha) -> list[Pa
     label = [names[n] for n in nodes]
     title = (f"NBS component {k}: {comp.n_edges} edges, p_FWE = {comp.p_fwe:.3g}"
              f"{' (significant)' if comp.p_fwe < alpha else ''}; "
-             f"{'exact' if res.exact else 'Monte Carlo'}, min attainable p {res.min_attainable_p:.3g}")  # fmt: skip
+             f"{'exact' if res.exact else 'Monte Carlo'}, min attainable p {res.min_attainable_p:.3g}")
     out = []
     lim = float(np.abs(sub).max()) or 1.0
     fig, ax = plt.subplots(figsize=(6, 5))
@@ -361,7 +361,7 @@ def _figures(writer, res, k: int, names, coords, regions, ent, alpha) -> list[Pa
     plt.close(fig)
     # circular plot: nodes ordered by network (if known) then index, edges coloured by t
     network = (regions["network"].astype(str).to_numpy()[nodes] if "network" in regions
-               else np.array([""] * nodes.size))  # fmt: skip
+               else np.array([""] * nodes.size))
     ordr = np.lexsort((nodes, network))
     ang = np.linspace(0, 2 * np.pi, nodes.size, endpoint=False)
     xy = {int(nodes[o]): (np.cos(a), np.sin(a)) for o, a in zip(ordr, ang, strict=True)}
@@ -374,7 +374,7 @@ def _figures(writer, res, k: int, names, coords, regions, ent, alpha) -> list[Pa
         x, y = xy[int(nodes[o])]
         ax.scatter(x, y, s=30, color="k", zorder=3)
         ax.text(1.08 * x, 1.08 * y, f"{label[o]}" + (f" ({network[o]})" if network[o] else ""),
-                fontsize=6, ha="left" if x >= 0 else "right", va="center")  # fmt: skip
+                fontsize=6, ha="left" if x >= 0 else "right", va="center")
     ax.set_aspect("equal")
     ax.axis("off")
     ax.set_title(title, fontsize=8)
@@ -386,7 +386,7 @@ def _figures(writer, res, k: int, names, coords, regions, ent, alpha) -> list[Pa
         fig = plt.figure(figsize=(9, 3))
         display = plotting.plot_connectome(sub, coords[nodes], figure=fig, display_mode="lzr",
                                            edge_cmap="RdBu_r", edge_vmin=-lim, edge_vmax=lim,
-                                           node_size=12, title=title[:80])  # fmt: skip
+                                           node_size=12, title=title[:80])
         out.append(writer.write_figure(fig, desc="glassbrain", suffix="nbs", **ent))
         display.close()
         plt.close(fig)

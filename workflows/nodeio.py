@@ -43,7 +43,7 @@ def dwi_gradients(bval: str, bvec: str, dwi: str, cfg: dict):
     from pipeline.dwi.gradtable import DwiGradients
 
     return DwiGradients.from_files(dwi, bval, bvec,
-                                   **{k: cfg["validation"][k] for k in GRADIENT_KEYS})  # fmt: skip
+                                   **{k: cfg["validation"][k] for k in GRADIENT_KEYS})
 
 
 def xfm_json(files: list[Path]) -> str:
@@ -64,13 +64,13 @@ def register_to_t1w(moving: str, t1w: str, t1w_mask: str, *, source: str, out: P
     t1 = nib.load(t1w)
     mask = nib.load(t1w_mask)
     brain = nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32)
-                            * (np.asanyarray(mask.dataobj) > 0), t1.affine)  # fmt: skip
+                            * (np.asanyarray(mask.dataobj) > 0), t1.affine)
     moving_img = nib.load(moving)
     # Optimise on a grid no finer than the moving image (at least the 2 mm default): a
     # 3 mm BOLD reference gains nothing from a 2 mm grid, which has 3.4 x the voxels.
     voxel = float(min(moving_img.header.get_zooms()[:3]))
     xfm = register_rigid(brain, moving_img, static_mask=mask, source=source, target="T1w",
-                         resolution_mm=max(2.0, voxel))  # fmt: skip
+                         resolution_mm=max(2.0, voxel))
     quality = registration_quality(brain, moving_img, xfm, mask=mask)
     xfm = dataclasses.replace(xfm, quality=quality)
     return xfm_json(xfm.save(out))

@@ -39,7 +39,7 @@ STAGE_OUTPUTS: dict[str, dict[str, Any]] = {
     "tract": {"datatype": "dwi", "space": "dwi", "model": "tensor", "suffix": "tractstats",
               "extension": ".tsv"},
     "func": {"datatype": "func", "desc": "summary", "suffix": "bold", "extension": ".tsv"},
-}  # fmt: skip
+}
 
 #: Connectivity measure (configuration name) -> (nilearn / pipeline kind, ``stat``
 #: entity of the matrix file, description).
@@ -51,7 +51,7 @@ MEASURE_STATS: dict[str, tuple[str, str, str]] = {
                  "Fisher z (arctanh) of the correlation matrix; diagonal set to 0"),
     "partial_correlation": ("partial correlation", "partialcorrelation",
                             "partial correlation (Ledoit-Wolf shrunk covariance, nilearn)"),
-}  # fmt: skip
+}
 
 
 def seg_name(atlas: str, atlas_labels: str | None = None) -> str:
@@ -88,5 +88,5 @@ def group_func_output(config: Any, desc: str, suffix: str, extension: str = ".ts
     seg = seg_name(config.func.atlas, config.func.atlas_labels)
     stat = MEASURE_STATS[config.nbs.measure][1]
     return build_path("", datatype="group", task=config.bids.bold_task, seg=seg, stat=stat,
-                      desc=desc, suffix=suffix, extension=extension).as_posix()  # fmt: skip
+                      desc=desc, suffix=suffix, extension=extension).as_posix()
 

@@ -83,7 +83,7 @@ def collect_qcfc_inputs(out: Path, config: Config) -> dict:
             regions, ref_path = table, table_path
         elif names != regions["name"].astype(str).tolist():
             raise InputError(table_path, f"region table differs from {ref_path} (QC-FC needs "
-                             "one parcellation for every run)")  # fmt: skip
+                             "one parcellation for every run)")
         series = read_table(ts)
         if [str(c) for c in series.columns] != names:
             raise InputError(ts, f"columns are not the regions of {table_path.name}")
@@ -99,7 +99,7 @@ def collect_qcfc_inputs(out: Path, config: Config) -> dict:
         sources += [str(summ), str(rel), str(ts), str(table_path)]
     return {"fd": np.array(fd), "denoised": np.array(den), "raw": np.array(raw), "runs": runs,
             "skipped": skipped, "regions": regions, "sources": sources, "seg": seg, "stat": stat,
-            "task": task}  # fmt: skip
+            "task": task}
 
 
 def write_qcfc(writer: DerivativesWriter, config: Config) -> list[Path]:
@@ -120,7 +120,7 @@ def write_qcfc(writer: DerivativesWriter, config: Config) -> list[Path]:
               "no_denoising": "Pearson correlation of the raw region time series (desc-raw_timeseries), "
                               "all volumes, no confounds, filtering or censoring",
               "denoised": f"the stage's matrices (strategy {config.func.strategy}, "
-                          f"scrubbing {config.func.scrubbing})"}  # fmt: skip
+                          f"scrubbing {config.func.scrubbing})"}
     if n < MIN_RUNS:
         log.warning("group qcfc: %d kept run(s); QC-FC needs at least %d", n, MIN_RUNS)
         meta = writer.provenance(sources=data["sources"], parameters={**params, "tested": False})
@@ -129,24 +129,24 @@ def write_qcfc(writer: DerivativesWriter, config: Config) -> list[Path]:
     names = regions["name"].astype(str).to_numpy()
     coords = regions[["x", "y", "z"]].to_numpy(float) if {"x", "y", "z"} <= set(regions) else None
     res = {k: qc_fc(data["fd"], data[k], coordinates=coords, min_runs=MIN_RUNS)
-           for k in ("denoised", "raw")}  # fmt: skip
+           for k in ("denoised", "raw")}
     den, raw = res["denoised"], res["raw"]
     edges = pd.DataFrame({"i": den.i, "j": den.j, "name_i": names[den.i], "name_j": names[den.j],
                           "distance_mm": den.distance_mm if coords is not None else np.nan,
                           "n_runs": den.n_runs, "qcfc_r": den.r, "qcfc_p": den.p,
                           "qcfc_p_fdr": den.p_fdr, "raw_qcfc_r": raw.r, "raw_qcfc_p": raw.p,
-                          "raw_qcfc_p_fdr": raw.p_fdr})  # fmt: skip
+                          "raw_qcfc_p_fdr": raw.p_fdr})
     summary = {"denoised": den.summary(), "no_denoising": raw.summary()}
     text = (f"QC-FC over {n} runs: median |r| {den.median_abs_r:.3f} after denoising vs "
             f"{raw.median_abs_r:.3f} without; edges with p < 0.05 {100 * den.fraction_significant:.1f} % "
             f"vs {100 * raw.fraction_significant:.1f} % (FDR: {100 * den.fraction_significant_fdr:.1f} % "
-            f"vs {100 * raw.fraction_significant_fdr:.1f} %)")  # fmt: skip
+            f"vs {100 * raw.fraction_significant_fdr:.1f} %)")
     log.info("group qcfc: %s", text)
     meta = writer.provenance(sources=data["sources"], parameters={**params, "summary": summary},
                              extra={"Description": "QC-FC: correlation across runs of mean FD "
-                                    "with edge strength", "Summary": text})  # fmt: skip
+                                    "with edge strength", "Summary": text})
     written = [writer.write_tsv(edges, meta=meta, desc="qcfc", suffix="bold", **ent),
-               _figure(writer, den, raw, text, ent)]  # fmt: skip
+               _figure(writer, den, raw, text, ent)]
     # written last: the Snakemake job's output
     written.append(writer.write_tsv(run_table, meta=meta, desc="qcfcruns", suffix="bold", **ent))
     return written
@@ -164,11 +164,11 @@ def _figure(writer, den, raw, title: str, ent) -> Path:
     for res, label, colour in ((raw, "no denoising", "0.6"), (den, "denoised", "tab:blue")):
         ok = res.testable
         axes[0].hist(res.r[ok], bins=bins, alpha=0.6, color=colour,
-                     label=f"{label}: median |r| {res.median_abs_r:.2f}")  # fmt: skip
+                     label=f"{label}: median |r| {res.median_abs_r:.2f}")
         if res.distance_mm is not None:
             step = max(1, int(ok.sum()) // 4000)
             axes[1].scatter(res.distance_mm[ok][::step], res.r[ok][::step], s=2, alpha=0.4,
-                            color=colour, label=f"{label}: rho {res.distance_dependence:.2f}")  # fmt: skip
+                            color=colour, label=f"{label}: rho {res.distance_dependence:.2f}")
     axes[0].set_xlabel("QC-FC (r of mean FD with edge strength)")
     axes[0].set_ylabel("edges")
     axes[0].legend(fontsize=7)

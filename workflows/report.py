@@ -99,7 +99,7 @@ def session_report_inputs(
         files.append(output("anat"))
     if followup and anat:
         files.append(Path(out_dir) / f"sub-{subject}/ses-{session}/anat/"
-                     f"sub-{subject}_ses-{session}_desc-changes_lesions.tsv")  # fmt: skip
+                     f"sub-{subject}_ses-{session}_desc-changes_lesions.tsv")
     if dwi:
         files.append(output("dwi"))
     if dwi and anat:
@@ -172,14 +172,14 @@ def _inventory_section(s: _Session) -> tuple[Section, dict[str, str], dict[str, 
     skipped: dict[str, str] = {}
     if table is None:
         return (Section("summary", "Summary", "not run",
-                        f"no inventory ({path.name}); run the inventory stage"), skipped, meta)  # fmt: skip
+                        f"no inventory ({path.name}); run the inventory stage"), skipped, meta)
     for _, row in table.iterrows():
         if str(row.get("status")) == "skipped":
             skipped[str(row["modality"])] = str(row.get("note") or "not available")
     items: list[Any] = [Table(_cols(table, ["modality", "path", "shape", "n_volumes",
                                             "voxel_size_mm", "orientation", "b_values",
                                             "n_directions", "repetition_time_s", "status",
-                                            "note"]), "Inputs found and validated")]  # fmt: skip
+                                            "note"]), "Inputs found and validated")]
     for w in meta.get("warnings") or []:
         items.append(Note(str(w), "warning"))
     for n in meta.get("notes") or []:
@@ -202,16 +202,16 @@ def _anat_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dic
         Figure(s.fig("lesions", "T1w"), "Lesions and normal-appearing white matter",
                "Lesion mask and NAWM (white matter minus the dilated lesions) on the FLAIR (T1w "
                "without FLAIR)."),
-    )  # fmt: skip
+    )
     if vol is None:
         return Section("anat", "Structural", "not run",
                        f"no structural outputs ({vol_path.name}); run the anat stage",
-                       items=figs), meta  # fmt: skip
+                       items=figs), meta
     flag = read_plausibility(s.out, s.sub, s.ses)
     checks = _tsv(flag["path"].with_suffix(".tsv")) if flag else None
     row = vol.iloc[0]
     kv = [(k, row[k]) for k in ("icv_mm3", "gm_mm3", "wm_mm3", "csf_mm3", "lesion_mm3",
-                                "nawm_mm3", "bpf") if k in vol.columns]  # fmt: skip
+                                "nawm_mm3", "bpf") if k in vol.columns]
     items: list[Any] = [KeyValues(tuple(kv), "Volumes (mm³) and brain parenchymal fraction")]
     if meta.get("LesionMethod"):
         items.append(Note(f"lesion mask: {meta['LesionMethod']}"))
@@ -226,18 +226,18 @@ def _anat_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dic
         items.append(Table(changes, f"New and enlarging lesions relative to ses-{ref}"))
     else:
         refs = [(_json(p).get("Parameters") or {}).get("reference_session")
-                for p in s.out.glob(f"sub-{s.sub}/ses-*/anat/sub-{s.sub}_ses-*_desc-changes_lesions.json")]  # fmt: skip
+                for p in s.out.glob(f"sub-{s.sub}/ses-*/anat/sub-{s.sub}_ses-*_desc-changes_lesions.json")]
         if s.ses in refs:
             items.append(Note("lesion changes: this is the subject's reference session "
-                              "(the follow-up sessions are compared with it)"))  # fmt: skip
+                              "(the follow-up sessions are compared with it)"))
         else:
             items.append(Note("lesion changes: no table for this session (run the lesion_changes "
-                              "stage; the subject's reference session itself has none)", "warning"))  # fmt: skip
+                              "stage; the subject's reference session itself has none)", "warning"))
     if checks is not None:
         items.append(Table(checks, "Plausibility checks (a failed check flags the session)"))
     if flag and flag["flagged"]:
         return Section("anat", "Structural", "flagged", f"implausible results: {flag['reason']}",
-                       items=tuple(items)), meta  # fmt: skip
+                       items=tuple(items)), meta
     return Section("anat", "Structural", "ok", items=tuple(items)), meta
 
 
@@ -255,13 +255,13 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
         Figure(s.fig("colorfa", "dwi"), "Colour FA (red L-R, green A-P, blue S-I)"),
         Figure(s.fig("rois", "dwi"), "Regions of interest in diffusion space",
                "WM, NAWM, lesion and perilesional ROIs used for the ROI table."),
-    )  # fmt: skip
+    )
     if "dwi" in skipped:
         return Section("dwi", "Diffusion", "no input", skipped["dwi"]), meta
     table = _tsv(path)
     if table is None:
         return Section("dwi", "Diffusion", "not run",
-                       f"no ROI table ({path.name}); run the dwi stage", items=figs), meta  # fmt: skip
+                       f"no ROI table ({path.name}); run the dwi stage", items=figs), meta
     params = meta.get("Parameters") or {}
     motion, tensor = params.get("motion") or {}, params.get("tensor") or {}
     kurt = params.get("kurtosis") or {}
@@ -276,12 +276,12 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
           ("shells left out of the tensor", ", ".join(f"{b:g}" for b in (tensor.get("shells") or {}).get(
               "tensor_shells_left_out", [])) or "none"),
           ("kurtosis (DKI)", ("fitted on b = " + ", ".join(f"{b:g}" for b in kurt["shells"]))
-           if kurt.get("fitted") else (kurt.get("reason") or "not run")))  # fmt: skip
+           if kurt.get("fitted") else (kurt.get("reason") or "not run")))
     items: list[Any] = [KeyValues(kv, "Motion and tensor fit")]
     items += list(figs)
     items.append(Table(_cols(table, ["roi", "metric", "units", "n_voxels", "mean", "median",
                                      "sd", "lesion_loss_fraction"]), "ROI statistics",
-                       "Diffusivities in µm²/ms (= 10⁻³ mm²/s)."))  # fmt: skip
+                       "Diffusivities in µm²/ms (= 10⁻³ mm²/s)."))
     for w in params.get("input_warnings") or []:
         items.append(Note(str(w), "warning"))
     not_produced = meta.get("NotProduced") or {}
@@ -289,7 +289,7 @@ def _dwi_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict
         items.append(Note(f"not produced: {what} ({why})", "warning"))
     if not_produced:
         return Section("dwi", "Diffusion", "partial", "no T1w: DWI-only measures",
-                       items=tuple(items)), meta  # fmt: skip
+                       items=tuple(items)), meta
     return Section("dwi", "Diffusion", "ok", items=tuple(items)), meta
 
 
@@ -301,7 +301,7 @@ def _tract_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, di
                "Voxels with streamline density > 0 of each recognised bundle."),
         Figure(s.fig("profiles", "tract"), "Tract profiles",
                "FA / MD / AD / RD along each bundle (dotted: lesion samples excluded)."),
-    )  # fmt: skip
+    )
     if "dwi" in skipped:
         return Section("tract", "Tracts", "no input", skipped["dwi"]), meta
     if "T1w" in skipped:
@@ -310,14 +310,14 @@ def _tract_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, di
     table = _tsv(path)
     if table is None:
         return Section("tract", "Tracts", "not run",
-                       f"no tract table ({path.name}); run the tract stage", items=figs), meta  # fmt: skip
+                       f"no tract table ({path.name}); run the tract stage", items=figs), meta
     lost = table[table["status"].astype(str) != "ok"] if "status" in table else table.iloc[:0]
     status = "partial" if len(lost) else "ok"
     reason = "; ".join(f"{r.bundle}: {r.reason}" for r in lost.itertuples()) if len(lost) else ""
     cols = ["bundle", "status", "reason", "n_recognised", "n_streamlines", "lesion_node_fraction",
-            "mean_fa", "mean_md", "mean_ad", "mean_rd"]  # fmt: skip
+            "mean_fa", "mean_md", "mean_ad", "mean_rd"]
     items = (*figs, Table(_cols(table, cols), "Bundles", "Means of the 100-node profiles; "
-                          "diffusivities in µm²/ms."))  # fmt: skip
+                          "diffusivities in µm²/ms."))
     return Section("tract", "Tracts", status, reason, items=items), meta
 
 
@@ -340,17 +340,17 @@ def _func_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dic
         Figure(s.fig("connectome", "bold", task=True), "Connectivity matrix",
                "Correlation of the denoised region time series, ordered by network.",
                reason="no matrix: the run was excluded or has no valid region"),
-    )  # fmt: skip
+    )
     if "bold" in skipped:
         return Section("func", "Resting-state fMRI", "no input", skipped["bold"]), meta
     table = _tsv(path)
     if table is None:
         return Section("func", "Resting-state fMRI", "not run",
-                       f"no run summary ({path.name}); run the func stage", items=figs), meta  # fmt: skip
+                       f"no run summary ({path.name}); run the func stage", items=figs), meta
     row = table.iloc[0].to_dict()
     keys = ("repetition_time_s", "n_dummy_removed", "n_volumes", "mean_fd_mm", "max_fd_mm",
             "n_censored", "censored_pct", "n_kept", "minutes_kept", "strategy", "dof", "atlas",
-            "n_regions", "n_regions_valid", "excluded", "exclusion_reason")  # fmt: skip
+            "n_regions", "n_regions_valid", "excluded", "exclusion_reason")
     items: list[Any] = [KeyValues(tuple((k, row[k]) for k in keys if k in row), "Run summary")]
     excluded = bool(meta.get("Excluded")) or str(row.get("excluded")) in ("1", "1.0", "True")
     reason = str(meta.get("ExclusionReason") or row.get("exclusion_reason") or "")
@@ -360,7 +360,7 @@ def _func_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dic
     for w in (meta.get("Parameters") or {}).get("input_warnings") or []:
         items.append(Note(str(w), "warning"))
     return Section("func", "Resting-state fMRI", "excluded" if excluded else "ok",
-                   reason if excluded else "", items=tuple(items)), meta  # fmt: skip
+                   reason if excluded else "", items=tuple(items)), meta
 
 
 def session_report(
@@ -379,7 +379,7 @@ def session_report(
     s = _Session(out, subject, session, task)
     if not s.dir.is_dir():
         raise InputError(s.dir, f"no outputs for sub-{subject} ses-{session} in {out}; run the "
-                         "participant stages for this subject-session first")  # fmt: skip
+                         "participant stages for this subject-session first")
     summary, skipped, inv_meta = _inventory_section(s)
     anat, anat_meta = _anat_section(s, skipped)
     dwi, dwi_meta = _dwi_section(s, skipped)
@@ -392,41 +392,41 @@ def session_report(
         status_rows.append((sec.title, f"{label}: {sec.reason}" if sec.reason else label))
     summary = Section(summary.id, summary.title, summary.status, summary.reason,
                       items=(KeyValues((("subject", subject), ("session", session),
-                                        *status_rows), "Stages"), *summary.items))  # fmt: skip
+                                        *status_rows), "Stages"), *summary.items))
     missing = [sec for sec in stages if sec.status != "ok"]
     missing_items = tuple(
         Note(f"{sec.title}: {sec.status}" + (f" ({sec.reason})" if sec.reason else ""),
              "error" if sec.status in ("excluded", "failed") else "warning")
         for sec in missing
-    ) or (Note("every stage ran for this session", "ok"),)  # fmt: skip
+    ) or (Note("every stage ran for this session", "ok"),)
     missing_sec = Section("missing", "Stages not run or excluded",
-                          "ok" if not missing else "partial", items=missing_items)  # fmt: skip
+                          "ok" if not missing else "partial", items=missing_items)
     found = {k: m for k, m in (("anat", anat_meta), ("dwi", dwi_meta), ("tract", tract_meta),
-                               ("func", func_meta)) if m}  # fmt: skip
+                               ("func", func_meta)) if m}
     gen = (desc.get("GeneratedBy") or [{}])[0]
     methods = methods_boilerplate(found, software=_software([inv_meta, *found.values()]),
-                                  version=str(gen.get("Version", "")))  # fmt: skip
+                                  version=str(gen.get("Version", "")))
     dates = sorted({str(m.get("DateGenerated")) for m in found.values() if m.get("DateGenerated")})
     flag = read_plausibility(out, subject, session)
     banners = ()
     if flag and flag["flagged"]:
         banners = (Note(f"Structural results flagged as implausible ({', '.join(flag['failed'])}): "
                         f"{flag['reason']}. Every later stage stands on them; the group statistics "
-                        "leave this session out unless group.include_flagged is true.", "error"),)  # fmt: skip
+                        "leave this session out unless group.include_flagged is true.", "error"),)
     ex = read_dwi_exclusions(out, subject, session)
     if ex and ex["flagged"]:
         banners += (Note(f"DWI flagged: {ex['reason']}. The group statistics of the diffusion "
                          "metrics leave this session out unless group.include_flagged is true.",
-                         "error"),)  # fmt: skip
+                         "error"),)
     elif ex and ex["warning"]:
         banners += (Note(f"DWI: {ex['warning']}; see the confounds table for the reasons.",
-                         "warning"),)  # fmt: skip
+                         "warning"),)
     for func_side in sorted((out / f"sub-{subject}" / f"ses-{session}" / "func").glob(
-            "sub-*_desc-summary_bold.json")):  # fmt: skip
+            "sub-*_desc-summary_bold.json")):
         side = read_json_object(func_side)
         if side.get("Flagged"):
             banners += (Note(f"BOLD flagged: {side.get('Reason', '')}. The NBS leaves this "
-                             "session out unless group.include_flagged is true.", "error"),)  # fmt: skip
+                             "session out unless group.include_flagged is true.", "error"),)
     return Report(
         banners=banners,
         title=f"sub-{subject} ses-{session}",
@@ -442,7 +442,7 @@ def session_report(
 def write_session_report(
     out: str | os.PathLike[str], subject: str, session: str, *, task: str = "rest",
     embed: bool = False,
-) -> Path:  # fmt: skip
+) -> Path:
     """Build and atomically write ``OUTPUT_DIR/sub-<subject>_ses-<session>.html``."""
     path = session_report_path(out, subject, session)
     report = session_report(out, subject, session, task=task)
@@ -476,13 +476,13 @@ def _stats_block(g: Path, suffix: str, label: str) -> tuple[list[Any], dict[str,
         for (test, contrast), part in cannot.groupby(["test", "contrast"], sort=False):
             items.append(Note(f"{test} [{contrast}]: cannot reach p < 0.05 with this design "
                               f"(smallest attainable p = {part['min_p'].min():.4g}, "
-                              f"n = {int(part['n_subjects'].max())})", "warning"))  # fmt: skip
+                              f"n = {int(part['n_subjects'].max())})", "warning"))
     cols = ["roi", "bundle", "metric", "profile", "test", "contrast", "n_subjects", "statistic",
             "p", "p_fdr", "significant", "exact", "min_p", "can_reach_alpha", "estimate_name",
-            "estimate", "mean_pct_change", "method", "reason"]  # fmt: skip
+            "estimate", "mean_pct_change", "method", "reason"]
     items.append(Table(_cols(tests, cols), f"{label}: tests",
                        "Bold: significant after FDR; orange: the test cannot reach p < 0.05 "
-                       "with this many subjects (min_p = smallest attainable p)."))  # fmt: skip
+                       "with this many subjects (min_p = smallest attainable p)."))
     sessions = _tsv(g / f"desc-sessions_{suffix}.tsv")
     if sessions is not None:
         items.append(Table(sessions, f"{label}: values by session (median, quartiles)"))
@@ -526,12 +526,12 @@ def group_report(out: str | os.PathLike[str]) -> Report:
     if items:
         stage_meta["dwi_stats"] = meta
         items.append(_group_figs(sorted(g.glob("desc-spaghetti*_dwistats.svg")),
-                                 "one line per subject"))  # fmt: skip
+                                 "one line per subject"))
         items.append(_group_figs(sorted(g.glob("desc-box*_dwistats.svg"))))
         sections.append(Section("dwi", "DTI (ROIs)", "ok", items=tuple(items)))
     else:
         sections.append(Section("dwi", "DTI (ROIs)", "not run",
-                                "no desc-tests_dwistats.tsv; run the group dwi_stats stage"))  # fmt: skip
+                                "no desc-tests_dwistats.tsv; run the group dwi_stats stage"))
     # tracts
     items, meta = _stats_block(g, "tractstats", "Tract means")
     if items:
@@ -540,12 +540,12 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         if ranges is not None:
             items.append(Table(ranges, "Tract profile: node ranges with FWE-corrected change"))
         items.append(_group_figs(sorted(g.glob("desc-*_tractprofiletests.svg")),
-                                 "paired t along the profile; shaded: FWE-significant nodes"))  # fmt: skip
+                                 "paired t along the profile; shaded: FWE-significant nodes"))
         sections.append(Section("tract", "Tracts", "ok", items=tuple(items)))
     else:
         sections.append(Section("tract", "Tracts", "not run",
                                 "no desc-tests_tractstats.tsv; run the tract stage and the group "
-                                "tract_stats stage"))  # fmt: skip
+                                "tract_stats stage"))
     # clinical
     items, meta = _stats_block(g, "clinicalstats", "Clinical variables")
     if items:
@@ -555,7 +555,7 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         items.append(_group_figs(sorted(g.glob("desc-spaghetti*_clinicalstats.svg"))))
         reason = (meta.get("Parameters") or {}).get("reason", "")
         sections.append(Section("clinical", "Clinical", "not run" if reason else "ok",
-                                str(reason), items=tuple(items)))  # fmt: skip
+                                str(reason), items=tuple(items)))
     # NBS
     stem = _nbs_stem(g)
     if stem is not None:
@@ -565,40 +565,40 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         alpha = (p.get("nbs") or {}).get("alpha", 0.05)
         exact = (f"EXACT: all {p.get('n_permutations')} distinct relabellings enumerated"
                  if p.get("exact") else f"{p.get('n_permutations')} random relabellings "
-                 f"(of {p.get('n_distinct_available')} distinct)")  # fmt: skip
+                 f"(of {p.get('n_distinct_available')} distinct)")
         min_p = p.get("min_attainable_p")
         items = [Note(f"{p.get('design', '')}; subjects {', '.join(map(str, p.get('subjects', [])))}. "
                       f"Inference {exact}; smallest attainable FWE p = {min_p}.",
-                      "info")]  # fmt: skip
+                      "info")]
         if min_p is not None and float(min_p) > float(alpha):
             items.append(Note(f"cannot reach p < {alpha} with this design (smallest attainable "
                               f"p = {min_p}): no component can be significant; collect more "
-                              "data.", "warning"))  # fmt: skip
+                              "data.", "warning"))
         cfg_nbs = p.get("nbs") or {}
         side = {"greater": "one-sided, follow-up > baseline", "less": "one-sided, follow-up < "
                 "baseline", "two-sided": "two-sided (both signs, FWE across them)",
                 "both-one-sided": "both one-sided contrasts as separate tests"}.get(
-                    cfg_nbs.get("alternative"), str(cfg_nbs.get("alternative")))  # fmt: skip
+                    cfg_nbs.get("alternative"), str(cfg_nbs.get("alternative")))
         if cfg_nbs.get("hypothesis"):
             items.append(Note(f"Pre-specified hypothesis (nbs.hypothesis): "
-                              f"{cfg_nbs['hypothesis']}; tested {side}.", "info"))  # fmt: skip
+                              f"{cfg_nbs['hypothesis']}; tested {side}.", "info"))
         else:
             items.append(Note(f"No pre-specified hypothesis (nbs.hypothesis is empty): the "
-                              f"NBS ({side}) is exploratory.", "info"))  # fmt: skip
+                              f"NBS ({side}) is exploratory.", "info"))
         items.append(Note("Sign-flip inference assumes that each subject's change is "
                           "symmetric about zero under the null (exchangeable signs); a skewed "
                           "null distribution of changes (e.g. a drift that affects some subjects "
-                          "strongly) inflates false positives.", "info"))  # fmt: skip
+                          "strongly) inflates false positives.", "info"))
         if p.get("degenerate_edges"):
             items.append(Note(f"{len(p['degenerate_edges'])} edge(s) without residual variance "
                               "(the same change in every subject) were left out of the test.",
-                              "warning"))  # fmt: skip
+                              "warning"))
         if meta.get("Summary"):
             items.append(Note(str(meta["Summary"]), pre=True))
         comps = _tsv(g / f"{stem}_desc-components_nbs.tsv")
         items.append(Table(comps, "Components"))
         items.append(_group_figs([g / f"{stem}_desc-{k}_nbs.svg"
-                                  for k in ("adjacency", "circle", "glassbrain")]))  # fmt: skip
+                                  for k in ("adjacency", "circle", "glassbrain")]))
         power = _tsv(g / f"{stem}_desc-power_nbs.tsv")
         pstat = p.get("power") or {}
         if power is None and pstat.get("run") is False and "is 0" not in str(pstat.get("reason")):
@@ -614,7 +614,7 @@ def group_report(out: str | os.PathLike[str]) -> Report:
             exclusions.append(Table(excl, "NBS: runs left out"))
     else:
         sections.append(Section("nbs", "Network-based statistic", "not run",
-                                "no *_desc-components_nbs.tsv; run the group nbs stage"))  # fmt: skip
+                                "no *_desc-components_nbs.tsv; run the group nbs stage"))
     # QC-FC
     qcfc = sorted(g.glob("*_desc-qcfc_bold.tsv"))
     if qcfc:
@@ -627,9 +627,9 @@ def group_report(out: str | os.PathLike[str]) -> Report:
             import pandas as pd
 
             items.append(Table(pd.DataFrame(summ).T.reset_index(names="series"),
-                               "QC-FC with and without denoising"))  # fmt: skip
+                               "QC-FC with and without denoising"))
         items.append(Figure(g / f"{qstem}_desc-qcfc_bold.svg", "QC-FC distribution and distance "
-                            "dependence"))  # fmt: skip
+                            "dependence"))
         runs = _tsv(g / f"{qstem}_desc-qcfcruns_bold.tsv")
         if runs is not None:
             items.append(Table(runs, "Runs (mean FD; used or why not)"))
@@ -639,12 +639,12 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         sections.append(Section("qcfc", "QC-FC (residual motion)", "ok", items=tuple(items)))
     else:
         sections.append(Section("qcfc", "QC-FC (residual motion)", "not run",
-                                "no *_desc-qcfc_bold.tsv; run the group qcfc stage"))  # fmt: skip
+                                "no *_desc-qcfc_bold.tsv; run the group qcfc stage"))
     # exclusions
     for name, label in (("desc-exclusions_dwistats.tsv", "DTI tests"),
                         ("desc-exclusions_tractstats.tsv", "Tract tests"),
                         ("desc-plainExclusions_tractprofiletests.tsv", "Tract profiles"),
-                        ("desc-exclusions_clinicalstats.tsv", "Clinical tests")):  # fmt: skip
+                        ("desc-exclusions_clinicalstats.tsv", "Clinical tests")):
         t = _tsv(g / name)
         if t is not None:
             exclusions.insert(len(exclusions), Table(t, f"{label}: exclusions"))
@@ -653,17 +653,17 @@ def group_report(out: str | os.PathLike[str]) -> Report:
         m = _json(p)
         if m.get("Excluded"):
             runs.append({"run": p.name.replace("_desc-summary_bold.json", ""),
-                         "reason": m.get("ExclusionReason")})  # fmt: skip
+                         "reason": m.get("ExclusionReason")})
     if runs:
         import pandas as pd
 
         exclusions.insert(0, Table(pd.DataFrame(runs), "Resting-state runs excluded at the "
-                                   "participant level"))  # fmt: skip
+                                   "participant level"))
     sections.append(Section("exclusions", "Exclusions and their reasons", "ok",
-                            items=tuple(exclusions) or (Note("no exclusions", "ok"),)))  # fmt: skip
+                            items=tuple(exclusions) or (Note("no exclusions", "ok"),)))
     gen = (desc.get("GeneratedBy") or [{}])[0]
     methods = methods_boilerplate(stage_meta, software=_software(list(stage_meta.values())),
-                                  version=str(gen.get("Version", "")))  # fmt: skip
+                                  version=str(gen.get("Version", "")))
     return Report(
         title="msmri group report",
         subtitle=f"msmri {gen.get('Version', '')} · derivatives {out}",

@@ -110,7 +110,7 @@ class MissingOutputError(InputError):
     def __init__(
         self, path: PathT, what: str, *, stage: str, level: str = "participant",
         reason: str | None = None,
-    ):  # fmt: skip
+    ):
         self.stage = stage
         self.what = what
         self.reason = reason
@@ -203,7 +203,7 @@ class SubjectSession:
     def _expected(self, *, datatype: str | None, suffix: str, extension: str, **ent: Any) -> Path:
         ent = {k: v for k, v in ent.items() if v is not None}
         return build_path(self.results.root, datatype=datatype, suffix=suffix,
-                          extension=extension, sub=self.subject, ses=self.session, **ent)  # fmt: skip
+                          extension=extension, sub=self.subject, ses=self.session, **ent)
 
     def files(self, *, datatype: str | None = None, **entities: Any) -> list[Path]:
         """Paths of this subject-session's files matching writer-style entities.
@@ -216,14 +216,14 @@ class SubjectSession:
         return self.results._find(sub=self.subject, ses=self.session, folder=datatype, **entities)
 
     def _one(self, what: str, stage: str, *, datatype: str | None, suffix: str,
-             extension: str | Sequence[str], reason: str | None = None, **ent: Any) -> Path:  # fmt: skip
+             extension: str | Sequence[str], reason: str | None = None, **ent: Any) -> Path:
         exts = [extension] if isinstance(extension, str) else list(extension)
         found = self.files(datatype=datatype or "", suffix=suffix, extension=exts, **ent)
         if not found:
             raise MissingOutputError(
                 self._expected(datatype=datatype, suffix=suffix, extension=exts[0], **ent),
                 f"sub-{self.subject} ses-{self.session}: {what}", stage=stage, reason=reason,
-            )  # fmt: skip
+            )
         if len(found) > 1:
             names = ", ".join(p.name for p in found)
             raise InputError(self.folder, f"expected one {what}, found {len(found)}: {names}")
@@ -264,7 +264,7 @@ class SubjectSession:
 
         path = self._one(f"{model} {metric.upper()} map in {space} space", "dwi", datatype="dwi",
                          suffix="dwimap", extension=_NIFTI, space=space, model=model,
-                         param=metric.lower(), bundle=None, desc=None)  # fmt: skip
+                         param=metric.lower(), bundle=None, desc=None)
         return nib.load(path)
 
     def mask(self, name: str, *, space: str | None = "dwi") -> nib.Nifti1Image:
@@ -277,10 +277,10 @@ class SubjectSession:
         if space is None:
             ent = {"desc": "brain"} if key == "brain" else {"label": key, "desc": None}
             path = self._one(f"structural {name} mask", "anat", datatype="anat", suffix="mask",
-                             extension=_NIFTI, space=None, **ent)  # fmt: skip
+                             extension=_NIFTI, space=None, **ent)
         else:
             path = self._one(f"{name} mask in {space} space", "dwi", datatype="dwi",
-                             suffix="mask", extension=_NIFTI, space=space, desc=key)  # fmt: skip
+                             suffix="mask", extension=_NIFTI, space=space, desc=key)
         return nib.load(path)
 
     def bundle_density(self, bundle: str, *, space: str = "dwi") -> nib.Nifti1Image:
@@ -289,7 +289,7 @@ class SubjectSession:
 
         path = self._one(f"density map of bundle {bundle} in {space} space", "tract",
                          datatype="dwi", suffix="dwimap", extension=_NIFTI, space=space,
-                         bundle=bundle.replace("_", ""), desc="density")  # fmt: skip
+                         bundle=bundle.replace("_", ""), desc="density")
         return nib.load(path)
 
     # ------------------------------------------------------------------ tables
@@ -298,7 +298,7 @@ class SubjectSession:
         return read_tsv(self._one(what, stage, **spec))
 
     def roi_table(self, *, rois: Iterable[str] | None = None,
-                  metrics: Iterable[str] | None = None) -> pd.DataFrame:  # fmt: skip
+                  metrics: Iterable[str] | None = None) -> pd.DataFrame:
         """Tensor metrics per ROI (long format: ``roi, metric, units, n_voxels, mean, ...``).
 
         Diffusivities in um^2/ms (= 1e-3 mm^2/s). ``rois`` / ``metrics`` select rows
@@ -313,13 +313,13 @@ class SubjectSession:
 
     def tract_profiles(self, *, bundles: Iterable[str] | None = None,
                        metrics: Iterable[str] | None = None,
-                       lesion_masked: bool | None = None) -> pd.DataFrame:  # fmt: skip
+                       lesion_masked: bool | None = None) -> pd.DataFrame:
         """Tract profiles, long format: ``bundle, node, metric, value, lesion_masked``.
 
         ``lesion_masked`` True / False selects the profiles without / with lesion samples.
         """
         table = self._table("tract profiles", "tract", datatype="dwi", space="dwi",
-                            model="tensor", suffix="tractprofiles")  # fmt: skip
+                            model="tensor", suffix="tractprofiles")
         if lesion_masked is not None:
             flag = table["lesion_masked"].astype(str).str.lower().isin(["true", "1"])
             table = table[flag == lesion_masked]
@@ -334,17 +334,17 @@ class SubjectSession:
         volume per location."""
         what = "lesion summary" if summary else "lesion table"
         return self._table(what, "anat", datatype="anat", suffix="lesions",
-                           desc="summary" if summary else None)  # fmt: skip
+                           desc="summary" if summary else None)
 
     def dwi_motion(self) -> pd.DataFrame:
         """Per-volume DWI head motion and outlier flags (``desc-confounds_timeseries``)."""
         return self._table("DWI motion table", "dwi", datatype="dwi", desc="confounds",
-                           suffix="timeseries", task=None)  # fmt: skip
+                           suffix="timeseries", task=None)
 
     def func_summary(self, *, task: str | None = None) -> pd.DataFrame:
         """The fMRI run summary: volumes, FD, censoring, regions, exclusion (one row)."""
         return self._table("fMRI run summary", "func", datatype="func", desc="summary",
-                           suffix="bold", task=task or self.results.task)  # fmt: skip
+                           suffix="bold", task=task or self.results.task)
 
     def motion_summary(self) -> pd.DataFrame:
         """Head motion of every modality that was processed, one row per modality.
@@ -362,12 +362,12 @@ class SubjectSession:
             flagged = m[flags].fillna(0).astype(bool).any(axis=1).sum() if flags else 0
             fd = m["framewise_displacement"]
             rows.append({"modality": "dwi", "n_volumes": len(m), "mean_fd_mm": fd.mean(),
-                         "max_fd_mm": fd.max(), "n_flagged": int(flagged), "excluded": False})  # fmt: skip
+                         "max_fd_mm": fd.max(), "n_flagged": int(flagged), "excluded": False})
         with contextlib.suppress(MissingOutputError):
             for _, r in self.func_summary().iterrows():
                 rows.append({"modality": f"bold (task-{r['task']})", "n_volumes": r["n_volumes"],
                              "mean_fd_mm": r["mean_fd_mm"], "max_fd_mm": r["max_fd_mm"],
-                             "n_flagged": r["n_censored"], "excluded": bool(r["excluded"])})  # fmt: skip
+                             "n_flagged": r["n_censored"], "excluded": bool(r["excluded"])})
         columns = ["modality", "n_volumes", "mean_fd_mm", "max_fd_mm", "n_flagged", "excluded"]
         return pd.DataFrame(rows, columns=columns)
 
@@ -375,18 +375,18 @@ class SubjectSession:
     def atlases(self) -> list[str]:
         """Atlases (``seg`` entity) with a connectivity matrix in this session."""
         return sorted({self.results._entity(p, "seg") for p in
-                       self.files(datatype="func", suffix="relmat", extension=".tsv")} - {None})  # fmt: skip
+                       self.files(datatype="func", suffix="relmat", extension=".tsv")} - {None})
 
     def measures(self, atlas: str | None = None) -> list[str]:
         """Connectivity measures (``stat`` entity) written for ``atlas`` (default: all)."""
         files = self.files(datatype="func", suffix="relmat", extension=".tsv",
-                           **({"seg": atlas} if atlas else {}))  # fmt: skip
+                           **({"seg": atlas} if atlas else {}))
         return sorted({self.results._entity(p, "stat") for p in files} - {None})
 
     def connectome(
         self, atlas: str | None = None, measure: str = "pearsoncorrelation", *,
         task: str | None = None,
-    ) -> ConnectivityMatrix:  # fmt: skip
+    ) -> ConnectivityMatrix:
         """The connectivity matrix of one atlas and measure, with its region table.
 
         Parameters
@@ -411,25 +411,25 @@ class SubjectSession:
         atlas = atlas or self._default_atlas()
         reason = None
         if not self.files(datatype="func", suffix="relmat", extension=".tsv", seg=atlas,
-                          stat=stat, task=task):  # fmt: skip
+                          stat=stat, task=task):
             reason = self._func_missing_reason(task, atlas, stat)
         path = self._one(f"{stat} connectivity matrix ({atlas})", "func", datatype="func",
                          suffix="relmat", extension=".tsv", task=task, seg=atlas, stat=stat,
-                         reason=reason)  # fmt: skip
+                         reason=reason)
         labels_path = self._one(f"region table of {path.name}", "func", datatype="func",
-                                suffix="dseg", extension=".tsv", task=task, seg=atlas)  # fmt: skip
+                                suffix="dseg", extension=".tsv", task=task, seg=atlas)
         labels = read_tsv(labels_path)
         matrix = read_tsv(path, index_col=0)
         names = [str(n) for n in labels["name"]]
         if [str(c) for c in matrix.columns] != names or [str(i) for i in matrix.index] != names:
             raise InputError(path, f"expected row and column labels equal to the region names of "
                              f"{labels_path.name} ({len(names)} regions), got "
-                             f"{matrix.shape[0]} x {matrix.shape[1]} with other labels")  # fmt: skip
+                             f"{matrix.shape[0]} x {matrix.shape[1]} with other labels")
         matrix.index.name = None
         side = path.with_name(path.name.split(".", 1)[0] + ".json")
         meta = _read_json(side) if side.is_file() else {}
         return ConnectivityMatrix(matrix=matrix, labels=labels, atlas=atlas, measure=stat,
-                                  path=path, labels_path=labels_path, metadata=meta)  # fmt: skip
+                                  path=path, labels_path=labels_path, metadata=meta)
 
     def _default_atlas(self) -> str:
         found = self.atlases()
@@ -444,9 +444,9 @@ class SubjectSession:
                                task=self.results.task, seg="<atlas>", stat="<measure>"),
                 f"sub-{self.subject} ses-{self.session}: connectivity matrix", stage="func",
                 reason=self._func_missing_reason(self.results.task, None, None),
-            )  # fmt: skip
+            )
         raise InputError(self.folder / "func", f"several atlases have matrices ({', '.join(found)}); "
-                         "pass atlas=... to choose one")  # fmt: skip
+                         "pass atlas=... to choose one")
 
     def _func_missing_reason(self, task: str, atlas: str | None, stat: str | None) -> str | None:
         try:
@@ -491,7 +491,7 @@ class SubjectSession:
         stages = self.stages
         out: dict[str, Any] = {"subject": self.subject, "session": self.session,
                                "stages": stages, "n_files": len(self.files()),
-                               "n_figures": len(self.figures())}  # fmt: skip
+                               "n_figures": len(self.figures())}
         if stages["anat"]:
             vol = self.volumes().iloc[0]
             out["brain_fraction_icv"] = float(vol.get("brain_fraction_icv", float("nan")))
@@ -520,7 +520,7 @@ def _select(table: pd.DataFrame, **filters: Iterable[str] | None) -> pd.DataFram
         unknown = sorted(set(values) - set(table[column].astype(str)))
         if unknown:
             raise ValueError(f"no {column} {unknown} in the table; available: "
-                             f"{sorted(set(table[column].astype(str)))}")  # fmt: skip
+                             f"{sorted(set(table[column].astype(str)))}")
         table = table[table[column].astype(str).isin(values)]
     return table.reset_index(drop=True)
 
@@ -607,7 +607,7 @@ class DerivativesResults:
             kwargs["database_path"] = str(self._database_path)
         try:
             return bids.BIDSLayout(str(self.root), validate=False, indexer=indexer,
-                                   config=["bids", "derivatives", PYBIDS_CONFIG], **kwargs)  # fmt: skip
+                                   config=["bids", "derivatives", PYBIDS_CONFIG], **kwargs)
         except (PyBIDSError, ValueError) as exc:
             raise InputError(self.root, f"pybids could not index the derivatives: {exc}") from exc
 
@@ -647,7 +647,7 @@ class DerivativesResults:
         self._sessions: dict[tuple[str, str | None], SubjectSession] = {}
 
     def _find(self, *, sub: str | None, ses: str | None, folder: str | None,
-              **entities: Any) -> list[Path]:  # fmt: skip
+              **entities: Any) -> list[Path]:
         """Indexed files by writer-style entities (``None``: the entity must be absent,
         a list: any of its values); ``folder`` is the datatype folder name ("" for the
         files directly in the subject-session folder)."""
@@ -657,7 +657,7 @@ class DerivativesResults:
                 continue
             name = _PYBIDS_KEYS.get(key, key)
             query[name] = (None if value is None else
-                           {str(v) for v in ([value] if isinstance(value, str) else value)})  # fmt: skip
+                           {str(v) for v in ([value] if isinstance(value, str) else value)})
         base = self.root if sub is None else self.root / f"sub-{sub}"
         if sub is not None and ses is not None:
             base = base / f"ses-{ses}"
@@ -669,7 +669,7 @@ class DerivativesResults:
             if sub is not None and base not in path.parents:  # e.g. a report page at the root
                 continue
             if all((ent.get(k) is None) if v is None else (ent.get(k) in v)
-                   for k, v in query.items()):  # fmt: skip
+                   for k, v in query.items()):
                 paths.append(path)
         return sorted(paths)
 
@@ -690,7 +690,7 @@ class DerivativesResults:
         if unknown:
             raise InputError(self.root, f"subject(s) {', '.join('sub-' + s for s in unknown)} "
                              f"not found in this derivatives folder; available: "
-                             f"{', '.join('sub-' + s for s in present) or 'none'}")  # fmt: skip
+                             f"{', '.join('sub-' + s for s in present) or 'none'}")
 
     def _subject(self, subject: str) -> str:
         subject = _strip(subject, "sub-")
@@ -702,7 +702,7 @@ class DerivativesResults:
         configuration, then alphabetical for any others)."""
         subject = self._subject(subject)
         found = {e["session"] for e in self._catalogue.values()
-                 if e.get("subject") == subject and "session" in e}  # fmt: skip
+                 if e.get("subject") == subject and "session" in e}
         order = list((self.config.get("sessions") or {}).get("order") or [])
         return [s for s in order if s in found] + sorted(found - set(order))
 
@@ -716,7 +716,7 @@ class DerivativesResults:
         if session is not None and session not in sessions:
             raise InputError(self.root / f"sub-{subject}",
                              f"session ses-{session} not found for sub-{subject}; available: "
-                             f"{', '.join('ses-' + s for s in sessions) or 'none'}")  # fmt: skip
+                             f"{', '.join('ses-' + s for s in sessions) or 'none'}")
         key = (subject, session)
         if key not in self._sessions:  # one object per session: its lookups are cached
             self._sessions[key] = SubjectSession(self, subject, session)
@@ -745,7 +745,7 @@ class DerivativesResults:
         import pandas as pd
 
         allowed = ("roi_table", "tract_table", "tract_profiles", "volumes", "lesions",
-                   "func_summary", "motion_summary", "dwi_motion")  # fmt: skip
+                   "func_summary", "motion_summary", "dwi_motion")
         if table not in allowed:
             raise ValueError(f"unknown table {table!r}; expected one of {allowed}")
         frames, missing, first_error = [], [], None
@@ -783,16 +783,16 @@ class DerivativesResults:
         if desc is not None:
             query["desc"] = desc
         found = self._find(sub=None, ses=None, folder="group", suffix=suffix, extension=".tsv",
-                           **query)  # fmt: skip
+                           **query)
         if not found:
             stage = GROUP_STAGES.get(suffix, "group")
             raise MissingOutputError(
                 build_path(self.root, datatype="group", suffix=suffix, extension=".tsv", **query),
                 f"group {suffix} table", stage=stage, level="group",
-            )  # fmt: skip
+            )
         if len(found) > 1:
             raise InputError(self.root / "group", f"{len(found)} {suffix} tables match "
-                             f"({', '.join(p.name for p in found)}); pass desc=... to choose")  # fmt: skip
+                             f"({', '.join(p.name for p in found)}); pass desc=... to choose")
         return read_tsv(found[0])
 
     def provenance(self, path: PathT) -> dict[str, Any]:
@@ -806,10 +806,10 @@ class DerivativesResults:
         if not p.is_absolute():
             candidates = [self.root / p] if (self.root / p).exists() else [
                 f for f in self._catalogue if f.name == p.name
-            ]  # fmt: skip
+            ]
             if len(candidates) != 1:
                 raise InputError(self.root / p, f"expected one file named {p.name} in the "
-                                 f"derivatives folder, found {len(candidates)}")  # fmt: skip
+                                 f"derivatives folder, found {len(candidates)}")
             p = candidates[0]
         if not p.exists():
             raise InputError(p, "file not found")

@@ -13,7 +13,7 @@ from workflows.outputs import participant_output
 __all__ = [
     "anat_job_inputs", "anatomical_reference", "bold_task", "discover", "dwi_job_inputs", "followups",
     "func_input_mode", "func_job_inputs", "msmri_cmd", "nbs_output", "qcfc_output", "with_modality",
-]  # fmt: skip
+]
 
 
 def _as_list(value: Any, available: list[str]) -> list[str] | None:
@@ -88,7 +88,7 @@ def with_modality(
 
     layout = _layout(config)
     files = layout.get(suffix=suffix, extension=[".nii", ".nii.gz"], return_type="filename",
-                       **entities)  # fmt: skip
+                       **entities)
     found = {subject_session_of(layout.root, f) for f in files}
     return [p for p in pairs if p in found]
 

@@ -38,7 +38,7 @@ SIDECARS = {
             "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.05},
     "bold": {"MagneticFieldStrength": 3, "EchoTime": 0.03, "TaskName": "rest",
              "PhaseEncodingDirection": "j-", "TotalReadoutTime": 0.03},
-}  # fmt: skip
+}
 
 SESSION_COLUMNS = {
     "acq_time": {"Description": "acquisition date and time of the session"},
@@ -140,7 +140,7 @@ def _write_truth(truth: DerivativesWriter, ph: SessionPhantom) -> None:
             truth.write_tsv(
                 table, index=True, datatype="func", suffix="relmat", sub=sub, ses=ses,
                 task="rest", stat="populationcorrelation",
-            )  # fmt: skip
+            )
 
 
 def _writers(out: Path, spec: PhantomSpec) -> tuple[DerivativesWriter, DerivativesWriter]:

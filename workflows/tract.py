@@ -61,7 +61,7 @@ def tracking_params(config: dict[str, Any]):
 
     t = config["tract"]
     keys = ("method", "seeds_per_voxel", "step_size_mm", "max_angle_deg", "min_length_mm",
-            "max_length_mm", "fa_threshold", "seed_fa_threshold", "lesion_policy")  # fmt: skip
+            "max_length_mm", "fa_threshold", "seed_fa_threshold", "lesion_policy")
     return TrackingParams(**{k: t[k] for k in keys}, seed=int(config["seed"]))
 
 
@@ -128,14 +128,14 @@ class Track(SimpleInterface):
             # the derivative stores v1 in world RAS+; tracking works in voxel-array axes
             v1 = load_array(self.inputs.v1, np.float32) @ affine_rotation(fa_img.affine)
             streamlines = track_tensor(v1, fa, fa_img.affine, brain_mask=brain, seed_mask=seed,
-                                       lesion=lesion, params=params)  # fmt: skip
+                                       lesion=lesion, params=params)
             directions = "tensor principal eigenvector"
         else:
             odf, excluded = self._fit_odf(cfg, fa, wm, tracking_mask(fa, brain, lesion, params))
             streamlines = track_odf(odf, fa, fa_img.affine, brain_mask=brain, seed_mask=seed,
-                                    lesion=lesion, params=params)  # fmt: skip
+                                    lesion=lesion, params=params)
             directions = {"csa": "CSA q-ball ODF peaks (DIPY CsaOdfModel)",
-                          "csd": "CSD fibre ODF (DIPY ConstrainedSphericalDeconvModel)"}[model]  # fmt: skip
+                          "csd": "CSD fibre ODF (DIPY ConstrainedSphericalDeconvModel)"}[model]
             extra = {"orientation_model": odf.describe(), "excluded_volumes": excluded}
         path = Path(runtime.cwd) / f"tractogram.{cfg['tract']['tractogram_format']}"
         _save_tractogram(streamlines, fa_img, path)
@@ -145,7 +145,7 @@ class Track(SimpleInterface):
             "n_seed_voxels": int(seed.sum()), "directions": directions, **extra,
             "stopping": "binary: brain & FA >= fa_threshold"
                         + (", lesion voxels always allowed" if params.lesion_policy == "pass" else ""),
-        }  # fmt: skip
+        }
         return runtime
 
     def _fit_odf(self, cfg: dict, fa: np.ndarray, wm: np.ndarray, mask: np.ndarray):
@@ -169,7 +169,7 @@ class Track(SimpleInterface):
         keep = np.setdiff1d(np.arange(grads.n_volumes), excluded)
         t = cfg["tract"]
         params = OdfParams(model=t["model"], sh_order=t["sh_order"],
-                           response_fa_threshold=t["response_fa_threshold"])  # fmt: skip
+                           response_fa_threshold=t["response_fa_threshold"])
         data = np.asarray(img.dataobj, dtype=np.float32)[..., keep]
         try:
             odf = fit_odf(data, grads.select(keep).dipy_gtab(), mask, params=params, wm=wm, fa=fa)
@@ -230,11 +230,11 @@ class Tractometry(SimpleInterface):
         lesion = load_array(self.inputs.lesion, np.float32)
         clean = ({"enabled": True, "distance_threshold": t["clean_distance_sd"],
                   "length_threshold": t["clean_length_sd"], "n_iterations": t["clean_iterations"]}
-                 if t["clean"] else {"enabled": False})  # fmt: skip
+                 if t["clean"] else {"enabled": False})
         results = tractometry(streamlines, definitions, maps, fa_img.affine,
                               to_mni=to_mni.source_to_target, lesion=lesion,
                               n_nodes=t["n_nodes"], min_streamlines=t["min_streamlines"],
-                              clean=clean)  # fmt: skip
+                              clean=clean)
         tpl = load_mni_template(cfg["anat"]["template_resolution"])
         tpl_img = tpl.image("brain")
         cwd = Path(runtime.cwd)
@@ -242,17 +242,17 @@ class Tractometry(SimpleInterface):
         for name, r in results.items():
             if r.status != "ok":
                 log.warning("sub-%s ses-%s bundle %s: %s (%s); its profile rows are NaN",
-                            self.inputs.subject, self.inputs.session, name, r.status, r.reason)  # fmt: skip
+                            self.inputs.subject, self.inputs.session, name, r.status, r.reason)
                 continue
             ent = bundle_entity(name)
             ext = t["tractogram_format"]
             bundles[name] = str(_save_tractogram(Streamlines(r.streamlines), fa_img,
-                                                 cwd / f"bundle_{ent}.{ext}")[0])  # fmt: skip
+                                                 cwd / f"bundle_{ent}.{ext}")[0])
             dens = bundle_density(r.streamlines, fa_img.affine, fa_img.shape[:3])
             density[name] = save_array(dens, fa_img, cwd / f"density_{ent}.nii.gz", np.float32)
             dmni = bundle_density(r.streamlines_mni, tpl_img.affine, tpl_img.shape[:3])
             density_mni[name] = save_array(dmni, tpl_img, cwd / f"density_mni_{ent}.nii.gz",
-                                           np.float32)  # fmt: skip
+                                           np.float32)
         prof = profiles_dataframe(results, self.inputs.subject, self.inputs.session)
         summ = summary_dataframe(results, self.inputs.subject, self.inputs.session)
         for df in (prof, summ):  # diffusivities in um^2/ms, as in the ROI table
@@ -274,7 +274,7 @@ class Tractometry(SimpleInterface):
                 "profile": "Gaussian-weighted mean over streamlines at each node (AFQ); "
                            "node 1 at the end nearest the bundle's start ROI",
             },
-        )  # fmt: skip
+        )
         return runtime
 
 
@@ -312,10 +312,10 @@ class TractQC(SimpleInterface):
         brain = load_array(self.inputs.brain) > 0
         colours = plt.get_cmap("tab10")
         overlays = [Overlay(load_array(p) > 0, colours(i % 10), name, filled=True, alpha=0.45)
-                    for i, (name, p) in enumerate(sorted(self.inputs.density.items()))]  # fmt: skip
+                    for i, (name, p) in enumerate(sorted(self.inputs.density.items()))]
         figs = {}
         fig = mosaic(np.asarray(fa_img.dataobj, dtype=np.float32), fa_img.affine, overlays,
-                     title="recognised bundles (streamline density > 0) on FA", focus=brain)  # fmt: skip
+                     title="recognised bundles (streamline density > 0) on FA", focus=brain)
         figs["bundles"] = save_figure(fig, cwd / "bundles.svg")
         prof = pd.read_csv(self.inputs.profiles, sep="\t", na_values="n/a")
         units = {"fa": "FA", "md": "MD (um^2/ms)", "ad": "AD (um^2/ms)", "rd": "RD (um^2/ms)"}
@@ -368,7 +368,7 @@ PROFILE_COLUMNS = {
     "metric": {"Description": "fa, md, ad or rd"},
     "value": {"Description": "Gaussian-weighted profile value; md/ad/rd in um^2/ms (= 1e-3 mm^2/s)"},
     "lesion_masked": {"Description": "True: samples inside lesions left out of the node average"},
-}  # fmt: skip
+}
 
 SUMMARY_COLUMNS = {
     "subject": {"Description": "participant label"},
@@ -387,7 +387,7 @@ SUMMARY_COLUMNS = {
                         "over nodes" + (", lesion samples excluded" if s else ""),
                         "Units": "unitless"}
        for m in KURTOSIS_METRICS for s in ("", "_lesion_masked")},
-}  # fmt: skip
+}
 
 
 class TractDerivatives(SimpleInterface):
@@ -407,12 +407,12 @@ class TractDerivatives(SimpleInterface):
         w = DerivativesWriter(i.output_dir, config=cfg)
         ent = {"sub": i.subject, "ses": i.session, "datatype": "dwi"}
         params = {"tract": dict(cfg.get("tract", {})), "tracking": i.tracking_parameters,
-                  "tractometry": i.tractometry_parameters}  # fmt: skip
+                  "tractometry": i.tractometry_parameters}
         out: list[str] = []
 
         def meta(description):
             return w.provenance(sources=i.sources, parameters=params, seed=cfg.get("seed"),
-                                extra={"Description": description})  # fmt: skip
+                                extra={"Description": description})
 
         tcfg = cfg["tract"]
 
@@ -420,20 +420,20 @@ class TractDerivatives(SimpleInterface):
             out.append(str(w.write_with(lambda p: [Path(shutil.copyfile(src, p))],
                                         meta=meta(description), **ent, space="dwi",
                                         model=tcfg["model"], suffix="tractography",
-                                        extension=Path(src).suffix, **spec)))  # fmt: skip
+                                        extension=Path(src).suffix, **spec)))
 
         if tcfg["save_tractogram"]:
             tractogram(i.tractogram, f"whole-brain {tcfg['model']} tractogram (world RAS mm)",
-                       desc="wholebrain")  # fmt: skip
+                       desc="wholebrain")
         for name, path in i.bundles.items():
             tractogram(path, f"bundle {name}, cleaned, oriented (node 1 at its start ROI)",
-                       bundle=bundle_entity(name))  # fmt: skip
+                       bundle=bundle_entity(name))
         for space, maps in (("dwi", i.density), (SPACE, i.density_mni)):
             for name, path in maps.items():
                 out.append(str(w.write_nifti(
                     nib.load(path), meta=meta(f"streamline count per voxel of bundle {name}"),
                     **ent, space=space, bundle=bundle_entity(name), desc="density",
-                    suffix="dwimap")))  # fmt: skip
+                    suffix="dwimap")))
         for src, columns, suffix, description in (
             (i.profiles, PROFILE_COLUMNS, "tractprofiles", "tract profiles (long format)"),
             (i.summary, SUMMARY_COLUMNS, "tractstats", "per-bundle status, counts and means"),
@@ -446,11 +446,11 @@ class TractDerivatives(SimpleInterface):
                 dtype={"subject": str, "session": str},
             )
             out.append(str(w.write_tsv(table, columns=columns, meta=meta(description), **ent,
-                                       space="dwi", model="tensor", suffix=suffix)))  # fmt: skip
+                                       space="dwi", model="tensor", suffix=suffix)))
         for name, path in i.figures.items():
             out.append(str(w.write_bytes(Path(path).read_bytes(), sub=i.subject, ses=i.session,
                                          datatype="figures", desc=name, suffix="tract",
-                                         extension=".svg")))  # fmt: skip
+                                         extension=".svg")))
         self._results["out_files"] = out
         return runtime
 
@@ -483,25 +483,25 @@ def diffusion_inputs(
                           **{"from": "dwi", "to": "T1w"}, **dwi),
         "mni_xfm": build_path(out, mode="image", suffix="xfm", extension=".json",
                               **{"from": "T1w", "to": SPACE}, **{**dwi, "datatype": "anat"}),
-    }  # fmt: skip
+    }
     for m in KURTOSIS_METRICS:  # profiled too when the diffusion stage fitted the DKI
         path = build_path(out, space="dwi", model="dki", param=m, suffix="dwimap",
-                          extension=".nii.gz", **dwi)  # fmt: skip
+                          extension=".nii.gz", **dwi)
         if path.exists():
             files[m] = path
     if model != "tensor":
         files.update({
             key: build_path(out, space="dwi", desc="preproc", suffix="dwi", extension=ext, **dwi)
             for key, ext in (("dwi", ".nii.gz"), ("bval", ".bval"), ("bvec", ".bvec"))
-        })  # fmt: skip
+        })
         files["confounds"] = build_path(out, desc="confounds", suffix="timeseries",
-                                        extension=".tsv", **dwi)  # fmt: skip
+                                        extension=".tsv", **dwi)
     for key, path in files.items():
         if not path.exists():
             hint = (f" (tract.model {model} needs the preprocessed series: dwi.save_preproc true)"
-                    if key in ("dwi", "bval", "bvec") else "")  # fmt: skip
+                    if key in ("dwi", "bval", "bvec") else "")
             raise InputError(path, "diffusion or structural output missing: run the anat and dwi "
-                             "stages of this subject-session before the tract stage" + hint)  # fmt: skip
+                             "stages of this subject-session before the tract stage" + hint)
     return {k: str(v) for k, v in files.items()}
 
 
@@ -520,7 +520,7 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
                   "validation": {k: config["validation"][k] for k in GRADIENT_KEYS}},
         "tractometry": {"tract": {k: t[k] for k in metry},
                         "anat": {"template_resolution": config["anat"]["template_resolution"]}},
-    }  # fmt: skip
+    }
 
 
 def init_tract_wf(
@@ -556,23 +556,23 @@ def init_tract_wf(
     p = _node_params(config)
     track = pe.Node(Track(params=p["track"],
                           **{k: inputs[k] for k in ("fa", "v1", "brain", "wm", "lesion")},
-                          **{k: inputs[k] for k in odf_inputs if k in inputs}), name="track")  # fmt: skip
+                          **{k: inputs[k] for k in odf_inputs if k in inputs}), name="track")
     profiled = (*METRICS, *(m for m in KURTOSIS_METRICS if m in inputs))
     metry = pe.Node(Tractometry(params=p["tractometry"], maps={m: inputs[m] for m in profiled},
                                 lesion=inputs["lesion"], xfm=inputs["xfm"],
                                 mni_xfm=inputs["mni_xfm"], subject=subject, session=session),
-                    name="tractometry")  # fmt: skip
+                    name="tractometry")
     wf.connect(track, "tractogram", metry, "tractogram")
     qc = pe.Node(TractQC(fa=inputs["fa"], brain=inputs["brain"]), name="qc")
     wf.connect([(metry, qc, [("density", "density"), ("profiles", "profiles")])])
     sink = pe.Node(TractDerivatives(output_dir=output_dir, subject=subject, session=session,
                                     config=config, sources=sorted(inputs.values())),
-                   name="derivatives")  # fmt: skip
+                   name="derivatives")
     wf.connect([
         (track, sink, [("tractogram", "tractogram"), ("parameters", "tracking_parameters")]),
         (metry, sink, [("bundles", "bundles"), ("density", "density"),
                        ("density_mni", "density_mni"), ("profiles", "profiles"),
                        ("summary", "summary"), ("parameters", "tractometry_parameters")]),
         (qc, sink, [("figures", "figures")]),
-    ])  # fmt: skip
+    ])
     return wf

@@ -313,7 +313,7 @@ def extract_brain(
             threshold_fraction=threshold_fraction, smoothing_mm=smoothing_mm,
             opening_mm=opening_mm, closing_mm=closing_mm, regrow_mm=regrow_mm,
             prior_margin_mm=prior_margin_mm,
-        )  # fmt: skip
+        )
     if prior is not None and out_method != "deepbet":
         out_method += "+prior"
     if not mask.any():
@@ -376,7 +376,7 @@ def _threshold_mask(
         background=b, p98=t98, threshold=thr, threshold_fraction=threshold_fraction,
         smoothing_mm=smoothing_mm, opening_mm=opening_mm, closing_mm=closing_mm,
         regrow_mm=regrow_mm,
-    )  # fmt: skip
+    )
     if prior is not None:
         params["prior_margin_mm"] = prior_margin_mm
     return mask

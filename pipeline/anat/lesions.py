@@ -176,13 +176,13 @@ def classify_lesions(
 
     columns = ["lesion_id", "n_voxels", "volume_mm3", "centroid_x", "centroid_y", "centroid_z",
                "location", "distance_to_ventricles_mm", "distance_to_cortex_mm",
-               "infratentorial_fraction"]  # fmt: skip
+               "infratentorial_fraction"]
     if brain is not None:
         columns.append("in_brain_fraction")
     ids = np.unique(lab[lab > 0])
     if ids.size == 0:
         return pd.DataFrame({c: pd.Series(dtype=object if c == "location" else float)
-                             for c in columns})  # fmt: skip
+                             for c in columns})
 
     def edt(structure: np.ndarray) -> np.ndarray:
         if not structure.any():
@@ -246,11 +246,11 @@ def lesion_totals(table):
         rows.append(
             {"location": loc, "count": len(sel),
              "volume_mm3": float(sel["volume_mm3"].sum()) if len(sel) else 0.0}
-        )  # fmt: skip
+        )
     rows.append(
         {"location": "total", "count": len(table),
          "volume_mm3": float(table["volume_mm3"].sum()) if len(table) else 0.0}
-    )  # fmt: skip
+    )
     return pd.DataFrame(rows, columns=["location", "count", "volume_mm3"])
 
 
@@ -535,7 +535,7 @@ def compare_lesions(
     vv = float(np.prod(zooms))
     base_vol = np.bincount(base.ravel(), minlength=int(base.max()) + 1) * vv
     columns = ["followup_id", "status", "volume_mm3", "baseline_ids", "baseline_volume_mm3",
-               "volume_change_mm3", "centroid_i", "centroid_j", "centroid_k"]  # fmt: skip
+               "volume_change_mm3", "centroid_i", "centroid_j", "centroid_k"]
     rows = []
     ids = np.unique(fu[fu > 0])
     coms = ndimage.center_of_mass(np.ones(fu.shape), fu, ids.tolist()) if ids.size else []

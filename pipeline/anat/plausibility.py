@@ -188,7 +188,7 @@ def _check(name: str, value: float | None) -> Check:
     bounds = (
         f"{lower:g}-{upper:g}" if lower is not None and upper is not None
         else f">= {lower:g}" if lower is not None else f"<= {upper:g}"
-    )  # fmt: skip
+    )
     msg = f"{what} = {v:.4g} {unit} (plausible: {bounds})"
     if not ok:
         msg += f": {_HINT[name]}"

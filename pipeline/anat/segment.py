@@ -132,7 +132,7 @@ def _kmeans_1d(y: np.ndarray, k: int = 3, n_iter: int = 30) -> np.ndarray:
     for _ in range(n_iter):
         assign = np.argmin(np.abs(y[:, None] - centres[None, :]), axis=1)
         new = np.array([y[assign == c].mean() if np.any(assign == c) else centres[c]
-                        for c in range(k)])  # fmt: skip
+                        for c in range(k)])
         if np.allclose(new, centres):
             break
         centres = new

@@ -271,7 +271,7 @@ def _dki_params(beta: np.ndarray, min_diffusivity: float) -> tuple[np.ndarray, n
     evecs = evecs[:, :, ::-1]
     md2 = evals.mean(axis=1) ** 2
     kt = np.divide(beta[:, 6:21], md2[:, None], out=np.zeros((len(beta), 15)),
-                   where=md2[:, None] > 0)  # fmt: skip
+                   where=md2[:, None] > 0)
     params = np.concatenate([evals, evecs.reshape(-1, 9), kt], axis=1)
     return params, np.exp(-beta[:, 21])
 
@@ -281,7 +281,7 @@ def _dki_params(beta: np.ndarray, min_diffusivity: float) -> tuple[np.ndarray, n
 #: in W(n) = sum W_ijkl n_i n_j n_k n_l.
 _KT_INDEX = ((0, 0, 0, 0), (1, 1, 1, 1), (2, 2, 2, 2), (0, 0, 0, 1), (0, 0, 0, 2), (0, 1, 1, 1),
              (1, 1, 1, 2), (0, 2, 2, 2), (1, 2, 2, 2), (0, 0, 1, 1), (0, 0, 2, 2), (1, 1, 2, 2),
-             (0, 0, 1, 2), (0, 1, 1, 2), (0, 1, 2, 2))  # fmt: skip
+             (0, 0, 1, 2), (0, 1, 1, 2), (0, 1, 2, 2))
 _KT_MULT = np.array([1, 1, 1, 4, 4, 4, 4, 4, 4, 6, 6, 6, 12, 12, 12], dtype=float)
 
 #: Quadrature of the sphere average (MK): Gauss-Legendre nodes in cos(theta) on the
@@ -297,7 +297,7 @@ RK_NODES = 32
 def _kt_monomials(n: np.ndarray) -> np.ndarray:
     """(..., 3) unit vectors -> (..., 15): W(n) = monomials @ kt."""
     return np.stack([n[..., i] * n[..., j] * n[..., k] * n[..., l]
-                     for i, j, k, l in _KT_INDEX], axis=-1) * _KT_MULT  # fmt: skip
+                     for i, j, k, l in _KT_INDEX], axis=-1) * _KT_MULT
 
 
 def _half_sphere_rule() -> tuple[np.ndarray, np.ndarray]:
@@ -308,7 +308,7 @@ def _half_sphere_rule() -> tuple[np.ndarray, np.ndarray]:
     sin_t = np.sqrt(1.0 - cos_t**2)
     phi = 2.0 * np.pi * np.arange(n_phi) / n_phi
     dirs = np.stack([np.outer(sin_t, np.cos(phi)), np.outer(sin_t, np.sin(phi)),
-                     np.repeat(cos_t[:, None], n_phi, axis=1)], axis=-1).reshape(-1, 3)  # fmt: skip
+                     np.repeat(cos_t[:, None], n_phi, axis=1)], axis=-1).reshape(-1, 3)
     weights = np.repeat(w_t, n_phi) / n_phi
     return dirs, weights
 
@@ -464,7 +464,7 @@ def fit_kurtosis(
         (design, in_mask[i : i + step], method == "WLS", min_diffusivity, min_signal,
          float(min_kurtosis), float(max_kurtosis))
         for i in range(0, len(idx), step)
-    ]  # fmt: skip
+    ]
     with single_threaded_blas():
         if n_procs > 1 and len(jobs) > 1:
             # processes, not threads: DIPY's Cython MK/RK hold the GIL (measured: 2

@@ -187,7 +187,7 @@ def exclusion_reasons(mc: MotionCorrection, fd_threshold_mm: float | None = None
         if mc.motion_outliers[k]:
             fd = mc.framewise_displacement[k]
             why.append(f"motion: framewise displacement {fd:.2f} mm"
-                       + (f" > {fd_threshold_mm:g} mm" if fd_threshold_mm else ""))  # fmt: skip
+                       + (f" > {fd_threshold_mm:g} mm" if fd_threshold_mm else ""))
         out.append("; ".join(why))
     return out
 
@@ -206,14 +206,14 @@ def exclusion_summary(reasons: list[str], dw_mask: np.ndarray, *, warn_fraction:
     n_ex = int(sum(1 for k in excluded if dw[k]))
     frac = n_ex / max(n_dw, 1)
     text = (f"{n_ex} of {n_dw} diffusion-weighted volumes ({100 * frac:.0f} %) excluded "
-            f"(volumes {', '.join(map(str, excluded))})")  # fmt: skip
+            f"(volumes {', '.join(map(str, excluded))})")
     return {
         "excluded": excluded, "n_excluded_dw": n_ex, "n_dw": n_dw, "excluded_fraction": frac,
         "warning": text if frac > warn_fraction else None,
         "flagged": bool(frac > max_fraction),
         "reason": (f"{text}: more than dwi.max_excluded_fraction = {max_fraction:g}"
                    if frac > max_fraction else ""),
-    }  # fmt: skip
+    }
 
 
 def flagged_volumes(confounds) -> np.ndarray:
@@ -322,7 +322,7 @@ def _resample(vol: np.ndarray, vox_map: np.ndarray, order: int) -> np.ndarray:
     out = ndimage.affine_transform(
         vol.astype(np.float32), vox_map, order=order, mode="constant", cval=0.0,
         prefilter=order > 1,
-    )  # fmt: skip
+    )
     return np.maximum(out, 0.0) if order > 1 else out
 
 
@@ -456,11 +456,11 @@ def correct_motion(
         raise InputError(None, "DWI data: motion correction needs a b = 0 volume, got none")
     if not gradients.dw_mask.any():
         raise InputError(None, "DWI data: motion correction needs diffusion-weighted volumes, "
-                         f"got only {n_vol} b = 0 volume(s)")  # fmt: skip
+                         f"got only {n_vol} b = 0 volume(s)")
     first_vol = arr[..., 0]
     if all(np.array_equal(arr[..., k], first_vol) for k in range(1, n_vol)):
         raise InputError(None, f"DWI data: all {n_vol} volumes are identical (no diffusion "
-                         "weighting in the signal): not a diffusion series")  # fmt: skip
+                         "weighting in the signal): not a diffusion series")
     if mask is None:
         from pipeline.dwi.preprocess import dwi_brain_mask
 
@@ -476,7 +476,7 @@ def correct_motion(
     def fit_of(aff, edd, axis):
         return Realignment(affines=aff, params=rigid_params(aff), iterations=np.zeros(n_vol, int),
                            residual=np.zeros(n_vol), eddy=edd, eddy_axis=axis,
-                           eddy_centre=np.argwhere(cost_mask).mean(axis=0))  # fmt: skip
+                           eddy_centre=np.argwhere(cost_mask).mean(axis=0))
 
     # 1. b = 0 reference: every b = 0 volume to the first (same contrast), then averaged
     first = np.asarray(arr[..., b0_idx[0]], dtype=np.float32)
@@ -496,7 +496,7 @@ def correct_motion(
         mean_c = _apply(arr, fit_of(r.affines, eddy_params, None), affine, idx, order).mean(-1)
         to_b0 = register_rigid(_as_img(reference, affine), _as_img(mean_c, affine),
                                static_mask=_as_img(cost_mask, affine), init="header",
-                               resolution_mm=None, level_iters=(100, 50))  # fmt: skip
+                               resolution_mm=None, level_iters=(100, 50))
         affines[idx] = r.affines[idx] @ to_b0.affine
 
     # 3. every diffusion-weighted volume to its leave-one-out tensor prediction, in the
@@ -509,10 +509,10 @@ def correct_motion(
         # trilinear here: the targets are smoothed by fwhm_mm anyway (cubic, with its
         # spline prefilter, doubled the time of a round)
         targets = _predicted_volumes(_apply(arr, fit, affine, range(n_vol), 1), gradients,
-                                     affines, mask)  # fmt: skip
+                                     affines, mask)
         r = realign_rigid(arr, affine, reference=targets.__getitem__, volumes=dw_idx,
                           start=affines, eddy_axis=eddy_axis, eddy_volumes=dw,
-                          eddy_start=eddy_params, **opts)  # fmt: skip
+                          eddy_start=eddy_params, **opts)
         affines[dw_idx] = r.affines[dw_idx]
         if eddy:
             eddy_params[dw_idx] = r.eddy[dw_idx]
@@ -549,7 +549,7 @@ def correct_motion(
     flags, slices, scores = detect_dropout(
         arr, gradients, native_mask, expected=expected, slice_axis=slice_axis,
         threshold=dropout_threshold, min_loss=dropout_min_loss,
-    )  # fmt: skip
+    )
     del expected, native_mask
     zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
     return MotionCorrection(
@@ -595,7 +595,7 @@ def _predicted_volumes(corrected: np.ndarray, gradients: DwiGradients, affines: 
             use = np.concatenate([b0_idx, idx])
             sig = corrected[..., use].reshape(-1, use.size)[inside]
             pred = tensor_loo_predictions(sig, rotated.bvals[use], rotated.world_directions[use],
-                                          np.arange(b0_idx.size, use.size))  # fmt: skip
+                                          np.arange(b0_idx.size, use.size))
             # a prediction never exceeds the b = 0 signal (noise, CSF partial volume)
             pred = np.minimum(pred, sig[:, : b0_idx.size].mean(axis=1, keepdims=True))
         for j, k in enumerate(idx):

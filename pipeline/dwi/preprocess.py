@@ -338,5 +338,5 @@ def head_mask(
     head = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
     if dilation_vox > 0:
         head = ndimage.binary_dilation(head, ndimage.generate_binary_structure(3, 1),
-                                       iterations=int(dilation_vox))  # fmt: skip
+                                       iterations=int(dilation_vox))
     return head

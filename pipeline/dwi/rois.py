@@ -271,7 +271,7 @@ def roi_table(
         rows,
         columns=["roi", "metric", "units", "n_voxels", "mean", "median", "sd",
                  "lesion_loss_fraction"],
-    )  # fmt: skip
+    )
 
 
 def describe_roi_columns() -> dict[str, dict[str, str]]:
@@ -314,4 +314,4 @@ def describe_roi_columns() -> dict[str, dict[str, str]]:
             "voxels removed because they lie within the dilated lesions; n/a for other ROIs.",
             "Units": "fraction (0-1)",
         },
-    }  # fmt: skip
+    }

@@ -400,7 +400,7 @@ def tensor_volumes(
         use = [
             i for i, (b, _) in enumerate(dw_shells)
             if limit is None or b <= limit * (1.0 + BMAX_SLACK)
-        ]  # fmt: skip
+        ]
         if dw_shells and not use:
             raise ValueError(
                 f"no diffusion-weighted shell at b <= {limit:g} s/mm^2 (shells: b = "

@@ -203,7 +203,7 @@ def nuisance_masks(
     notes: list[str] = []
     out = []
     for name, prob, thr, erode in (("white matter", wm_prob, wm_threshold, True),
-                                   ("CSF", csf_prob, csf_threshold, False)):  # fmt: skip
+                                   ("CSF", csf_prob, csf_threshold, False)):
         prob = np.asarray(prob, dtype=float)
         if prob.shape != brain.shape:
             raise ValueError(f"{name} probability has shape {prob.shape}, brain mask {brain.shape}")
@@ -225,7 +225,7 @@ def nuisance_masks(
                 )
         if t != thr or ero != erode:
             notes.append(f"{name} mask relaxed to probability >= {t:.1f}"
-                         f"{' without erosion' if erode and not ero else ''} ({int(m.sum())} voxels)")  # fmt: skip
+                         f"{' without erosion' if erode and not ero else ''} ({int(m.sum())} voxels)")
         out.append(m)
     return out[0], out[1], notes
 
@@ -535,12 +535,12 @@ def denoise_with_strategy(
         keep = keep & scrubbing_mask(
             table["framewise_displacement"].to_numpy(float), fd_threshold=fd_threshold,
             before=before, after=after, min_segment=min_segment,
-        )  # fmt: skip
+        )
         label += "+scrubbing"
     return denoise(
         signals, conf, tr=tr, sample_mask=keep, high_pass=high_pass, low_pass=low_pass,
         detrend=detrend, standardize=standardize, min_duration_s=min_duration_s, strategy=label,
-    )  # fmt: skip
+    )
 
 
 # --------------------------------------------------------------------------- fMRIPrep
@@ -659,7 +659,7 @@ def load_fmriprep_confounds(
             std_dvars_threshold=float(std_dvars_threshold)
             if std_dvars_threshold is not None else float("inf"),
             scrub=int(min_segment),
-        )  # fmt: skip
+        )
     try:
         conf, sample_mask = load_confounds(str(bold_path), **args)
     except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -737,7 +737,7 @@ def fmriprep_confound_set(
     regressors, keep = load_fmriprep_confounds(
         bold_path, strategy, scrubbing=scrubbing, fd_threshold=fd_threshold,
         min_segment=min_segment, n_compcor=n_compcor,
-    )  # fmt: skip
+    )
     tsv = fmriprep_confounds_path(bold_path)
     table = pd.read_csv(tsv, sep="\t", na_values=["n/a"], keep_default_na=False)
     notes: list[str] = []
@@ -754,7 +754,7 @@ def fmriprep_confound_set(
             keep = keep & scrubbing_mask(
                 table["framewise_displacement"].to_numpy(float), fd_threshold=fd_threshold,
                 before=before, after=after, min_segment=min_segment,
-            )  # fmt: skip
+            )
     n = int(n_dummy)
     if n >= len(table):
         raise InputError(tsv, f"{len(table)} volumes, but func.dummy_volumes removes {n}")

@@ -225,7 +225,7 @@ def label_parcellation(
             "network": tab["network"].astype(str).to_numpy()
             if "network" in tab.columns else [UNASSIGNED] * len(tab),
         }
-    )  # fmt: skip
+    )
     out_img = nib.Nifti1Image(data.astype(np.int32), aff)
     return Parcellation(name or table.stem, "labels", regions, None, out_img)
 
@@ -270,7 +270,7 @@ def region_coverage(parcellation: Parcellation, mask_img) -> np.ndarray:
     lab = resample_to_img(
         parcellation.labels_img, nib.Nifti1Image(mask.astype(np.uint8), aff),
         interpolation="nearest", force_resample=True, copy_header=True,
-    )  # fmt: skip
+    )
     lab = np.asarray(lab.dataobj).astype(np.int64)
     cov = np.zeros(parcellation.n_regions)
     for i, idx in enumerate(parcellation.regions["index"]):
@@ -363,7 +363,7 @@ def extract_region_timeseries(
                 [tuple(c) for c in parcellation.coords[valid]],
                 radius=parcellation.radius_mm, mask_img=mask_u8, allow_overlap=True,
                 standardize=None,
-            )  # fmt: skip
+            )
             ts[:, valid] = masker.fit_transform(img)
         else:
             lab = np.asarray(parcellation.labels_img.dataobj).astype(np.int64)
@@ -372,7 +372,7 @@ def extract_region_timeseries(
             masker = NiftiLabelsMasker(
                 nib.Nifti1Image(lab, parcellation.labels_img.affine), mask_img=mask_u8,
                 resampling_target="data", standardize=None,
-            )  # fmt: skip
+            )
             out = masker.fit_transform(img)
             # region_ids_: {"background": 0, column: label value, ...}
             col = {int(v): int(k) for k, v in masker.region_ids_.items() if k != "background"}
@@ -419,7 +419,7 @@ class Connectome:
         return pd.DataFrame(
             {"label_i": lab[i], "label_j": lab[j], "network_i": net[i], "network_j": net[j],
              "value": m[i, j]}
-        )  # fmt: skip
+        )
 
 
 def _as_array(ts) -> np.ndarray:
@@ -435,7 +435,7 @@ def _regions_of(ts, regions, n: int):
     return pd.DataFrame(
         {"index": np.arange(1, n + 1), "label": labels, "x": np.nan, "y": np.nan, "z": np.nan,
          "network": UNASSIGNED}
-    )  # fmt: skip
+    )
 
 
 def _fisher(m: np.ndarray) -> np.ndarray:
@@ -484,7 +484,7 @@ def connectivity(
         # correlation keeps Ledoit-Wolf, which it needs to invert the covariance.
         estimator = None if kind == "partial correlation" else EmpiricalCovariance()
         cm = ConnectivityMeasure(kind=nl_kind, standardize=False,
-                                 **({"cov_estimator": estimator} if estimator is not None else {}))  # fmt: skip
+                                 **({"cov_estimator": estimator} if estimator is not None else {}))
         sub = cm.fit_transform([x[:, ok]])[0]
         if kind == "fisher_z":
             sub = _fisher(sub)

@@ -422,7 +422,7 @@ def preprocess_bold(
             raise InputError(
                 path, f"BOLD: expected at least {min_volumes} volumes after removing "
                 f"{n_dummy} dummies, got {data.shape[3]}",
-            )  # fmt: skip
+            )
         stc = slice_timing is not None
         if stc:
             data = slice_timing_correct(

@@ -74,7 +74,7 @@ def plot_carpet(
     ax.imshow(
         x.T, aspect="auto", cmap="gray", vmin=-vlim, vmax=vlim, interpolation="nearest",
         extent=(0, (n_t - 1) * tr, x.shape[1], 0),
-    )  # fmt: skip
+    )
     ax.set_xlabel("time (s)")
     ax.set_ylabel("voxels")
     if title:
@@ -139,7 +139,7 @@ def plot_connectome_matrix(
     ax = fig.add_subplot(1, 1, 1)
     ax.set_facecolor("0.8")
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=-vlim, vmax=vlim,
-                   interpolation="nearest")  # fmt: skip
+                   interpolation="nearest")
     for i, _ in bounds[1:]:
         ax.axhline(i - 0.5, color="k", lw=0.5)
         ax.axvline(i - 0.5, color="k", lw=0.5)

@@ -78,7 +78,7 @@ class QCFCResult:
             "fraction_p_below_alpha": self.fraction_significant,
             "fraction_fdr_below_alpha": self.fraction_significant_fdr,
             "distance_dependence_spearman": self.distance_dependence,
-        }  # fmt: skip
+        }
 
 
 def _bh(p: np.ndarray) -> np.ndarray:

@@ -615,7 +615,7 @@ def tract_centrelines(template: Template | None = None) -> dict[str, list[np.nda
         for name, (direction, lo, hi) in _WM_FIT.items():
             lines[name] = [fit_to_white_matter(line, template, direction, lo, hi,
                                                radius_mm=TRACT_RADIUS_MM[name])
-                           for line in lines[name]]  # fmt: skip
+                           for line in lines[name]]
     return lines
 
 

@@ -362,7 +362,7 @@ def simulate_dwi(
             [sample_template(inv, tracts.orientation[..., c], mni[brain_idx], order=0)
              for c in range(3)],
             axis=1,
-        )  # fmt: skip
+        )
         e_head = np.linalg.solve(rest_jac[brain_idx], e_mni[..., None])[..., 0]
         e_head /= np.maximum(np.linalg.norm(e_head, axis=1, keepdims=True), 1e-12)
         v1 = np.zeros((len(head_points), 3))
@@ -383,13 +383,13 @@ def simulate_dwi(
                 kv = KURTOSIS
                 wm_k = np.where(in_tract, kv["wm_tract"][key], kv["wm"][key])
                 val = (wm * wm_k + gm * kv["gm"][key] + csf * kv["csf"][key]
-                       + les * kv["lesion"][key]) / safe  # fmt: skip
+                       + les * kv["lesion"][key]) / safe
                 kurt[key] = np.where(total > 0, val, 0.0)
         if bias_field is not None:  # the coil's sensitivity is fixed in the scanner frame
             s0 = s0 * bias_field.reshape(-1)
         return {"ad": np.where(total > 0, ad, 0.0), "rd": np.where(total > 0, rd, 0.0),
                 "s0": s0, "v1": v1, "weights": weights, "left": left, "labels": labels,
-                "brain": prob["brain"], "mni": mni, **kurt}  # fmt: skip
+                "brain": prob["brain"], "mni": mni, **kurt}
 
     if noiseless:
         motion = None

@@ -447,7 +447,7 @@ def bold_design(spec: PhantomSpec) -> BoldDesign:
     edges = choose_planted_subnetwork(
         atlas, n_regions=spec.bold_planted_regions, n_edges=spec.bold_planted_edges,
         rng=rng, candidates=candidates,
-    )  # fmt: skip
+    )
     loadings = np.array(network_loadings(atlas, rng=np.random.default_rng([spec.seed, 98])))
     planted = sorted({i for e in edges for i in e})
     loadings[planted] *= PLANTED_LOADING_SCALE
@@ -488,7 +488,7 @@ def simulate_region_connectomes(
     for s in range(n_subjects):
         rng = np.random.default_rng([int(seed), s, int(session_index), _STREAMS["bold"]])
         x = simulate_region_timeseries(design.loadings, design.edges, effect,
-                                       n_volumes=spec.bold_volumes, tr=spec.bold_tr, rng=rng)  # fmt: skip
+                                       n_volumes=spec.bold_volumes, tr=spec.bold_tr, rng=rng)
         r = np.corrcoef(x, rowvar=False)
         np.fill_diagonal(r, 0.0)
         out[s] = np.arctanh(np.clip(r, -1 + 1e-7, 1 - 1e-7))

@@ -147,7 +147,7 @@ def mosaic(
         fig.legend(
             handles=[Patch(color=o.color, label=o.label) for o in overlays],
             loc="lower center", ncol=len(overlays), fontsize=7, frameon=False,
-        )  # fmt: skip
+        )
     if title:
         fig.suptitle(title, fontsize=9)
     fig.subplots_adjust(wspace=0.02, hspace=0.15, bottom=0.08)
@@ -190,7 +190,7 @@ def plot_motion(
     x = np.arange(n, dtype=float) if x is None else np.asarray(x, dtype=float)
     step = float(np.median(np.diff(x))) if n > 1 else 1.0
     rows = ["trans", "rot", "fd"] + (["dvars"] if dvars_raw is not None else []) + (
-        ["extra"] if extra else [])  # fmt: skip
+        ["extra"] if extra else [])
     fig, axes = plt.subplots(len(rows), 1, figsize=(8, 1.5 * len(rows) + 0.6), sharex=True)
     axes = np.atleast_1d(axes)
     ax = dict(zip(rows, axes, strict=True))
@@ -207,10 +207,10 @@ def plot_motion(
         ax["fd"].legend(loc="upper right", fontsize=7, frameon=False)
     if dvars_raw is not None:
         ax["dvars"].plot(x[1:], np.asarray(dvars_raw, float)[1:], color="tab:gray", lw=1,
-                         label="raw data")  # fmt: skip
+                         label="raw data")
         if dvars is not None:
             ax["dvars"].plot(x[1:], np.asarray(dvars, float)[1:], color="tab:blue", lw=1,
-                             label="realigned")  # fmt: skip
+                             label="realigned")
         ax["dvars"].set_ylabel("DVARS")
         ax["dvars"].legend(loc="upper right", ncol=2, fontsize=7, frameon=False)
     if extra:
@@ -225,7 +225,7 @@ def plot_motion(
                 a.axvspan(x[k] - step / 2, x[k] + step / 2, color="tab:red", alpha=0.2, lw=0)
         if bad.size:
             axes[0].plot([], [], color="tab:red", alpha=0.4, lw=6,
-                         label=f"{excluded_label} ({bad.size})")  # fmt: skip
+                         label=f"{excluded_label} ({bad.size})")
             axes[0].legend(loc="upper left", ncol=4, fontsize=7, frameon=False)
     axes[-1].set_xlabel(xlabel)
     axes[-1].set_xlim(x[0] - step / 2, x[-1] + step / 2)

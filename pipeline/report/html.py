@@ -253,7 +253,7 @@ _REFS = [
     ("nichols2002", "Nichols TE, Holmes AP (2002). Nonparametric permutation tests for "
      "functional neuroimaging: a primer with examples. Hum Brain Mapp 15(1):1-25.",
      "10.1002/hbm.1058"),
-]  # fmt: skip
+]
 #: Every reference the boilerplate can cite, by key.
 REFERENCES: dict[str, Reference] = {k: Reference(k, t, d) for k, t, d in _REFS}
 
@@ -262,7 +262,7 @@ _SOFTWARE_REFS = {
     "msmri": "", "nipype": "nipype", "dipy": "dipy", "nilearn": "nilearn", "nibabel": "nibabel",
     "numpy": "numpy", "scipy": "scipy", "pandas": "pandas", "networkx": "networkx",
     "statsmodels": "statsmodels", "matplotlib": "matplotlib",
-}  # fmt: skip
+}
 
 
 # --------------------------------------------------------------------------- boilerplate
@@ -289,10 +289,10 @@ def _anat_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> str:
            if p.get("syn", True) else "with an affine transform ")
         + f"implemented with {_v(sw, 'dipy')} [dipy], at {p.get('template_resolution', '?')} mm template "
         "resolution. "
-    )  # fmt: skip
+    )
     if ref != "sessionwise":
         text += (f"Sessions of a subject were first aligned to a within-subject reference "
-                 f"({ref}). ")  # fmt: skip
+                 f"({ref}). ")
     method = meta.get("LesionMethod")
     text += (
         f"White-matter lesions: {method or 'lesion mask'}; lesions smaller than "
@@ -321,7 +321,7 @@ def _dwi_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> str:
         text += ("Volumes with slice signal dropout against their leave-one-out prediction "
                  f"(threshold {d.get('dropout_threshold')} robust SD)"
                  + (f" or framewise displacement above {fd} mm" if fd else "")
-                 + " were left out of the fit. ")  # fmt: skip
+                 + " were left out of the fit. ")
     tensor = dict(params.get("tensor") or {})
     text += (
         f"The diffusion tensor [dti] was fitted with {tensor.get('method', d.get('tensor_method', '?'))} "
@@ -331,7 +331,7 @@ def _dwi_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> str:
         f"{d.get('wm_threshold')}), NAWM (lesions dilated by {d.get('lesion_margin_mm')} mm "
         f"excluded), lesions and a {d.get('perilesion_ring_mm')} mm perilesional ring, per "
         "hemisphere, in diffusion space through the inverse diffusion-to-T1w transform."
-    )  # fmt: skip
+    )
     return text
 
 
@@ -341,7 +341,7 @@ def _tract_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> tup
     cites = ["dipy", "afq"]
     model_text = {"tensor": "the tensor's principal eigenvector [dti]",
                   "csd": "constrained spherical deconvolution fibre ODFs [csd]",
-                  "csa": "constant-solid-angle q-ball ODFs [csa]"}.get(model, model)  # fmt: skip
+                  "csa": "constant-solid-angle q-ball ODFs [csa]"}.get(model, model)
     cites.append({"tensor": "dti", "csd": "csd", "csa": "csa"}.get(model, "dti"))
     text = (
         f"Whole-brain {t.get('method', 'deterministic')} tractography on {model_text} "
@@ -354,7 +354,7 @@ def _tract_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> tup
         + f"and sampled at {t.get('n_nodes')} nodes to give FA / MD / AD / RD tract profiles "
         f"[afq]; bundles with fewer than {t.get('min_streamlines')} streamlines are reported as "
         "not found with the reason."
-    )  # fmt: skip
+    )
     return text, cites
 
 
@@ -363,7 +363,7 @@ def _func_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> tupl
     cites = ["nilearn", "power2012"]
     if f.get("input") == "fmriprep":
         text = ("Resting-state BOLD runs preprocessed by fMRIPrep [fmriprep] (space "
-                f"{f.get('fmriprep_space')}) were used with their confounds. ")  # fmt: skip
+                f"{f.get('fmriprep_space')}) were used with their confounds. ")
         cites.append("fmriprep")
     else:
         text = (
@@ -371,7 +371,7 @@ def _func_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> tupl
             + (", slice-timing corrected" if f.get("slice_timing") else "")
             + f") were rigidly realigned ({_v(sw, 'dipy')} [dipy]), registered to the T1w and "
             "resampled to MNI space in one step. "
-        )  # fmt: skip
+        )
     strategy = f.get("strategy", "?")
     if "compcor" in str(strategy):
         cites.append("compcor")
@@ -387,7 +387,7 @@ def _func_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> tupl
            f"runs with less than {f.get('min_duration_s')} s left were excluded"
            if f.get("scrubbing") else "")
         + ". "
-    )  # fmt: skip
+    )
     atlas = str(f.get("atlas", ""))
     if atlas in ("seitzman", "dosenbach"):
         cites.append(atlas)
@@ -395,7 +395,7 @@ def _func_text(meta: Mapping[str, Any], sw: Mapping[str, Sequence[str]]) -> tupl
     else:
         atlas_text = f"the {atlas} parcellation"
     text += (f"Region time series were extracted from {atlas_text} and connectivity computed "
-             f"as {', '.join(map(str, f.get('measures', [])))}.")  # fmt: skip
+             f"as {', '.join(map(str, f.get('measures', [])))}.")
     return text, cites
 
 
@@ -412,30 +412,30 @@ def _group_text(group: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list
             f"Multiple comparisons: {dwi.get('fdr_statement', 'Benjamini-Hochberg FDR')} [fdr]. "
             "Every test reports whether its p-value is exact and the smallest p-value the "
             "design can attain."
-        )  # fmt: skip
+        )
         cites += ["statsmodels", "fdr"]
     if group.get("tract_stats"):
         paras.append("Tract means were tested in the same way, and tract profiles node by node "
                      "with paired t statistics and family-wise error control along the tract "
-                     "(max-t over nodes, sign-flip permutations) [nichols2002].")  # fmt: skip
+                     "(max-t over nodes, sign-flip permutations) [nichols2002].")
         cites.append("nichols2002")
     nbs = dict((group.get("nbs") or {}).get("Parameters") or {})
     if nbs:
         cfg = dict(nbs.get("nbs") or {})
         n_perm = nbs.get("n_permutations")
         exact = (f"exact: all {n_perm} distinct sign-flip patterns enumerated" if nbs.get("exact")
-                 else f"{n_perm} random permutations")  # fmt: skip
+                 else f"{n_perm} random permutations")
         paras.append(
             f"Connectivity change was tested with the network-based statistic [nbs] "
             f"({nbs.get('design', '')}; primary threshold {cfg.get('threshold_type', 't')} > "
             f"{cfg.get('threshold')}, component size = {cfg.get('size')}, "
             f"{cfg.get('alternative')}; {exact}; smallest attainable FWE p = "
             f"{_fmt(nbs.get('min_attainable_p'))})."
-        )  # fmt: skip
+        )
         cites.append("nbs")
     if group.get("qcfc"):
         paras.append("Residual motion was assessed with QC-FC, the across-run correlation of "
-                     "mean FD with each edge, with and without denoising [ciric2017, power2012].")  # fmt: skip
+                     "mean FD with each edge, with and without denoising [ciric2017, power2012].")
         cites += ["ciric2017", "power2012"]
     return paras, cites
 
@@ -475,7 +475,7 @@ def methods_boilerplate(
         f"{_v(sw, 'nibabel')} [nibabel], {_v(sw, 'numpy')} [numpy] and {_v(sw, 'scipy')} [scipy]. "
         "The text below is generated from the parameters recorded in the output sidecars; it "
         "may be copied into a manuscript."
-    ]  # fmt: skip
+    ]
     if "anat" in stages:
         paras.append(_anat_text(stages["anat"], sw))
         cites += ["mni2009", "syn", "dipy"]
@@ -500,7 +500,7 @@ def methods_boilerplate(
     cites += gcites
     if stages:
         paras.append(f"Figures were made with {_v(sw, 'matplotlib')} [matplotlib] and tables "
-                     f"handled with {_v(sw, 'pandas')} [pandas].")  # fmt: skip
+                     f"handled with {_v(sw, 'pandas')} [pandas].")
         cites += ["matplotlib", "pandas"]
     if "networkx" in sw and ("nbs" in stages):
         cites.append("networkx")
@@ -629,14 +629,14 @@ def _render_table(t: Table) -> str:
         cells = "".join(f"<td>{_e(_fmt(rec[c]))}</td>" for c in df.columns)
         if flag:
             cells += ("<td>cannot reach p&lt;0.05</td>" if _is_false(rec["can_reach_alpha"])
-                      else "<td></td>")  # fmt: skip
+                      else "<td></td>")
         rows.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
     wrap = ' class="scroll"' if t.scroll or len(records) > 25 else ""
     out.append(f"<div{wrap}><table><thead><tr>{head}</tr></thead><tbody>"
-               + "".join(rows) + "</tbody></table></div>")  # fmt: skip
+               + "".join(rows) + "</tbody></table></div>")
     if len(records) > t.max_rows:
         out.append(f'<div class="note">showing {t.max_rows} of {len(records)} rows; the full '
-                   "table is in the TSV file</div>")  # fmt: skip
+                   "table is in the TSV file</div>")
     if t.caption:
         out.append(f"<figcaption>{_e(t.caption)}</figcaption>")
     return "\n".join(out)
@@ -649,7 +649,7 @@ def _render_figure(f: Figure, location: Path, embed: bool) -> str:
         name = "" if f.path is None else f" (<code>{_e(Path(f.path).name)}</code>)"
         reason = f": {_e(f.reason)}" if f.reason else ""
         return (f'<figure class="unavailable">{title}<div class="missing">figure not available'
-                f"{name}{reason}</div>{caption}</figure>")  # fmt: skip
+                f"{name}{reason}</div>{caption}</figure>")
     path = Path(f.path)
     if embed:
         mime = "image/svg+xml" if path.suffix == ".svg" else f"image/{path.suffix.lstrip('.')}"
@@ -657,7 +657,7 @@ def _render_figure(f: Figure, location: Path, embed: bool) -> str:
     else:
         src = _href(path, location)
     return (f'<figure>{title}<img src="{src}" alt="{_e(f.title or path.name)}" '
-            f'data-file="{_e(path.name)}">{caption}</figure>')  # fmt: skip
+            f'data-file="{_e(path.name)}">{caption}</figure>')
 
 
 def _render_item(item: Any, location: Path, embed: bool) -> str:
@@ -697,13 +697,13 @@ def _render_methods(m: Methods) -> str:
     def cite(match: re.Match) -> str:
         keys = [k.strip() for k in match.group(1).split(",")]
         return "[" + ", ".join(f'<a href="#ref-{_e(k)}">{numbers[k]}</a>' if k in numbers else _e(k)
-                               for k in keys) + "]"  # fmt: skip
+                               for k in keys) + "]"
 
     pattern = re.compile(r"\[([a-z0-9, ]+)\]")
     paras = "".join("<p>" + pattern.sub(cite, _e(p)) + "</p>" for p in m.paragraphs)
     rows = "".join(f"<tr><th>{_e(n)}</th><td>{_e(', '.join(v))}"
                    + (' <span class="badge warn">several versions</span>' if len(v) > 1 else "")
-                   + "</td></tr>" for n, v in m.software)  # fmt: skip
+                   + "</td></tr>" for n, v in m.software)
     refs = "".join(
         f'<li id="ref-{_e(r.key)}">{_e(r.text)}'
         + (f' doi:<a href="https://doi.org/{_e(r.doi)}">{_e(r.doi)}</a>' if r.doi else "")
@@ -712,7 +712,7 @@ def _render_methods(m: Methods) -> str:
     )
     return (f"{paras}<h3>Software versions (from the provenance sidecars)</h3>"
             f'<table class="kv"><tbody>{rows}</tbody></table>'
-            f'<h3>References</h3><ol class="refs">{refs}</ol>')  # fmt: skip
+            f'<h3>References</h3><ol class="refs">{refs}</ol>')
 
 
 def render_report(report: Report, *, location: str | os.PathLike[str], embed: bool = False) -> str:
@@ -754,7 +754,7 @@ def render_report(report: Report, *, location: str | os.PathLike[str], embed: bo
     links = ""
     if report.links:
         links = "<p>" + " · ".join(f'<a href="{_href(p, location)}">{_e(label)}</a>'
-                                   for label, p in report.links) + "</p>"  # fmt: skip
+                                   for label, p in report.links) + "</p>"
     footer = f'<p class="subtitle">{_e(report.footer)}</p>' if report.footer else ""
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -765,7 +765,7 @@ def render_report(report: Report, *, location: str | os.PathLike[str], embed: bo
         + "".join(f'<div class="note {_e(b.kind)} banner">{_e(b.text)}</div>\n'
                   for b in report.banners)
         + "\n".join(body) + f"\n{footer}\n</main>\n</body>\n</html>\n"
-    )  # fmt: skip
+    )
 
 
 class _Refs(HTMLParser):

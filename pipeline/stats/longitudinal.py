@@ -236,12 +236,12 @@ def wilcoxon_signed_rank(
     out: dict[str, Any] = {"n_nonzero": m, "n_zero": int(d.size - m)}
     if m == 0:
         return {**out, "statistic": np.nan, "w_plus": np.nan, "p": np.nan, "min_p": np.nan,
-                "ties": False, "exact": False}  # fmt: skip
+                "ties": False, "exact": False}
     ranks = stats.rankdata(np.abs(nz))  # mid-ranks: integers or halves
     w_plus = float(ranks[nz > 0].sum())
     total = float(ranks.sum())
     out.update(statistic=min(w_plus, total - w_plus), w_plus=w_plus,
-               min_p=min(1.0, 2.0 / 2.0**m), ties=bool(np.unique(ranks).size < m))  # fmt: skip
+               min_p=min(1.0, 2.0 / 2.0**m), ties=bool(np.unique(ranks).size < m))
     if m <= exact_max_n:
         r2 = np.rint(2 * ranks).astype(int)
         counts = np.zeros(int(r2.sum()) + 1)
@@ -276,7 +276,7 @@ def within_subject_slope(y: np.ndarray, t: np.ndarray, groups: np.ndarray) -> di
     y, t = np.asarray(y, float), np.asarray(t, float)
     groups = np.asarray(groups)
     out: dict[str, Any] = {"slope": np.nan, "se": np.nan, "statistic": np.nan, "p": np.nan,
-                           "df": np.nan, "intercept": np.nan, "reason": ""}  # fmt: skip
+                           "df": np.nan, "intercept": np.nan, "reason": ""}
     labels, inv = np.unique(groups, return_inverse=True)
     df = y.size - labels.size - 1
     counts = np.bincount(inv)
@@ -286,20 +286,20 @@ def within_subject_slope(y: np.ndarray, t: np.ndarray, groups: np.ndarray) -> di
     if df < 1 or sxx <= 0:
         out["reason"] = (f"within-subject slope not estimable: {y.size} observations, "
                          f"{labels.size} subjects, no time variation within subjects"
-                         if sxx <= 0 else f"within-subject slope not estimable: df = {df}")  # fmt: skip
+                         if sxx <= 0 else f"within-subject slope not estimable: df = {df}")
         return out
     slope = float(np.sum(tc * yc) / sxx)
     sse = float(np.sum((yc - slope * tc) ** 2))
     scale = max(float(np.sum(yc**2)), float(np.finfo(float).tiny))
     if sse <= 1e-20 * scale:
         out.update(slope=slope, df=float(df), reason="within-subject slope fits the data "
-                   "exactly (no residual variance): no test")  # fmt: skip
+                   "exactly (no residual variance): no test")
         return out
     se = float(np.sqrt(sse / df / sxx))
     stat = slope / se
     intercept = float(np.mean((np.bincount(inv, y) - slope * np.bincount(inv, t)) / counts))
     out.update(slope=slope, se=se, statistic=stat, p=float(2 * stats.t.sf(abs(stat), df)),
-               df=float(df), intercept=intercept)  # fmt: skip
+               df=float(df), intercept=intercept)
     return out
 
 
@@ -379,7 +379,7 @@ def _lmm_fit_raw(
     subject_var = float(np.asarray(res.cov_re).ravel()[0]) if np.size(res.cov_re) else 0.0
     if not subject_var > LMM_BOUNDARY * float(res.scale):
         out["reason"] = (f"subject variance on the boundary ({subject_var:.3g} vs residual "
-                         f"{float(res.scale):.3g})")  # fmt: skip
+                         f"{float(res.scale):.3g})")
         out["fallback"] = True
         return out
     z = slope / se
@@ -390,7 +390,7 @@ def _lmm_fit_raw(
         p = float(2 * stats.t.sf(abs(z), df))
         out["df"] = float(df)
     out.update(statistic=z, p=p, slope=slope, intercept=float(res.fe_params[0]), se=se,
-               method="lmm")  # fmt: skip
+               method="lmm")
     if notes:
         out["reason"] = "warning: " + "; ".join(dict.fromkeys(notes))
     return out
@@ -690,18 +690,18 @@ class LongitudinalTests:
                 res = wilcoxon_signed_rank(d, exact_max_n=self.wilcoxon_exact_max_n)
                 m = res["n_nonzero"]
                 row.update(statistic=float(res["statistic"]), p=res["p"], exact=res["exact"],
-                           estimate=float(np.median(d)), min_p=res["min_p"])  # fmt: skip
+                           estimate=float(np.median(d)), min_p=res["min_p"])
                 detail = ", ".join(
                     [f"{m} non-zero differences"]
                     + (["mid-ranks for tied |differences|"] if res["ties"] else [])
                     + ([f"{res['n_zero']} zero difference(s) dropped (Wilcoxon's convention)"]
-                       if res["n_zero"] else []))  # fmt: skip
+                       if res["n_zero"] else []))
                 row["method"] = (
                     f"exact conditional signed-rank distribution ({detail}), two-sided"
                     if res["exact"] else
                     f"normal approximation with tie correction (more than "
                     f"{self.wilcoxon_exact_max_n} non-zero differences; {detail}), two-sided"
-                )  # fmt: skip
+                )
                 if res["n_zero"]:
                     row["reason"] = f"{res['n_zero']} zero difference(s) dropped (Wilcoxon)"
             rows.append(row)
@@ -718,7 +718,7 @@ class LongitudinalTests:
             constant = n >= 2 and np.ptp(d) <= 1e-9 * max(float(np.abs(d).max()), 1e-300)
             if n < 2 or constant:
                 row["reason"] = (f"paired t needs >= 2 pairs with non-constant differences "
-                                 f"(n = {n}; the same change in every subject has no variance)")  # fmt: skip
+                                 f"(n = {n}; the same change in every subject has no variance)")
             else:
                 res = stats.ttest_rel(y, x)
                 row.update(

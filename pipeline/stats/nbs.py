@@ -269,7 +269,7 @@ class NBSResult:
             lines.append(f"  excluded nodes (NaN in an input): {names}")
         if self.degenerate_edges:
             lines.append(f"  excluded edges without residual variance (same change in every "
-                         f"observation): {_edge_text(self.degenerate_edges, self._label)}")  # fmt: skip
+                         f"observation): {_edge_text(self.degenerate_edges, self._label)}")
         lines.append(
             f"  primary threshold: t > {self.threshold_t:.4g}"
             + (
@@ -968,19 +968,19 @@ class NetworkBasedStatistic:
         for part in parts:
             degenerate |= _degenerate(y, part)
         degenerate_edges = tuple((int(keep[iu[e]]), int(keep[ju[e]]))
-                                 for e in np.flatnonzero(degenerate))  # fmt: skip
+                                 for e in np.flatnonzero(degenerate))
         if degenerate.any():  # no t: left out of the test (t = 0), reported
             names = node_labels or tuple(str(k) for k in range(n_all))
             logger.warning(
                 "NBS: %d edge(s) without residual variance (the same change in every "
                 "observation) left out of the test: %s", int(degenerate.sum()),
                 _edge_text(degenerate_edges, lambda k: names[k]),
-            )  # fmt: skip
+            )
             y = y.copy()
             y[:, degenerate] = 0.0
             parts = [_partition(y, design, c, df, invariant) for c in contrasts]
         signs = {"greater": (1,), "less": (-1,), "two-sided": (1, -1),
-                 "both-one-sided": (1, -1)}[self.alternative]  # fmt: skip
+                 "both-one-sided": (1, -1)}[self.alternative]
         separate = self.alternative == "both-one-sided"
         tests = tuple((r, s) for r in range(contrasts.shape[0]) for s in signs)
         n_tests = len(tests)

@@ -160,7 +160,7 @@ class ChangeNoise:
             med *= (n - 1) / stats.chi2.ppf(0.5, n - 1)
             n_eff = float(3.0 + 2.0 / med)
         return cls(sd=sd, residuals=resid, n_subjects=n, measure=measure,
-                   mean_correlation=mean_r, n_effective=n_eff)  # fmt: skip
+                   mean_correlation=mean_r, n_effective=n_eff)
 
     @property
     def n_nodes(self) -> int:
@@ -180,7 +180,7 @@ class ChangeNoise:
         v = v[np.isfinite(v)]
         q = np.percentile(v, [5, 50, 95]) if v.size else [math.nan] * 3
         return {"median": float(q[1]), "p05": float(q[0]), "p95": float(q[2]),
-                "n_effective": None if self.n_effective is None else round(self.n_effective, 2)}  # fmt: skip
+                "n_effective": None if self.n_effective is None else round(self.n_effective, 2)}
 
 
 class _Wishart:
@@ -272,7 +272,7 @@ class PowerResult:
         for (thr, eff), g in t.groupby(["threshold", "effect"], sort=True):
             hit = g[g["detection"] >= power].sort_values("n_subjects")
             rows.append({"threshold": thr, "effect": eff,
-                         "n_subjects": int(hit["n_subjects"].iloc[0]) if len(hit) else None})  # fmt: skip
+                         "n_subjects": int(hit["n_subjects"].iloc[0]) if len(hit) else None})
         return pd.DataFrame(rows, columns=["threshold", "effect", "n_subjects"])
 
 
@@ -431,7 +431,7 @@ def nbs_power(
                     est = NetworkBasedStatistic(
                         thr, threshold_type=threshold_type, size=size, alternative=alternative,
                         n_permutations=n_permutations, random_state=int(random_state) + r,
-                    )  # fmt: skip
+                    )
                     res = est.fit_one_sample(data)
                     found = res.edge_mask(alpha)[iu]
                     tp = int((found & truth).sum())
@@ -444,14 +444,14 @@ def nbs_power(
                     rows.setdefault(key, []).append((
                         float(tp > 0), tp / truth.sum(),
                         tp / n_found if n_found else math.nan, float(fp_comp),
-                    ))  # fmt: skip
+                    ))
                     meta[key] = (res.threshold_t, res.n_permutations, res.exact)
     elapsed = time.perf_counter() - t0
     out = []
     for key in sorted(rows):
         arr = np.array(rows[key], dtype=float)
         rec = {"n_subjects": key[0], "threshold": key[1], "threshold_t": round(meta[key][0], 4),
-               "effect": key[2], "n_repetitions": arr.shape[0]}  # fmt: skip
+               "effect": key[2], "n_repetitions": arr.shape[0]}
         for c, name in enumerate(("detection", "recall", "precision", "false_positive")):
             mean, se = _mean_se(arr[:, c])
             rec[name], rec[f"{name}_se"] = round(mean, 4), round(se, 4)
@@ -476,7 +476,7 @@ def nbs_power(
         "noise_estimated_from_subjects": noise.n_subjects,
         "noise_sd": noise.summary(),
         "elapsed_s": round(elapsed, 2),
-    }  # fmt: skip
+    }
     logger.info(
         "NBS power: %d simulated studies in %.1f s", sum(len(v) for v in rows.values()), elapsed
     )

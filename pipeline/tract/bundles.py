@@ -246,7 +246,7 @@ _BUNDLE_KEYS = {
     "description", "inclusion", "exclusion", "landmarks", "start_region", "end_region",
     "start", "hemisphere", "crosses_midline", "midline_margin_mm", "min_length_mm",
     "ordered", "truth_label",
-}  # fmt: skip
+}
 
 
 def _parse_bundle(path: Path, name: str, spec: object) -> BundleDefinition:
@@ -462,7 +462,7 @@ def recognize_bundles(
                 a = (
                     np.ones(2, bool) if b.start_region is None
                     else b.start_region.point_hits(ends, nx)
-                )  # fmt: skip
+                )
                 e = np.ones(2, bool) if b.end_region is None else b.end_region.point_hits(ends, nx)
                 if not ((a[0] and e[1]) or (a[1] and e[0])):
                     continue

@@ -133,7 +133,7 @@ class OdfFit:
             evals, s0 = self.response
             out.update(response_eigenvalues_mm2_s=[float(v) for v in evals],
                        response_s0=float(s0), response_voxels=self.response_voxels,
-                       response_selection=self.response_selection)  # fmt: skip
+                       response_selection=self.response_selection)
         return out
 
 
@@ -167,7 +167,7 @@ def _response(gtab, data, wm: np.ndarray, fa: np.ndarray, params: OdfParams):
         mask = np.zeros(fa.shape, bool)
         mask.ravel()[order] = True
         selection = (f"only {int((cand & (fa > params.response_fa_threshold)).sum())} WM voxels "
-                     f"with FA > {params.response_fa_threshold}: the {n} WM voxels of highest FA")  # fmt: skip
+                     f"with FA > {params.response_fa_threshold}: the {n} WM voxels of highest FA")
     response, _ = response_from_mask_ssst(gtab, data, mask.astype(np.uint8))
     return response, int(mask.sum()), selection
 
@@ -210,14 +210,14 @@ def fit_odf(
     mask = np.asarray(mask, bool)
     if data.ndim != 4 or data.shape[:3] != mask.shape or data.shape[3] != len(gtab.bvals):
         raise ValueError(f"data {data.shape}, mask {mask.shape} and {len(gtab.bvals)} gradients "
-                         "do not match")  # fmt: skip
+                         "do not match")
     keep = select_single_shell(gtab.bvals, b0_threshold=gtab.b0_threshold)
     bvalue = float(np.median(gtab.bvals[keep][~gtab.b0s_mask[keep]]))
     sub = gradient_table(gtab.bvals[keep], bvecs=gtab.bvecs[keep], b0_threshold=gtab.b0_threshold)
     n_dirs = int((~sub.b0s_mask).sum())
     if n_dirs < params.n_coefficients:
         raise ValueError(f"sh_order {params.sh_order} needs at least {params.n_coefficients} "
-                         f"directions, the b = {bvalue:g} shell has {n_dirs}; lower tract.sh_order")  # fmt: skip
+                         f"directions, the b = {bvalue:g} shell has {n_dirs}; lower tract.sh_order")
     data = data[..., keep]
     response, n_resp, selection = None, 0, ""
     if params.model == "csa":
@@ -237,6 +237,6 @@ def fit_odf(
         relative_peak_threshold=params.relative_peak_threshold,
         min_separation_angle=params.min_separation_angle_deg,
         mask=mask, return_sh=True, return_odf=False, npeaks=params.npeaks,
-    )  # fmt: skip
+    )
     return OdfFit(peaks=peaks, params=params, bvalue=bvalue, n_volumes=len(keep),
-                  response=response, response_voxels=n_resp, response_selection=selection)  # fmt: skip
+                  response=response, response_voxels=n_resp, response_selection=selection)

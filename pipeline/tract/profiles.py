@@ -154,7 +154,7 @@ def _nan_result(
         name=name, status=status, reason=reason, n_streamlines=0, n_recognised=n_rec,
         profiles=nan, profiles_lesion_masked={m: v.copy() for m, v in nan.items()},
         lesion_nodes=np.zeros(n_nodes, bool), lesion_node_fraction=float("nan"),
-    )  # fmt: skip
+    )
 
 
 def bundle_profiles(
@@ -212,13 +212,13 @@ def bundle_profiles(
     metrics = list(maps)
     if n_rec == 0:
         return _nan_result(name, "not_found", "no streamline matched the bundle's ROIs", n_nodes,
-                           0, metrics)  # fmt: skip
+                           0, metrics)
     if n_rec < min_streamlines:
         return _nan_result(
             name, "too_few",
             f"only {n_rec} streamline(s) recognised, fewer than min_streamlines={min_streamlines}",
             n_nodes, n_rec, metrics,
-        )  # fmt: skip
+        )
     sl = Streamlines(streamlines)
     ref = streamlines_mni
     if start_point is not None:
@@ -261,7 +261,7 @@ def bundle_profiles(
         profiles=profiles, profiles_lesion_masked=masked, lesion_nodes=lesion_nodes,
         lesion_node_fraction=float(lesion_nodes.mean()), streamlines=sl,
         streamlines_mni=ref, weights=w,
-    )  # fmt: skip
+    )
 
 
 def tractometry(
@@ -296,7 +296,7 @@ def tractometry(
             streamlines_mni=Streamlines(sub_mni), lesion=lesion,
             lesion_threshold=lesion_threshold, n_nodes=n_nodes,
             min_streamlines=min_streamlines, clean=clean,
-        )  # fmt: skip
+        )
     return out
 
 
@@ -325,7 +325,7 @@ def summary_dataframe(results: Mapping[str, BundleProfile], subject: str, sessio
             "subject": subject, "session": session, "bundle": name, "status": r.status,
             "reason": r.reason, "n_recognised": r.n_recognised,
             "n_streamlines": r.n_streamlines, "lesion_node_fraction": r.lesion_node_fraction,
-        }  # fmt: skip
+        }
         for m in r.profiles:
             row[f"mean_{m}"] = r.mean(m)
             row[f"mean_{m}_lesion_masked"] = r.mean(m, lesion_masked=True)

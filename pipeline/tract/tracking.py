@@ -195,7 +195,7 @@ def _odf_probabilistic_getter(odf, max_angle: float):
     return ProbabilisticDirectionGetter.from_shcoeff(
         np.asarray(odf.shm_coeff, dtype=np.float64), max_angle=max_angle, sphere=odf.sphere,
         pmf_threshold=0.1,
-    )  # fmt: skip
+    )
 
 
 def track_tensor(
@@ -237,11 +237,11 @@ def track_tensor(
     def getter(track):
         if params.method == "deterministic":
             return _peaks_getter(v1, np.nan_to_num(np.asarray(fa, float)), track,
-                                 params.max_angle_deg)  # fmt: skip
+                                 params.max_angle_deg)
         return _probabilistic_getter(v1, track, params.max_angle_deg, params.odf_power)
 
     return _track(getter, fa, affine, brain_mask=brain_mask, seed_mask=seed_mask,
-                  lesion=lesion, params=params)  # fmt: skip
+                  lesion=lesion, params=params)
 
 
 def track_odf(
@@ -270,7 +270,7 @@ def track_odf(
         return _odf_probabilistic_getter(odf, params.max_angle_deg)
 
     return _track(getter, fa, affine, brain_mask=brain_mask, seed_mask=seed_mask,
-                  lesion=lesion, params=params)  # fmt: skip
+                  lesion=lesion, params=params)
 
 
 def _track(make_getter, fa, affine, *, brain_mask, seed_mask, lesion, params: TrackingParams):

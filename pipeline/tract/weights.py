@@ -84,7 +84,7 @@ def node_mahalanobis(coords: np.ndarray, stat=np.mean) -> np.ndarray:
 
 
 def gaussian_weights(bundle, *, n_points: int = 100, return_mahalanobis: bool = False,
-                     stat=np.mean) -> np.ndarray:  # fmt: skip
+                     stat=np.mean) -> np.ndarray:
     """Drop-in for ``dipy.stats.analysis.gaussian_weights`` (same outputs, vectorised).
 
     Parameters
