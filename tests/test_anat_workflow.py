@@ -39,11 +39,11 @@ def test_workflow_builds_for_every_input_combination(
         if name:
             (tmp_path / name).write_bytes(b"")
     wf = init_anat_wf(
-        anat_config={"syn": True, "template_resolution": 2, "auto_lesions": True,
-                     "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0,
-                     "brain_extraction": method, "skull_stripped": "auto"},
+        config={"anat": {"syn": True, "template_resolution": 2, "auto_lesions": True,
+                         "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0,
+                         "brain_extraction": method, "skull_stripped": "auto"}},
         t1w="t1.nii.gz", flair=flair, lesion_mask=mask, lesion_space=space,
-        subject="01", session="baseline", output_dir=str(tmp_path), full_config={},
+        subject="01", session="baseline", output_dir=str(tmp_path),
     )
     names = set(wf.list_node_names())
     assert {"t1w_to_mni", "template_to_t1w", "lesion_mask", "segment", "qc",
@@ -60,11 +60,11 @@ def test_flair_space_mask_without_flair_is_an_error(tmp_path, monkeypatch):
         (tmp_path / name).write_bytes(b"")
     with pytest.raises(ValueError, match="FLAIR"):
         init_anat_wf(
-            anat_config={"syn": True, "template_resolution": 2, "auto_lesions": True,
-                         "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0,
-                         "brain_extraction": "deepbet", "skull_stripped": "auto"},
+            config={"anat": {"syn": True, "template_resolution": 2, "auto_lesions": True,
+                             "lesion_min_volume_mm3": 3.0, "nawm_lesion_margin_mm": 2.0,
+                             "brain_extraction": "deepbet", "skull_stripped": "auto"}},
             t1w="t1.nii.gz", flair=None, lesion_mask="m.nii.gz", lesion_space="FLAIR",
-            subject="01", session="baseline", output_dir=str(tmp_path), full_config={},
+            subject="01", session="baseline", output_dir=str(tmp_path),
         )
 
 

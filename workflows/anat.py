@@ -733,7 +733,7 @@ class AnatDerivatives(SimpleInterface):
 
 def init_anat_wf(
     *,
-    anat_config: dict[str, Any],
+    config: dict[str, Any],
     t1w: str,
     flair: str | None,
     lesion_mask: str | None,
@@ -741,7 +741,6 @@ def init_anat_wf(
     subject: str,
     session: str,
     output_dir: str,
-    full_config: dict[str, Any],
     reference_xfm: str | None = None,
     reference_image: str | None = None,
     name: str = "anat_wf",
@@ -750,19 +749,19 @@ def init_anat_wf(
 
     Parameters
     ----------
-    anat_config : dict
-        The ``anat`` section of the resolved configuration.
+    config : dict
+        The resolved configuration (:meth:`pipeline.config.Config.to_dict`): its ``anat``
+        section sets the nodes' parameters; the whole is stored with the outputs.
     t1w, flair : str
         Raw T1w (required) and FLAIR (optional) images.
     lesion_mask, lesion_space : str or None
         A provided lesion mask and its space (``T1w`` or ``FLAIR``).
-    full_config : dict
-        The whole resolved configuration (stored with the outputs).
     reference_xfm, reference_image : str or None
         Longitudinal mode (``anat.anatomical_reference`` first/unbiased): the
         session T1w -> subject reference transform and the reference image; the
         T1w is resampled once onto the reference grid and every output is on it.
     """
+    anat_config = config["anat"]
     wf = pe.Workflow(name=name)
     sources = [p for p in (t1w, flair, lesion_mask, reference_xfm) if p]
     if (reference_xfm is None) != (reference_image is None):
@@ -839,7 +838,7 @@ def init_anat_wf(
     ])
     sink = pe.Node(
         AnatDerivatives(output_dir=output_dir, subject=subject, session=session,
-                        config=full_config, sources=sources,
+                        config=config, sources=sources,
                         grid=(f"subject reference ({anat_config['anatomical_reference']}): "
                               f"{Path(reference_image).name}") if reference_image else "the session's own T1w grid"),
         name="derivatives",

@@ -357,7 +357,7 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
                     "unavailable; the lesion mask will be empty and NAWM = white matter",
                     inputs.subject, inputs.session)
     wf = init_anat_wf(
-        anat_config=config.anat.model_dump(mode="json"),
+        config=config.to_dict(),
         t1w=str(inputs.t1w),
         flair=str(inputs.flair) if inputs.flair else None,
         lesion_mask=str(lesion_mask) if lesion_mask else None,
@@ -365,7 +365,6 @@ def run_anat(inputs, config, out: Path, work_dir: Path, nprocs: int) -> None:
         subject=inputs.subject,
         session=inputs.session,
         output_dir=str(out),
-        full_config=config.to_dict(),
         **reference,
     )
     run_workflow(wf, work_dir=work_dir, nprocs=nprocs)
