@@ -426,3 +426,28 @@ def test_describe_reads_header_only(make_nifti):
     assert row["voxel_size_mm"] == "1.00x1.00x1.20"
     assert row["shape"] == "32x32x20" and row["n_volumes"] == 1
     assert row["b_values"] is None and row["n_directions"] is None
+
+
+def test_canonical_gradient_table_is_read_without_revalidating(make_dwi, tmp_path):
+    """The table validated once (DwiGradients.from_files) and written by the loading node is
+    read back by downstream nodes from the text files and the header alone: same table,
+    no voxel data read (NaN voxels would fail the full check), a count mismatch named."""
+    from pipeline.dwi.gradtable import DwiGradients
+
+    f = make_dwi()
+    full = DwiGradients.from_files(f.dwi, f.bval, f.bvec)
+    bval, bvec = full.write(tmp_path / "c.bval", tmp_path / "c.bvec")
+    img = nib.load(f.dwi)
+    data = np.asarray(img.dataobj, dtype=np.float32)
+    data[0, 0, 0, 0] = np.nan
+    nan_path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(data, img.affine), nan_path)
+    with pytest.raises(InputError):
+        DwiGradients.from_files(nan_path, bval, bvec)
+    canon = DwiGradients.from_canonical(nan_path, bval, bvec)
+    assert np.allclose(canon.bvals, full.bvals) and np.allclose(canon.bvecs, full.bvecs, atol=1e-6)
+    assert np.allclose(canon.affine, full.affine) and canon.n_volumes == full.n_volumes
+    short = tmp_path / "short.bval"
+    short.write_text(" ".join(f"{b:g}" for b in full.bvals[:-1]) + "\n")
+    with pytest.raises(InputError, match=r"short\.bval"):
+        DwiGradients.from_canonical(f.dwi, short, bvec)

@@ -74,6 +74,9 @@ def test_dwi_nodes_hash_only_the_keys_they_read(tmp_path):
     grad = _hashes(_dwi_wf(tmp_path, _config(tmp_path, "validation:\n  b0_threshold: 60\n")))
     changed = {n for n in base if base[n] != grad[n]}
     assert {"load", "denoise", "motion", "mask", "tensor"} <= changed and "rois" not in changed
+    # a check of the raw table only: validated once, by the loading node
+    norm = _hashes(_dwi_wf(tmp_path, _config(tmp_path, "validation:\n  bvec_norm_tolerance: 0.2\n")))
+    assert {n for n in base if base[n] != norm[n]} == {"load", "derivatives"}
 
 
 @pytest.mark.parametrize("model", ["tensor", "csd"])

@@ -44,12 +44,14 @@ from nipype.interfaces.base import (
 from nipype.pipeline import engine as pe
 
 from workflows.nodeio import (
+    CANONICAL_GRADIENT_KEYS,
     GRADIENT_KEYS,
     SERIES_EXT,
     dwi_gradients,
     load_array,
     register_to_t1w,
     save_array,
+    validated_gradients,
 )
 from workflows.outputs import STAGE_OUTPUTS
 
@@ -139,7 +141,7 @@ class LoadDwi(SimpleInterface):
 
         from pipeline.dwi.volumes import derived_volumes
 
-        grads = dwi_gradients(
+        grads = validated_gradients(
             self.inputs.bval, self.inputs.bvec, self.inputs.dwi, self.inputs.params
         )
         cwd = Path(runtime.cwd)
@@ -951,21 +953,23 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     Nipype hashes a node's inputs: passing the whole configuration made any change
     (even ``nbs.threshold``) rerun MP-PCA, motion correction and the fits.
     """
-    d = config["dwi"]
-    grads = {"validation": {k: config["validation"][k] for k in GRADIENT_KEYS}}
+    d, v = config["dwi"], config["validation"]
+    grads = {"validation": {k: v[k] for k in CANONICAL_GRADIENT_KEYS}}
 
     def pick(*keys: str) -> dict[str, Any]:
         return {**grads, "dwi": {k: d[k] for k in keys}}
 
+    tensor = pick("exclude_outliers", "tensor_bmax", "tensor_shells", "tensor_method")
+    tensor["validation"] = {**grads["validation"], "min_directions": v["min_directions"]}
     return {
-        "load": grads,
+        "load": {"validation": {k: v[k] for k in GRADIENT_KEYS}},
         "denoise": pick("denoise", "denoise_mask", "denoise_patch_radius"),
         "gibbs": {},
         "motion": pick("motion_correction", "phase_encoding_axis", "fd_threshold_mm",
                        "dropout_threshold", "eddy_correction", "exclude_outliers",
                        "warn_excluded_fraction", "max_excluded_fraction"),
         "mask": pick("mask"),
-        "tensor": pick("exclude_outliers", "tensor_bmax", "tensor_shells", "tensor_method"),
+        "tensor": tensor,
         "kurtosis": pick("kurtosis", "exclude_outliers"),
         "rois": {"dwi": {k: d[k] for k in ("wm_threshold", "lesion_margin_mm",
                                            "perilesion_ring_mm", "atlas", "atlas_labels")}},

@@ -7,7 +7,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-__all__ = ["GRADIENT_KEYS", "SERIES_EXT", "dwi_gradients", "load_array", "register_to_t1w", "save_array", "xfm_json"]
+__all__ = [
+    "CANONICAL_GRADIENT_KEYS",
+    "GRADIENT_KEYS",
+    "SERIES_EXT",
+    "dwi_gradients",
+    "load_array",
+    "register_to_t1w",
+    "save_array",
+    "validated_gradients",
+    "xfm_json",
+]
 
 #: Extension of the 4-D series (DWI, BOLD) nodes hand to each other in their working
 #: folders: uncompressed, because gzip does not shrink noisy float32 data much and is
@@ -33,17 +43,29 @@ def load_array(path: str, dtype=None) -> np.ndarray:
     return data if dtype is None else np.asarray(data, dtype=dtype)
 
 
-#: The ``validation`` keys of the gradient-table check (:func:`dwi_gradients`).
+#: The ``validation`` keys of the gradient-table check of a raw series
+#: (:func:`validated_gradients`).
 GRADIENT_KEYS = ("b0_threshold", "shell_tolerance", "bvec_norm_tolerance", "min_directions")
+#: The keys needed to read a canonical table (:func:`dwi_gradients`).
+CANONICAL_GRADIENT_KEYS = ("b0_threshold", "shell_tolerance")
 
 
-def dwi_gradients(bval: str, bvec: str, dwi: str, cfg: dict):
-    """The validated gradient table of a DWI series with the ``validation`` settings of ``cfg``
-    (only :data:`GRADIENT_KEYS` are read)."""
+def validated_gradients(bval: str, bvec: str, dwi: str, cfg: dict):
+    """The validated gradient table of a raw DWI series (the ``validation`` settings of
+    ``cfg``, :data:`GRADIENT_KEYS`): done once, by the node that loads the series."""
     from pipeline.dwi.gradtable import DwiGradients
 
     return DwiGradients.from_files(dwi, bval, bvec,
                                    **{k: cfg["validation"][k] for k in GRADIENT_KEYS})
+
+
+def dwi_gradients(bval: str, bvec: str, dwi: str, cfg: dict):
+    """The canonical gradient table a previous node wrote (already validated): the text
+    files and the image header only, no voxel data read."""
+    from pipeline.dwi.gradtable import DwiGradients
+
+    return DwiGradients.from_canonical(dwi, bval, bvec,
+                                       **{k: cfg["validation"][k] for k in CANONICAL_GRADIENT_KEYS})
 
 
 def xfm_json(files: list[Path]) -> str:

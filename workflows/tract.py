@@ -39,7 +39,7 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import GRADIENT_KEYS, dwi_gradients, load_array, save_array
+from workflows.nodeio import CANONICAL_GRADIENT_KEYS, dwi_gradients, load_array, save_array
 
 __all__ = ["bundle_entity", "diffusion_inputs", "init_tract_wf", "tracking_params"]
 
@@ -517,7 +517,7 @@ def _node_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {
         "track": {"seed": config["seed"], "tract": {k: t[k] for k in track},
                   "dwi": {"exclude_outliers": config["dwi"]["exclude_outliers"]},
-                  "validation": {k: config["validation"][k] for k in GRADIENT_KEYS}},
+                  "validation": {k: config["validation"][k] for k in CANONICAL_GRADIENT_KEYS}},
         "tractometry": {"tract": {k: t[k] for k in metry},
                         "anat": {"template_resolution": config["anat"]["template_resolution"]}},
     }

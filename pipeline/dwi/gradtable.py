@@ -137,6 +137,38 @@ class DwiGradients:
         )
 
     @classmethod
+    def from_canonical(
+        cls,
+        dwi: PathT,
+        bval: PathT,
+        bvec: PathT,
+        *,
+        b0_threshold: float = 50.0,
+        shell_tolerance: float = 100.0,
+    ) -> DwiGradients:
+        """Read a gradient table this package wrote (:meth:`write`) for a series it wrote.
+
+        The table was validated when the raw series was loaded
+        (:meth:`from_files`); this reads the two text files and the image header
+        only (no voxel data), checking just that there is one entry per volume.
+        """
+        import nibabel as nib
+
+        from pipeline.errors import InputError
+
+        img = nib.load(Path(dwi))
+        bvals = np.atleast_1d(np.loadtxt(bval, dtype=float))
+        bvecs = np.atleast_2d(np.loadtxt(bvec, dtype=float))
+        n = int(img.shape[3]) if len(img.shape) == 4 else 0
+        if bvecs.shape == (3, bvals.size):
+            bvecs = bvecs.T
+        if bvals.size != n or bvecs.shape != (n, 3):
+            raise InputError(Path(bval), f"canonical gradient table has {bvals.size} b-values "
+                             f"and {bvecs.shape} vectors for the {n} volumes of {Path(dwi).name}")
+        return cls(bvals, bvecs, np.asarray(img.affine, dtype=float), b0_threshold,
+                   shell_tolerance)
+
+    @classmethod
     def from_world(
         cls,
         bvals: ArrayLike,
