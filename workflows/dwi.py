@@ -10,7 +10,7 @@ calls :mod:`pipeline.dwi` functions and saves its results in its node folder:
 3. :class:`Gibbs`: Gibbs-ringing removal (optional).
 4. :class:`MotionCorrect`: every volume to the b = 0 reference, b-vectors
    rotated, confounds (motion, FD, outlier flags).
-5. :class:`DwiToT1w`: mean b = 0 -> preprocessed T1w (rigid, mutual information);
+5. :class:`~workflows.interfaces.registration.EpiToT1w`: mean b = 0 -> preprocessed T1w (rigid, mutual information);
    the structural transforms are loaded, never recomputed.
 6. :class:`DwiMask`: the T1w brain mask brought into DWI space, or median_otsu.
 7. :class:`FitTensor`: FA, MD, AD, RD, colour FA, principal direction, residual,
@@ -43,13 +43,13 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
+from workflows.interfaces.registration import EpiToT1w
 from workflows.nodeio import (
     CANONICAL_GRADIENT_KEYS,
     GRADIENT_KEYS,
     SERIES_EXT,
     dwi_gradients,
     load_array,
-    register_to_t1w,
     save_array,
     validated_gradients,
 )
@@ -299,33 +299,6 @@ class MotionCorrect(SimpleInterface):
 
 
 # --------------------------------------------------------------------------- registration + mask
-
-
-class _ToT1wInputSpec(BaseInterfaceInputSpec):
-    b0 = File(exists=True, mandatory=True)
-    t1w = File(exists=True, mandatory=True, desc="preprocessed T1w (structural stage)")
-    t1w_mask = File(exists=True, mandatory=True)
-
-
-class _ToT1wOutputSpec(TraitedSpec):
-    xfm = File(exists=True, desc="dwi -> T1w transform")
-
-
-class DwiToT1w(SimpleInterface):
-    """Mean b = 0 -> T1w, rigid, Mattes mutual information (DIPY)."""
-
-    input_spec = _ToT1wInputSpec
-    output_spec = _ToT1wOutputSpec
-
-    def _run_interface(self, runtime):
-        self._results["xfm"] = register_to_t1w(
-            self.inputs.b0,
-            self.inputs.t1w,
-            self.inputs.t1w_mask,
-            source="dwi",
-            out=Path(runtime.cwd) / "dwi_to_T1w_xfm.json",
-        )
-        return runtime
 
 
 class _MaskInputSpec(BaseInterfaceInputSpec):
@@ -1028,8 +1001,9 @@ def init_dwi_wf(
     moco = pe.Node(MotionCorrect(params=p["motion"], nprocs=nprocs), name="motion")
     wf.connect([(last, moco, [("dwi", "dwi"), ("bval", "bval"), ("bvec", "bvec")])])
     if anat is not None:
-        to_t1 = pe.Node(DwiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="dwi_to_t1w")
-        wf.connect(moco, "b0", to_t1, "b0")
+        to_t1 = pe.Node(EpiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"], source="dwi"),
+                        name="dwi_to_t1w")
+        wf.connect(moco, "b0", to_t1, "moving")
         mask = pe.Node(DwiMask(params=p["mask"], t1w_mask=anat["mask"]), name="mask")
         wf.connect(to_t1, "xfm", mask, "xfm")
     else:

@@ -9,7 +9,7 @@ saves its results in its node folder:
 2. :class:`PreprocessBold`: dummy volumes dropped, slice timing (optional, only
    when the sidecar has ``SliceTiming``), rigid realignment, FD (Power) and DVARS,
    BOLD reference and intensity mask.
-3. :class:`BoldToT1w`: BOLD reference -> preprocessed T1w (rigid, mutual
+3. :class:`~workflows.interfaces.registration.EpiToT1w`: BOLD reference -> preprocessed T1w (rigid, mutual
    information, as for the DWI); the structural transforms are loaded, never
    recomputed.
 4. :class:`BoldMasks`: brain, white-matter and CSF masks in BOLD space from the
@@ -79,7 +79,8 @@ from nipype.interfaces.base import (
 )
 from nipype.pipeline import engine as pe
 
-from workflows.nodeio import SERIES_EXT, load_array, register_to_t1w, save_array
+from workflows.interfaces.registration import EpiToT1w
+from workflows.nodeio import SERIES_EXT, load_array, save_array
 from workflows.outputs import MEASURE_STATS, seg_name
 
 __all__ = [
@@ -248,33 +249,6 @@ class PreprocessBold(SimpleInterface):
 
 
 # --------------------------------------------------------------------------- registration + masks
-
-
-class _ToT1wInputSpec(BaseInterfaceInputSpec):
-    boldref = File(exists=True, mandatory=True)
-    t1w = File(exists=True, mandatory=True, desc="preprocessed T1w (structural stage)")
-    t1w_mask = File(exists=True, mandatory=True)
-
-
-class _ToT1wOutputSpec(TraitedSpec):
-    xfm = File(exists=True, desc="bold -> T1w transform")
-
-
-class BoldToT1w(SimpleInterface):
-    """BOLD reference -> T1w brain, rigid, Mattes mutual information (DIPY)."""
-
-    input_spec = _ToT1wInputSpec
-    output_spec = _ToT1wOutputSpec
-
-    def _run_interface(self, runtime):
-        self._results["xfm"] = register_to_t1w(
-            self.inputs.boldref,
-            self.inputs.t1w,
-            self.inputs.t1w_mask,
-            source="bold",
-            out=Path(runtime.cwd) / "bold_to_T1w_xfm.json",
-        )
-        return runtime
 
 
 class _MasksInputSpec(BaseInterfaceInputSpec):
@@ -1468,8 +1442,9 @@ def init_func_wf(
     wf.connect(load, "tr", pre, "tr")
     wf.connect(load, "slice_timing", pre, "slice_timing")
     wf.connect(load, "slice_axis", pre, "slice_axis")
-    to_t1 = pe.Node(BoldToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"]), name="bold_to_t1w")
-    wf.connect(pre, "boldref", to_t1, "boldref")
+    to_t1 = pe.Node(EpiToT1w(t1w=anat["t1w"], t1w_mask=anat["mask"], source="bold"),
+                    name="bold_to_t1w")
+    wf.connect(pre, "boldref", to_t1, "moving")
     masks = pe.Node(BoldMasks(t1w_mask=anat["mask"], wm_prob=anat["wm"], csf_prob=anat["csf"],
                               params=p["masks"]), name="masks")
     wf.connect([(pre, masks, [("boldref", "boldref"), ("mask", "bold_mask")]),

@@ -13,7 +13,6 @@ __all__ = [
     "SERIES_EXT",
     "dwi_gradients",
     "load_array",
-    "register_to_t1w",
     "save_array",
     "validated_gradients",
     "xfm_json",
@@ -72,27 +71,3 @@ def xfm_json(files: list[Path]) -> str:
     """The transform JSON among the files :meth:`Transform.save` wrote."""
     return str(next(f for f in files if str(f).endswith(".json")))
 
-
-def register_to_t1w(moving: str, t1w: str, t1w_mask: str, *, source: str, out: Path) -> str:
-    """Rigid ``moving`` -> skull-stripped T1w (Mattes mutual information, DIPY).
-
-    Saves the ``source`` -> T1w transform as ``out`` (JSON, with its registration-quality
-    record from :func:`pipeline.registration.registration_quality`) and returns its path.
-    """
-    import dataclasses
-
-    from pipeline.registration import register_rigid, registration_quality
-
-    t1 = nib.load(t1w)
-    mask = nib.load(t1w_mask)
-    brain = nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32)
-                            * (np.asanyarray(mask.dataobj) > 0), t1.affine)
-    moving_img = nib.load(moving)
-    # Optimise on a grid no finer than the moving image (at least the 2 mm default): a
-    # 3 mm BOLD reference gains nothing from a 2 mm grid, which has 3.4 x the voxels.
-    voxel = float(min(moving_img.header.get_zooms()[:3]))
-    xfm = register_rigid(brain, moving_img, static_mask=mask, source=source, target="T1w",
-                         resolution_mm=max(2.0, voxel))
-    quality = registration_quality(brain, moving_img, xfm, mask=mask)
-    xfm = dataclasses.replace(xfm, quality=quality)
-    return xfm_json(xfm.save(out))

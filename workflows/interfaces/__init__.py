@@ -1,0 +1,1 @@
+"""Nipype interfaces shared by the stage workflows (they call :mod:`pipeline`)."""
