@@ -100,3 +100,95 @@ def test_tract_nodes_hash_only_the_keys_they_read(tmp_path, model):
         "derivatives",
     }
     assert "track" in {n for n, h in build("  step_size_mm: 0.75\n").items() if h != base[n]}
+
+
+# ------------------------------------------------------------------ graph construction
+
+
+def _unconnected_mandatory(wf) -> list[str]:
+    """Mandatory node inputs neither set at construction nor connected (wiring errors)."""
+    from nipype.interfaces.base import isdefined
+
+    graph = wf._create_flat_graph()
+    missing = []
+    for node in graph.nodes():
+        fed = {conn[1] for _, _, data in graph.in_edges(node, data=True)
+               for conn in data.get("connect", [])}  # fmt: skip
+        for name in node.inputs.copyable_trait_names():
+            trait = node.inputs.trait(name)
+            if trait.mandatory and name not in fed and not isdefined(getattr(node.inputs, name)):
+                missing.append(f"{node.fullname}.{name}")
+    return missing
+
+
+@pytest.mark.parametrize("denoise", ["mppca", "patch2self", "none"])
+@pytest.mark.parametrize("gibbs", [True, False])
+@pytest.mark.parametrize("kurtosis", ["auto", False])
+@pytest.mark.parametrize("with_t1w", [True, False])
+def test_dwi_graph_is_fully_wired(tmp_path, denoise, gibbs, kurtosis, with_t1w):
+    from workflows.dwi import init_dwi_wf
+
+    cfg = _config(tmp_path, f"dwi:\n  denoise: {denoise}\n  gibbs: {str(gibbs).lower()}\n"
+                            f"  kurtosis: {str(kurtosis).lower()}\n")  # fmt: skip
+    f = _files(tmp_path, ("dwi", *ANAT))
+    for ext in ("bval", "bvec"):
+        (tmp_path / f"dwi.{ext}").write_text("0\n")
+    wf = init_dwi_wf(config=cfg, dwi=f["dwi"], bval=str(tmp_path / "dwi.bval"),
+                     bvec=str(tmp_path / "dwi.bvec"),
+                     anat={k: f[k] for k in ANAT} if with_t1w else None,
+                     subject="01", session="baseline", output_dir=str(tmp_path / "out"))  # fmt: skip
+    names = set(wf.list_node_names())
+    assert ("denoise" in names) == (denoise != "none") and ("gibbs" in names) == gibbs
+    assert ("kurtosis" in names) == (kurtosis is not False)
+    assert ("dwi_to_t1w" in names) == with_t1w
+    assert _unconnected_mandatory(wf) == []
+
+
+@pytest.mark.parametrize("model", ["tensor", "csa", "csd"])
+def test_tract_graph_is_fully_wired(tmp_path, model):
+    from workflows.tract import init_tract_wf
+
+    extra = ("dwi", "bval", "bvec", "confounds") if model != "tensor" else ()
+    wf = init_tract_wf(config=_config(tmp_path, f"tract:\n  model: {model}\n"),
+                       inputs=_files(tmp_path, (*TRACT, *extra)), subject="01", session="m06",
+                       output_dir=str(tmp_path / "out"))  # fmt: skip
+    assert _unconnected_mandatory(wf) == []
+
+
+@pytest.mark.parametrize("strategy", ["36P", "acompcor", "24P"])
+def test_func_graph_is_fully_wired(tmp_path, strategy):
+    from workflows.func import init_func_wf
+
+    f = _files(tmp_path, ("bold", "t1w", "mask", "wm", "csf", "mni_xfm"))
+    wf = init_func_wf(config=_config(tmp_path, f"func:\n  strategy: {strategy}\n"),
+                      bold=f["bold"], bold_json=None,
+                      anat={k: f[k] for k in ("t1w", "mask", "wm", "csf", "mni_xfm")},
+                      subject="01", session="m06", output_dir=str(tmp_path / "out"))  # fmt: skip
+    assert "bold_to_t1w" in wf.list_node_names()
+    assert _unconnected_mandatory(wf) == []
+
+
+@pytest.mark.parametrize("flair", [True, False])
+@pytest.mark.parametrize("method", ["threshold", "deepbet"])
+def test_anat_graph_is_fully_wired(tmp_path, flair, method):
+    from workflows.anat import init_anat_wf
+
+    f = _files(tmp_path, ("t1", "flair"))
+    wf = init_anat_wf(config=_config(tmp_path, f"anat:\n  brain_extraction: {method}\n"),
+                      t1w=f["t1"], flair=f["flair"] if flair else None, lesion_mask=None,
+                      lesion_space=None, subject="01", session="baseline",
+                      output_dir=str(tmp_path / "out"))  # fmt: skip
+    assert _unconnected_mandatory(wf) == []
+
+
+def test_the_wiring_check_finds_an_unconnected_input(tmp_path):
+    """The helper above is not vacuous: a node whose mandatory input is neither set nor
+    connected is reported."""
+    from nipype.pipeline import engine as pe
+
+    from workflows.interfaces.registration import EpiToT1w
+
+    f = _files(tmp_path, ("t1w", "mask"))
+    wf = pe.Workflow(name="w")
+    wf.add_nodes([pe.Node(EpiToT1w(t1w=f["t1w"], t1w_mask=f["mask"], source="dwi"), name="reg")])
+    assert _unconnected_mandatory(wf) == ["w.reg.moving"]
