@@ -150,7 +150,7 @@ def run_bids_app(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from workflows.bids import collect_inputs, index_dataset, list_subject_sessions
     from workflows.derivatives import DerivativesWriter
-    from workflows.inventory import check_session, summarise_inventories, write_inventory
+    from workflows.inventory import check_session, write_inventory
 
     config = load_config(args.config)
     bids_dir = args.bids_dir.resolve()
@@ -167,34 +167,9 @@ def run_bids_app(args: argparse.Namespace) -> int:
     writer = DerivativesWriter(out, config=config.to_dict(), source_datasets=[str(bids_dir)])
 
     if args.analysis_level == "group":
-        if "inventory" in stages:
-            tsvs = sorted(out.glob("sub-*/ses-*/sub-*_inventory.tsv"))
-            path = summarise_inventories(writer, tsvs)
-            log.info("group inventory of %d subject-sessions -> %s", len(tsvs), path)
-        if "dwi_stats" in stages:
-            from workflows.group import write_dwi_stats
-
-            write_dwi_stats(writer, config)
-        if "tract_stats" in stages:
-            from workflows.group import write_tract_stats
-
-            write_tract_stats(writer, config)
-        if "nbs" in stages:
-            from workflows.nbs import write_nbs
-
-            write_nbs(writer, config)
-        if "qcfc" in stages:
-            from workflows.qcfc import write_qcfc
-
-            write_qcfc(writer, config)
-        if "clinical_stats" in stages:
-            from workflows.group import write_clinical_stats
-
-            write_clinical_stats(writer, config, bids_dir)
-        if "report" in stages:
-            from workflows.report import write_group_report
-
-            write_group_report(out)
+        for name in GROUP_STAGES:  # registry order, not the command line's
+            if name in stages:
+                GROUP_RUNNERS[name](writer, config, bids_dir, out)
         return 0
 
     derivs = []
@@ -228,15 +203,10 @@ def run_bids_app(args: argparse.Namespace) -> int:
                 # only the raw series this job's stages read (tract reads derivatives)
                 series = [name for name, stage in (("dwi", "dwi"), ("bold", "func")) if stage in stages]
                 check_session(inputs, config, bids_dir, series=series)
-            if "anat" in stages:
-                run_anat(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
-            if "dwi" in stages:
-                run_dwi(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
-            if "tract" in stages:
-                run_tract(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs)
-            if "func" in stages:
-                run_func(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs,
-                         bids_dir=bids_dir)
+            for name, runner in SESSION_RUNNERS.items():  # in stage order
+                if name in stages:
+                    runner(inputs, config, out, work_root / f"sub-{sub}_ses-{ses}", args.nprocs,
+                           bids_dir=bids_dir)
         except Exception as exc:  # one subject's failure must not stop the others
             log.error("sub-%s ses-%s failed: %s", sub, ses, exc)
             failures.append((sub, ses, exc))
@@ -536,3 +506,83 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+
+
+# --------------------------------------------------------------------------- stage registry
+
+
+def _group_inventory(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.inventory import summarise_inventories
+
+    tsvs = sorted(out.glob("sub-*/ses-*/sub-*_inventory.tsv"))
+    path = summarise_inventories(writer, tsvs)
+    log.info("group inventory of %d subject-sessions -> %s", len(tsvs), path)
+
+
+def _dwi_stats(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.group import write_dwi_stats
+
+    write_dwi_stats(writer, config)
+
+
+def _tract_stats(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.group import write_tract_stats
+
+    write_tract_stats(writer, config)
+
+
+def _nbs(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.nbs import write_nbs
+
+    write_nbs(writer, config)
+
+
+def _qcfc(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.qcfc import write_qcfc
+
+    write_qcfc(writer, config)
+
+
+def _clinical_stats(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.group import write_clinical_stats
+
+    write_clinical_stats(writer, config, bids_dir)
+
+
+def _group_report(writer, config, bids_dir: Path, out: Path) -> None:
+    from workflows.report import write_group_report
+
+    write_group_report(out)
+
+
+#: Group stage -> ``f(writer, config, bids_dir, out)``, run in :data:`GROUP_STAGES` order
+#: (imports are lazy: one stage does not load the others' dependencies).
+GROUP_RUNNERS = {
+    "inventory": _group_inventory,
+    "dwi_stats": _dwi_stats,
+    "tract_stats": _tract_stats,
+    "nbs": _nbs,
+    "qcfc": _qcfc,
+    "clinical_stats": _clinical_stats,
+    "report": _group_report,
+}
+
+
+def _without_bids_dir(runner):
+    def run(inputs, config, out, work_dir, nprocs, *, bids_dir):
+        return runner(inputs, config, out, work_dir, nprocs)
+
+    return run
+
+
+#: Per-session participant stages (in order) -> ``f(inputs, config, out, work_dir, nprocs,
+#: bids_dir=...)``; the inventory, the subject reference, lesion changes and the session
+#: report span sessions and are run around them.
+SESSION_RUNNERS = {
+    "anat": _without_bids_dir(run_anat),
+    "dwi": _without_bids_dir(run_dwi),
+    "tract": _without_bids_dir(run_tract),
+    "func": run_func,
+}
+assert list(GROUP_RUNNERS) == list(GROUP_STAGES)
+assert [s for s in PARTICIPANT_STAGES if s in SESSION_RUNNERS] == list(SESSION_RUNNERS)
