@@ -371,3 +371,22 @@ def test_dwi_and_bold_flags_show_banners(tmp_path):
     banners = [b.text for b in session_report(out, "01", "m00").banners]
     assert any(b.startswith("DWI flagged: b = 0 -> T1w registration failed") for b in banners)
     assert any(b.startswith("BOLD flagged: BOLD -> T1w registration failed") for b in banners)
+
+
+def test_tract_profile_figure_gives_each_bundle_one_colour_in_every_panel():
+    import pandas as pd
+
+    from pipeline.report.figures import plot_tract_profiles
+
+    rows = [{"bundle": b, "metric": m, "node": k, "value": 0.5 + k / 100,
+             "lesion_masked": int(b == "CST_L" and k in (3, 4))}
+            for b in ("OR_R", "CST_L") for m in ("fa", "md", "ad", "rd") for k in range(10)]
+    fig = plot_tract_profiles(pd.DataFrame(rows), ("fa", "md", "ad", "rd"), {"fa": "FA"})
+    axes = fig.axes
+    assert len(axes) == 4 and axes[0].get_ylabel() == "FA" and axes[1].get_ylabel() == "md"
+    colours = [{ln.get_label(): ln.get_color() for ln in ax.lines if not ln.get_label().startswith("_")}
+               for ax in axes]
+    assert all(c == colours[0] for c in colours) and set(colours[0]) == {"CST_L", "OR_R"}
+    assert colours[0]["CST_L"] != colours[0]["OR_R"]
+    dotted = [ln for ln in axes[0].lines if ln.get_linestyle() == ":"]
+    assert sum(len(ln.get_xdata()) for ln in dotted) == 2  # the two lesion samples of CST_L

@@ -302,36 +302,30 @@ class TractQC(SimpleInterface):
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import pandas as pd
 
-        from pipeline.report.figures import Overlay, mosaic, save_figure
+        from pipeline.report.figures import (
+            Overlay,
+            bundle_colours,
+            mosaic,
+            plot_tract_profiles,
+            save_figure,
+        )
 
         cwd = Path(runtime.cwd)
         fa_img = nib.load(self.inputs.fa)
         brain = load_array(self.inputs.brain) > 0
-        colours = plt.get_cmap("tab10")
-        overlays = [Overlay(load_array(p) > 0, colours(i % 10), name, filled=True, alpha=0.45)
-                    for i, (name, p) in enumerate(sorted(self.inputs.density.items()))]
+        density = sorted(self.inputs.density.items())
+        overlays = [Overlay(load_array(p) > 0, colour, name, filled=True, alpha=0.45)
+                    for (name, p), colour in zip(density, bundle_colours(len(density)), strict=True)]
         figs = {}
         fig = mosaic(np.asarray(fa_img.dataobj, dtype=np.float32), fa_img.affine, overlays,
                      title="recognised bundles (streamline density > 0) on FA", focus=brain)
         figs["bundles"] = save_figure(fig, cwd / "bundles.svg")
         prof = pd.read_csv(self.inputs.profiles, sep="\t", na_values="n/a")
         units = {"fa": "FA", "md": "MD (um^2/ms)", "ad": "AD (um^2/ms)", "rd": "RD (um^2/ms)"}
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-        for ax, metric in zip(axes, METRICS, strict=True):
-            sel = prof[(prof["metric"] == metric)]
-            for i, (name, grp) in enumerate(sel.groupby("bundle", sort=True)):
-                plain = grp[~grp["lesion_masked"].astype(bool)]
-                masked = grp[grp["lesion_masked"].astype(bool)]
-                ax.plot(plain["node"], plain["value"], color=colours(i % 10), label=name)
-                ax.plot(masked["node"], masked["value"], color=colours(i % 10), ls=":", lw=1)
-            ax.set_xlabel("node")
-            ax.set_ylabel(units[metric])
-        axes[0].legend(fontsize=7)
-        fig.suptitle("tract profiles (dotted: lesion samples excluded)")
-        figs["profiles"] = save_figure(fig, cwd / "profiles.svg")
+        figs["profiles"] = save_figure(plot_tract_profiles(prof, METRICS, units),
+                                       cwd / "profiles.svg")
         self._results["figures"] = figs
         return runtime
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Overlay", "mosaic", "plot_motion", "save_figure"]
+__all__ = ["Overlay", "bundle_colours", "mosaic", "plot_motion", "plot_tract_profiles", "save_figure"]
 
 #: Salt of matplotlib's SVG element ids: fixed so the same figure gives the same bytes.
 SVG_HASHSALT = "msmri"
@@ -234,4 +234,38 @@ def plot_motion(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def bundle_colours(n: int) -> list:
+    """One colour per bundle (matplotlib's tab10, cycled), shared by maps and profiles."""
+    import matplotlib.pyplot as plt
+
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(n)]
+
+
+def plot_tract_profiles(profiles, metrics: Sequence[str], units: dict[str, str]):
+    """One panel per metric, one line per bundle along its nodes; lesion samples dotted.
+
+    ``profiles``: the long tract-profile table (``bundle, metric, node, value,
+    lesion_masked``) of :mod:`pipeline.tract`.
+    """
+    import matplotlib.pyplot as plt
+
+    bundles = sorted(profiles["bundle"].unique())
+    colour = dict(zip(bundles, bundle_colours(len(bundles)), strict=True))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.5 * len(metrics), 3.2), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        sel = profiles[profiles["metric"] == metric]
+        for name, grp in sel.groupby("bundle", sort=True):
+            masked = grp["lesion_masked"].astype(bool)
+            ax.plot(grp.loc[~masked, "node"], grp.loc[~masked, "value"], color=colour[name],
+                    label=name)
+            ax.plot(grp.loc[masked, "node"], grp.loc[masked, "value"], color=colour[name],
+                    ls=":", lw=1)
+        ax.set_xlabel("node")
+        ax.set_ylabel(units.get(metric, metric))
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("tract profiles (dotted: lesion samples excluded)")
     return fig
