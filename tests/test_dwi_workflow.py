@@ -190,7 +190,7 @@ def test_atlas_rois_from_mni_are_warped_into_dwi_space(dwi_run, tmp_path):
     """A user label image in MNI space (here: template WM split by hemisphere) becomes ROIs."""
     from pipeline.config import load_config
     from pipeline.templates import load_mni_template
-    from workflows.dwi import DwiRois, structural_inputs
+    from workflows.dwi import DwiRois, _node_params, structural_inputs
 
     _, out = dwi_run
     tpl = load_mni_template(2)
@@ -208,7 +208,7 @@ def test_atlas_rois_from_mni_are_warped_into_dwi_space(dwi_run, tmp_path):
     node = DwiRois(maps=maps, mask=str(_dwi(out, BASE, "space-dwi_desc-brain_mask.nii.gz")),
                    xfm=str(_dwi(out, BASE, "from-dwi_to-T1w_mode-image_xfm.json")),
                    wm_prob=anat["wm"], lesion=anat["lesion"], hemisphere=anat["hemisphere"],
-                   mni_xfm=anat["mni_xfm"], config=config)
+                   mni_xfm=anat["mni_xfm"], params=_node_params(config)["rois"])
     res = node.run(cwd=str(tmp_path))
     table = pd.read_csv(res.outputs.table, sep="\t")
     assert {"atlasWML", "atlasWMR"} <= set(table["roi"])
