@@ -29,7 +29,7 @@ def _save(img, path):
 @pytest.mark.skipif(not rd.longitudinal_available(), reason="openms-longitudinal-patient01 missing")
 def test_real_same_person_passes_and_another_person_fails(tmp_path):
     from pipeline.registration import Transform, registration_quality
-    from workflows.nodeio import register_to_t1w
+    from workflows.interfaces.registration import register_to_t1w
 
     t1 = nib.load(rd.image_path("1", "T1w"))
     mask = rd.brain_mask("1", "T1w")
@@ -54,7 +54,7 @@ def test_real_same_person_passes_and_another_person_fails(tmp_path):
 def test_phantom_bold_to_another_subjects_t1w_is_flagged(tmp_path):
     from pipeline.func.preprocess import preprocess_bold
     from pipeline.phantom.trial import PRESETS, make_subject, simulate_session
-    from workflows.nodeio import register_to_t1w
+    from workflows.interfaces.registration import register_to_t1w
 
     spec = PRESETS["tiny"]
     own, other = (simulate_session(spec, make_subject(spec, i), 0) for i in (0, 1))
