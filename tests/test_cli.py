@@ -293,3 +293,18 @@ def test_diffusion_bad_input_is_a_clear_error_and_writes_nothing(make_bids, tmp_
     assert files[culprit].name in err, err
     assert expected in err.lower(), err
     assert not (out / "sub-01/ses-m00/dwi").exists()
+
+
+def test_module_entry_point_runs_participant_and_group_stages(tiny_bids, tmp_path):
+    """`python -m workflows.cli` (what the Snakemake jobs and the integration tests run) sees
+    the whole module, stage registry included, before it runs."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "o"
+    base = [sys.executable, "-m", "workflows.cli", str(tiny_bids), str(out)]
+    for args in (["participant", "--participant-label", "01", "--session-label", "m00",
+                  "--stages", "inventory"], ["group", "--stages", "inventory"]):
+        res = subprocess.run([*base, *args], capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert (out / "sub-01/ses-m00/sub-01_ses-m00_inventory.tsv").exists()

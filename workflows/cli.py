@@ -504,10 +504,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
-
-
 # --------------------------------------------------------------------------- stage registry
 
 
@@ -586,3 +582,7 @@ SESSION_RUNNERS = {
 }
 assert list(GROUP_RUNNERS) == list(GROUP_STAGES)
 assert [s for s in PARTICIPANT_STAGES if s in SESSION_RUNNERS] == list(SESSION_RUNNERS)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
