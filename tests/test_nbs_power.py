@@ -155,8 +155,8 @@ def trial_noise():
 def test_power_prediction_matches_direct_simulation_of_the_trial(trial_noise):
     """The trial's planted subnetwork (113 regions, 143 edges, the phantom's planted Fisher-z
     change per edge) in the noise estimated from a 20-subject phantom study: predicted
-    detection and recall at n = 5 and n = 10 equal those of 100 direct synthetic trials
-    each within 3 Monte Carlo standard errors."""
+    detection and recall at n = 5 and n = 10 equal those of 60 direct synthetic trials
+    each within 3 Monte Carlo standard errors (60 predicted studies per cell)."""
     design = bold_design(TRIAL)
     r0 = population_correlation(design.loadings, design.edges, 0.0)
     r1 = population_correlation(
@@ -165,9 +165,9 @@ def test_power_prediction_matches_direct_simulation_of_the_trial(trial_noise):
     dz = np.array([np.arctanh(r1[i, j]) - np.arctanh(r0[i, j]) for i, j in design.edges])
     pred = nbs_power(trial_noise, n_subjects=[5, 10], effects=[1.0], thresholds=[0.001],
                      threshold_type="p", edges=design.edges, effect_type="raw", edge_effects=dz,
-                     n_repetitions=100, random_state=7).table.set_index("n_subjects")
+                     n_repetitions=60, random_state=7).table.set_index("n_subjects")
     for n in (5, 10):
-        direct = _direct(TRIAL, n, range(100), 0.001)
+        direct = _direct(TRIAL, n, range(60), 0.001)
         for col, name in ((0, "detection"), (1, "recall")):
             d_mean = direct[:, col].mean()
             d_se = direct[:, col].std(ddof=1) / math.sqrt(len(direct))
