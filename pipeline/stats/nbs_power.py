@@ -149,7 +149,8 @@ class ChangeNoise:
             r = np.tanh(both) if measure == "fisher_z" else np.clip(both, -0.999999, 0.999999)
             mean_r = r.mean(axis=0)
             np.fill_diagonal(mean_r, 1.0)
-            zd = np.arctanh(r[n:]) - np.arctanh(r[:n])
+            z = both if measure == "fisher_z" else np.arctanh(r)
+            zd = z[n:] - z[:n]
             iu = np.triu_indices(a.shape[1], 1)
             var_z = zd[:, iu[0], iu[1]].var(axis=0, ddof=1)
             med = float(np.nanmedian(var_z)) if np.isfinite(var_z).any() else math.nan
@@ -202,10 +203,10 @@ class _Wishart:
         self.n_draws = max(round(noise.n_effective), 4)
         self.fisher = noise.measure == "fisher_z"
         self.iu = np.triu_indices(nodes.size, 1)
-        self.sd_z = math.sqrt(2.0 / (noise.n_effective - 3.0))
+        sd_z = math.sqrt(2.0 / (noise.n_effective - 3.0))
         pop = (c / np.outer(s, s))[self.iu]
         # SD of the simulated change per edge, in the measure's units
-        self.sd = np.full(pop.shape, self.sd_z) if self.fisher else (1 - pop**2) * self.sd_z
+        self.sd = np.full(pop.shape, sd_z) if self.fisher else (1 - pop**2) * sd_z
 
     def _one(self, rng: np.random.Generator) -> np.ndarray:
         x = rng.standard_normal((self.n_draws, self.root.shape[0])) @ self.root
@@ -262,18 +263,6 @@ class PowerResult:
 
     table: pd.DataFrame
     parameters: dict[str, Any]
-
-    def smallest_n(self, power: float = 0.8, effect: float | None = None) -> pd.DataFrame:
-        """Per threshold and effect, the smallest simulated n whose detection reaches ``power``."""
-        import pandas as pd
-
-        t = self.table if effect is None else self.table[self.table["effect"] == effect]
-        rows = []
-        for (thr, eff), g in t.groupby(["threshold", "effect"], sort=True):
-            hit = g[g["detection"] >= power].sort_values("n_subjects")
-            rows.append({"threshold": thr, "effect": eff,
-                         "n_subjects": int(hit["n_subjects"].iloc[0]) if len(hit) else None})
-        return pd.DataFrame(rows, columns=["threshold", "effect", "n_subjects"])
 
 
 def _to_matrices(vec: np.ndarray, n_nodes: int, iu: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
