@@ -281,6 +281,8 @@ def _write_power(writer: DerivativesWriter, power, data, config: Config, ent) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from pipeline.report.figures import plot_nbs_power
+
     p = power.parameters
     sub = p["subnetwork"]
     text = (f"NBS power by simulation: a random connected subnetwork of {sub['n_regions']} regions "
@@ -294,32 +296,9 @@ def _write_power(writer: DerivativesWriter, power, data, config: Config, ent) ->
                              extra={"Description": text})
     out = [writer.write_tsv(power.table, meta=meta, columns=POWER_COLUMNS, desc="power",
                             suffix="nbs", **ent)]
-    t = power.table
-    thresholds = sorted(t["threshold"].unique())
-    fig, axes = plt.subplots(2, len(thresholds), figsize=(4.2 * len(thresholds), 6.4),
-                             squeeze=False, sharex=True, sharey=True)
-    kind = "t" if p["threshold_type"] == "t" else "p"
-    for col, thr in enumerate(thresholds):
-        for eff, g in t[t["threshold"] == thr].groupby("effect", sort=True):
-            g = g.sort_values("n_subjects")
-            for row, name in enumerate(("detection", "recall")):
-                axes[row, col].errorbar(g["n_subjects"], g[name], yerr=1.96 * g[f"{name}_se"],
-                                        marker="o", ms=3, capsize=2, label=f"d = {eff:g}")
-        for row, name in enumerate(("detection probability", "recall of planted edges")):
-            ax = axes[row, col]
-            ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
-            ax.set_ylim(-0.02, 1.02)
-            ax.grid(alpha=0.3)
-            if col == 0:
-                ax.set_ylabel(name)
-            if row == 1:
-                ax.set_xlabel("subjects (paired sessions)")
-        axes[0, col].set_title(f"primary threshold {kind} = {thr:g}", fontsize=9)
-    axes[0, -1].legend(fontsize=7, title="effect (d_z)", title_fontsize=7)
-    fig.suptitle(f"NBS power: {sub['n_regions']}-region / {sub['n_edges']}-edge subnetwork, "
-                 f"{p['alternative']}, {p['noise_model']} noise; bars: 95 % Monte Carlo interval",
-                 fontsize=9)
-    fig.tight_layout()
+    title = (f"NBS power: {sub['n_regions']}-region / {sub['n_edges']}-edge subnetwork, "
+             f"{p['alternative']}, {p['noise_model']} noise; bars: 95 % Monte Carlo interval")
+    fig = plot_nbs_power(power.table, threshold_type=p["threshold_type"], title=title)
     out.append(writer.write_figure(fig, desc="power", suffix="nbs", **ent))
     plt.close(fig)
     return out

@@ -188,7 +188,7 @@ def _inventory_section(s: _Session) -> tuple[Section, dict[str, str], dict[str, 
 
 
 def _anat_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict[str, Any]]:
-    vol_path = s.file("anat", "volumes.tsv")
+    vol_path = s.out / participant_output("anat", s.sub, s.ses)
     meta = _json(_sidecar(vol_path))
     if "T1w" in skipped:
         return Section("anat", "Structural", "no input", skipped["T1w"]), meta
@@ -322,7 +322,7 @@ def _tract_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, di
 
 
 def _func_section(s: _Session, skipped: Mapping[str, str]) -> tuple[Section, dict[str, Any]]:
-    path = s.file("func", f"task-{s.task}_desc-summary_bold.tsv")
+    path = s.out / participant_output("func", s.sub, s.ses, task=s.task)
     meta = _json(_sidecar(path))
     reg = s.fig("boldtoT1w", "bold", task=True)
     if not reg.exists() and s.fig("boldtoMNI", "bold", task=True).exists():

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Overlay", "bundle_colours", "mosaic", "plot_motion", "plot_tract_profiles", "save_figure"]
+__all__ = [
+    "Overlay",
+    "bundle_colours",
+    "mosaic",
+    "plot_motion",
+    "plot_nbs_power",
+    "plot_tract_profiles",
+    "save_figure",
+]
 
 #: Salt of matplotlib's SVG element ids: fixed so the same figure gives the same bytes.
 SVG_HASHSALT = "msmri"
@@ -268,4 +276,37 @@ def plot_tract_profiles(profiles, metrics: Sequence[str], units: dict[str, str])
         ax.set_ylabel(units.get(metric, metric))
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("tract profiles (dotted: lesion samples excluded)")
+    return fig
+
+
+def plot_nbs_power(table, *, threshold_type: str, title: str):
+    """Detection probability and recall against the number of subjects, one line per effect
+    and one column of panels per primary threshold, with 95 % Monte Carlo bars.
+
+    ``table``: :attr:`pipeline.stats.nbs_power.PowerResult.table`.
+    """
+    import matplotlib.pyplot as plt
+
+    thresholds = sorted(table["threshold"].unique())
+    fig, axes = plt.subplots(2, len(thresholds), figsize=(4.2 * len(thresholds), 6.4),
+                             squeeze=False, sharex=True, sharey=True)
+    for col, thr in enumerate(thresholds):
+        for eff, g in table[table["threshold"] == thr].groupby("effect", sort=True):
+            g = g.sort_values("n_subjects")
+            for row, name in enumerate(("detection", "recall")):
+                axes[row, col].errorbar(g["n_subjects"], g[name], yerr=1.96 * g[f"{name}_se"],
+                                        marker="o", ms=3, capsize=2, label=f"d = {eff:g}")
+        for row, name in enumerate(("detection probability", "recall of planted edges")):
+            ax = axes[row, col]
+            ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
+            ax.set_ylim(-0.02, 1.02)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.set_ylabel(name)
+            if row == 1:
+                ax.set_xlabel("subjects (paired sessions)")
+        axes[0, col].set_title(f"primary threshold {threshold_type} = {thr:g}", fontsize=9)
+    axes[0, -1].legend(fontsize=7, title="effect (d_z)", title_fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return fig
